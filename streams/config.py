@@ -1,0 +1,154 @@
+"""One frozen, validated configuration object for every role.
+
+Loaded from an optional YAML file, then ``UNDERSTUDY_*`` environment variables, then
+explicit overrides (CLI flags), in that order. Unknown keys are an error, because a typo in
+a production config that silently falls back to a default is worse than a refusal.
+librdkafka options (SASL, TLS, ...) pass through unchanged under ``kafka:`` in the file or
+as ``UNDERSTUDY_KAFKA_<OPTION>`` (``_`` for ``.``); values whose names look secret are
+redacted from ``repr`` and :meth:`Config.redacted`, so they never reach logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from streams.errors import ConfigError
+
+_SECRET_MARKERS = ("password", "secret", "key", "token", "credential")
+
+
+def is_secret(option: str) -> bool:
+    """Whether a client option's value must never be printed."""
+    name = option.lower()
+    if name.endswith(".location"):  # a path to a key file is not the key
+        return False
+    return any(m in name for m in _SECRET_MARKERS)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings shared by the tap, worker, joiner, evaluator and CLI."""
+
+    #: Kafka bootstrap servers; empty means "find one" (see :mod:`streams.kafka`).
+    bootstrap_servers: str = ""
+    #: Prefix of every topic name, so several deployments can share a cluster.
+    prefix: str = "understudy"
+    #: Partitions of requests, predictions, labels (co-partitioned: same count, same key).
+    partitions: int = 6
+    #: Partitions of the low-volume evaluator topics (partials, metrics).
+    evaluator_partitions: int = 1
+    replication_factor: int = 1
+    #: Tumbling event-time window of the joiner's partial statistics.
+    window_ms: int = 10_000
+    #: How far behind the newest event time a partition's watermark trails.
+    lateness_ms: int = 2_000
+    #: How long (event time) a pending join waits for its other halves.
+    join_ttl_ms: int = 60_000
+    #: Wall-clock idleness after which a joiner partition closes its open windows.
+    idle_flush_ms: int = 3_000
+    #: librdkafka options passed unchanged to every client (SASL, TLS, ...).
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    #: Confluent schema registry URL; empty means Avro single-object encoding.
+    schema_registry_url: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("partitions", "evaluator_partitions", "replication_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("window_ms", "join_ttl_ms", "idle_flush_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lateness_ms < 0:
+            raise ConfigError(f"lateness_ms must be >= 0, got {self.lateness_ms}")
+        if not self.prefix or any(c in self.prefix for c in " /\\:"):
+            raise ConfigError(f"invalid topic prefix {self.prefix!r}")
+        object.__setattr__(self, "kafka", dict(self.kafka))
+
+    def __repr__(self) -> str:
+        return f"Config({self.redacted()!r})"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secret client options masked: safe to log."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["kafka"] = {k: ("***" if is_secret(k) else v) for k, v in self.kafka.items()}
+        return out
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Config:
+        """File, then environment, then overrides; ``None`` overrides are ignored."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = path or env.get("UNDERSTUDY_CONFIG")
+        if path:
+            values.update(_read_file(Path(path)))
+        values.update(_from_env(env))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        typed: dict[str, Any] = {}
+        for name, value in values.items():
+            typed[name] = _coerce(name, known[name].type, value)
+        return cls(**typed)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    return data
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kafka: dict[str, str] = {}
+    if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        out["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+    names = {f.name for f in fields(Config)}
+    for key, value in env.items():
+        if not key.startswith("UNDERSTUDY_") or key == "UNDERSTUDY_CONFIG":
+            continue
+        rest = key[len("UNDERSTUDY_") :]
+        if rest.startswith("KAFKA_"):
+            kafka[rest[len("KAFKA_") :].lower().replace("_", ".")] = value
+        elif rest.lower() in names and rest.lower() != "kafka":
+            out[rest.lower()] = value
+        # other UNDERSTUDY_* variables (HOME, SCHEMA_DIR) belong to other parts
+    if kafka:
+        out["kafka"] = kafka
+    return out
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "str":
+            return str(value)
+        if "Mapping" in kind:
+            if not isinstance(value, Mapping):
+                raise TypeError("expected a mapping")
+            return {str(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value for {name}: {value!r} ({exc})") from None
+    return value

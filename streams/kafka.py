@@ -1,0 +1,153 @@
+"""Kafka plumbing shared by every role: topic names, client configs, topic admin.
+
+The joiner joins by request_id inside one partition, which is only correct when requests,
+predictions and labels have the same partition count and the same key (and the joiner's
+state changelog too). :func:`ensure_topics` creates them so; :func:`check_copartitioned`
+refuses to run against topics that are not.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.config import Config
+from streams.errors import BrokerError, TopicLayoutError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names of one deployment, derived from its prefix."""
+
+    prefix: str
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}.requests"
+
+    @property
+    def predictions(self) -> str:
+        return f"{self.prefix}.predictions"
+
+    @property
+    def labels(self) -> str:
+        return f"{self.prefix}.labels"
+
+    @property
+    def joiner_state(self) -> str:
+        """Compacted changelog of the joiner's per-partition state."""
+        return f"{self.prefix}.joiner-state"
+
+    @property
+    def partials(self) -> str:
+        return f"{self.prefix}.partials"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}.metrics"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}.alerts"
+
+    @property
+    def verdicts(self) -> str:
+        return f"{self.prefix}.verdicts"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def copartitioned(self) -> tuple[str, ...]:
+        return (self.requests, self.predictions, self.labels, self.joiner_state)
+
+
+def client_config(cfg: Config, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings: bootstrap, the user's pass-through options, then ``extra``."""
+    if not cfg.bootstrap_servers:
+        raise BrokerError(
+            "no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS, or start the embedded "
+            "broker with `understudy broker start`"
+        )
+    conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers}
+    conf.update(cfg.kafka)
+    conf.update(extra)
+    return conf
+
+
+def admin(cfg: Config) -> AdminClient:
+    return AdminClient(client_config(cfg))
+
+
+def topic_specs(cfg: Config) -> list[NewTopic]:
+    t = Topics(cfg.prefix)
+    rf = cfg.replication_factor
+    specs = [NewTopic(name, cfg.partitions, rf) for name in (t.requests, t.predictions, t.labels)]
+    specs.append(
+        NewTopic(t.joiner_state, cfg.partitions, rf, config={"cleanup.policy": "compact"})
+    )
+    for name in (t.partials, t.metrics):
+        specs.append(NewTopic(name, cfg.evaluator_partitions, rf))
+    for name in (t.alerts, t.verdicts):
+        specs.append(NewTopic(name, cfg.evaluator_partitions, rf, config={"cleanup.policy": "compact"}))
+    specs.append(NewTopic(t.deadletter, 1, rf))
+    return specs
+
+
+def partition_counts(cfg: Config, names: list[str], timeout: float = 15.0) -> dict[str, int]:
+    """Partition count of each existing topic among ``names`` (missing ones are left out)."""
+    try:
+        md = admin(cfg).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from exc
+    return {n: len(md.topics[n].partitions) for n in names if n in md.topics and not md.topics[n].error}
+
+
+def ensure_topics(cfg: Config, timeout: float = 30.0) -> list[str]:
+    """Create the deployment's topics that do not exist; return the names created.
+
+    Existing topics are left alone, then the co-partitioning is checked, so that a
+    deployment with mismatched topics is refused rather than silently mis-joined.
+    """
+    specs = topic_specs(cfg)
+    existing = partition_counts(cfg, [s.topic for s in specs], timeout)
+    missing = [s for s in specs if s.topic not in existing]
+    created: list[str] = []
+    if missing:
+        futures = admin(cfg).create_topics(missing, operation_timeout=timeout)
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout=timeout)
+                created.append(name)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+    check_copartitioned(cfg)
+    return created
+
+
+def check_copartitioned(cfg: Config, timeout: float = 15.0) -> int:
+    """Partition count shared by the joined topics, or a clear :class:`TopicLayoutError`."""
+    names = list(Topics(cfg.prefix).copartitioned)
+    counts = partition_counts(cfg, names, timeout)
+    missing = [n for n in names if n not in counts]
+    if missing:
+        raise TopicLayoutError(
+            f"missing topics {', '.join(missing)}: run `understudy topics create` "
+            f"(prefix {cfg.prefix!r})"
+        )
+    if len(set(counts.values())) != 1:
+        detail = ", ".join(f"{n}={c}" for n, c in counts.items())
+        raise TopicLayoutError(
+            "topics are not co-partitioned, so requests and predictions of one request_id "
+            f"could land in different partitions and never join: {detail}. Recreate them "
+            "with the same partition count."
+        )
+    return next(iter(counts.values()))
