@@ -103,8 +103,9 @@ def topic_specs(cfg: Config) -> list[NewTopic]:
 
 def partition_counts(cfg: Config, names: list[str], timeout: float = 15.0) -> dict[str, int]:
     """Partition count of each existing topic among ``names`` (missing ones are left out)."""
+    client = admin(cfg)
     try:
-        md = admin(cfg).list_topics(timeout=timeout)
+        md = client.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise BrokerError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from exc
     return {n: len(md.topics[n].partitions) for n in names if n in md.topics and not md.topics[n].error}
@@ -121,7 +122,8 @@ def ensure_topics(cfg: Config, timeout: float = 30.0) -> list[str]:
     missing = [s for s in specs if s.topic not in existing]
     created: list[str] = []
     if missing:
-        futures = admin(cfg).create_topics(missing, operation_timeout=timeout)
+        client = admin(cfg)  # keep a reference: the futures die with their client
+        futures = client.create_topics(missing, operation_timeout=timeout)
         for name, fut in futures.items():
             try:
                 fut.result(timeout=timeout)

@@ -31,10 +31,13 @@ SCALE = 1074 + 52
 _MANTISSA = float(2**53)  # np.frexp mantissas in [0.5, 1) times this are 53-bit integers
 _BIAS = SCALE - 53  # a value m * 2**(e - 53) is m << (e + _BIAS) in units of 2**-SCALE
 _DENOM = 1 << SCALE
-_LIMB = 32  # the batch path accumulates base-2**32 limbs in int64
+_LIMB = 32  # the batch path accumulates signed base-2**32 limbs
 _LIMB_MASK = (1 << _LIMB) - 1
-_CHUNK = 1 << 20  # float64 bincount sums of < 2**32 weights stay exact below 2**21 values
-_OFFSET = 1 << 22  # > |carry| of any limb: 3 * _CHUNK * 2**32 / 2**32 < 2**22
+_CHUNK = 1 << 19  # float64 sums of 3 * _CHUNK limb pieces below 2**32 stay exact (< 2**53)
+_OFFSET = 1 << 22  # > |carry| of any limb sum: 3 * _CHUNK * 2**32 / 2**32 < 2**21
+_UP32, _DOWN32, _UP64, _DOWN64 = 2.0**32, 2.0**-32, 2.0**64, 2.0**-64
+_DENSE_LIMBS = 4  # up to this many distinct limbs, sum with a one-hot matmul
+_ROWS = np.arange(_DENSE_LIMBS)[:, None]
 
 
 @lru_cache(maxsize=128)
@@ -46,37 +49,43 @@ def _offset_int(limbs: int) -> int:
 def _batch_int(values: npt.NDArray[np.float64]) -> int:
     """Exact ``sum(values) * 2**SCALE`` as an integer, for at most ``_CHUNK`` finite values.
 
-    Each value is ``m * 2**shift`` (in units of ``2**-SCALE``) with ``|m| < 2**53``; with
-    ``shift = 32*k + r`` its magnitude ``|m| << r`` spans three base-2**32 limbs ``k``,
-    ``k+1``, ``k+2``. Limbs are summed per position with ``np.bincount`` (float64 weights,
-    exact because every partial sum is an integer below ``2**53``), carried once into
-    non-overlapping 32-bit digits, and read as Python integers with ``int.from_bytes``.
+    A value is ``m * 2**shift`` in units of ``2**-SCALE`` with ``|m| < 2**53``. With
+    ``shift = 32*k + r``, ``v = m * 2**r`` (a float with an integer value below ``2**85``)
+    splits exactly, by power-of-two scaling and truncation, into three signed pieces below
+    ``2**32`` that belong to base-2**32 limbs ``k``, ``k+1`` and ``k+2``. The pieces are
+    summed per limb in float64, exactly, because every partial sum is an integer below
+    ``2**53``: by a one-hot matrix product when the batch touches few limbs (the usual
+    case: values in ``[2**-18, 2**14)`` share one limb), else by ``np.bincount``. The
+    limb sums are then carried once into non-overlapping 32-bit digits and read as Python
+    integers with ``int.from_bytes``: no Python-level loop over values or exponents.
     """
     frac, exp = np.frexp(values)
-    mant = (frac * _MANTISSA).astype(np.int64)  # exact: |frac| * 2**53 is an integer
-    shift = exp.astype(np.int64) + _BIAS  # >= 0 for every finite double, zero included
+    shift = exp + _BIAS  # >= 0 for every finite double (zero too: frexp gives exponent 0)
     limb = shift >> 5
     lo_limb = int(limb.min())
     pos = limb - lo_limb
-    rot = (shift & 31).astype(np.uint64)
-    mag = np.abs(mant).astype(np.uint64)
-    negative = mant < 0
-    moved = mag << rot  # wraps modulo 2**64: only its low 64 bits are used
-    pieces = (
-        moved & np.uint64(_LIMB_MASK),
-        moved >> np.uint64(_LIMB),
-        (mag >> np.uint64(_LIMB)) >> (np.uint64(_LIMB) - rot),  # top bits of |m| << r
-    )
-    span = int(pos.max()) + 1
-    acc = np.zeros(span + 2, dtype=np.int64)
-    for i, piece in enumerate(pieces):
-        weights = piece.astype(np.float64)
-        np.negative(weights, out=weights, where=negative)
-        acc[i : i + span] += np.bincount(pos, weights=weights, minlength=span).astype(np.int64)
-    low = (acc & _LIMB_MASK).astype("<u4")
-    carry = ((acc >> _LIMB) + _OFFSET).astype("<u4")
-    total = int.from_bytes(low.tobytes(), "little") + (
-        (int.from_bytes(carry.tobytes(), "little") - _offset_int(acc.size)) << _LIMB
+    limbs = int(pos.max()) + 1
+    v = np.ldexp(frac, (shift & 31) + 53)  # exact: a 53-bit mantissa moved left by 53 + r
+    pieces = np.empty((3, v.size))  # every step below is exact (its result is representable)
+    low, mid, top = pieces
+    np.trunc(np.multiply(v, _DOWN64, out=top), out=top)
+    rest = v - top * _UP64
+    np.trunc(np.multiply(rest, _DOWN32, out=mid), out=mid)
+    np.subtract(rest, mid * _UP32, out=low)
+    if limbs <= _DENSE_LIMBS:
+        sums = pieces @ (pos == _ROWS[:limbs]).T.astype(np.float64)
+    else:
+        index = pos.astype(np.intp)
+        sums = np.stack([np.bincount(index, weights=p, minlength=limbs) for p in pieces])
+    acc = np.zeros(limbs + 2)
+    acc[:limbs] += sums[0]
+    acc[1 : limbs + 1] += sums[1]
+    acc[2:] += sums[2]
+    iacc = acc.astype(np.int64)
+    digits = (iacc & _LIMB_MASK).astype("<u4")
+    carries = ((iacc >> _LIMB) + _OFFSET).astype("<u4")
+    total = int.from_bytes(digits.tobytes(), "little") + (
+        (int.from_bytes(carries.tobytes(), "little") - _offset_int(iacc.size)) << _LIMB
     )
     return total << (_LIMB * lo_limb)
 
@@ -85,7 +94,7 @@ class ExactSum:
     """Exact sum of float64 values, bit-identical whatever the batching and merge order.
 
     The state is one Python integer ``N`` with ``sum == N * 2**-SCALE``; :meth:`update_many`
-    converts a whole numpy batch exactly with vectorised integer arithmetic, :meth:`merge`
+    converts a whole numpy batch exactly with vectorised numpy arithmetic, :meth:`merge`
     adds the integers, and :meth:`get` rounds ``N * 2**-SCALE`` once, correctly, to the
     nearest double. The result therefore equals ``math.fsum`` over every value ever added,
     and two sums over the same multiset of values are equal (``==``) and serialize to the

@@ -1,0 +1,239 @@
+"""``understudy``: the one entry point for every role.
+
+Each stage runs alone (``worker``, ``joiner``, ``evaluator``) and talks to the others only
+through topics, so any of them can be restarted, scaled or moved. Progress and logs go to
+stderr; only what a command is asked to print (``--json``) goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streams.config import Config
+from streams.errors import BrokerError, UnderstudyError
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_config(args: argparse.Namespace, *, start_embedded: bool = False) -> Config:
+    """Config from file, environment and flags; find a broker as DESIGN section 6 says.
+
+    Order: an explicit ``--bootstrap`` / ``KAFKA_BOOTSTRAP_SERVERS`` / config file, then an
+    embedded broker that is already running, then (only when ``start_embedded``) a new one.
+    """
+    overrides: dict[str, Any] = {
+        "bootstrap_servers": getattr(args, "bootstrap", None),
+        "prefix": getattr(args, "prefix", None),
+    }
+    cfg = Config.load(getattr(args, "config", None), **overrides)
+    if cfg.bootstrap_servers:
+        return cfg
+    from streams import broker
+
+    info = broker.status()
+    if info is None and start_embedded:
+        info = broker.start(progress=_err)
+    if info is None:
+        raise BrokerError(
+            "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS (or bootstrap_servers in the config "
+            "file), or start the embedded one with `understudy broker start`"
+        )
+    return cfg.replace(bootstrap_servers=info.bootstrap)
+
+
+# -- broker ------------------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams import broker
+
+    home = Path(args.home) if args.home else None
+    if args.action == "start":
+        info = broker.start(port=args.port, home=home, progress=_err)
+        _err(f"broker log: {info.log_file}")
+        print(info.bootstrap)
+        return 0
+    if args.action == "status":
+        info = broker.status(home=home)
+        if info is None:
+            _err("embedded broker: not running")
+            return 1
+        print(f"running pid={info.pid} bootstrap={info.bootstrap} log={info.log_file}")
+        return 0
+    stopped = broker.stop(home=home)
+    _err("embedded broker stopped" if stopped else "embedded broker was not running")
+    return 0
+
+
+# -- topics ------------------------------------------------------------------------------
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.kafka import check_copartitioned, ensure_topics
+
+    cfg = resolve_config(args)
+    if args.partitions:
+        cfg = cfg.replace(partitions=args.partitions)
+    if args.action == "create":
+        created = ensure_topics(cfg)
+        for name in created:
+            _err(f"created {name}")
+        _err(f"topics of prefix {cfg.prefix!r} ready on {cfg.bootstrap_servers}")
+        return 0
+    n = check_copartitioned(cfg)
+    print(f"co-partitioned: {n} partitions")
+    return 0
+
+
+# -- stages ------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.models import load_candidate
+    from streams.worker import run_worker
+
+    cfg = resolve_config(args)
+    if not args.candidate:
+        raise UnderstudyError("give at least one --candidate ID=package.module:attr")
+    candidates = [load_candidate(spec) for spec in args.candidate]
+    _err(f"worker: scoring {', '.join(c.model_id for c in candidates)} on {cfg.prefix}.requests")
+    stats = run_worker(cfg, candidates, batch_size=args.batch_size, idle_exit_s=args.idle_exit)
+    _err(f"worker stopped: {stats}")
+    return 0
+
+
+def cmd_joiner(args: argparse.Namespace) -> int:
+    from streams.joiner import run_joiner
+
+    cfg = resolve_config(args)
+    _err(f"joiner {args.instance}: joining {cfg.prefix}.requests + {cfg.prefix}.predictions")
+    stats = run_joiner(cfg, instance=args.instance, idle_exit_s=args.idle_exit)
+    _err(f"joiner stopped: {stats}")
+    return 0
+
+
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    from streams.evaluator import run_evaluator
+
+    cfg = resolve_config(args)
+    _err(f"evaluator: merging {cfg.prefix}.partials into {cfg.prefix}.metrics")
+    run_evaluator(cfg, loglevel=args.loglevel)
+    return 0
+
+
+def cmd_demo_service(args: argparse.Namespace) -> int:
+    from streams.simulation import run_service
+
+    cfg = resolve_config(args)
+    stats = run_service(cfg, events=args.events, rate=args.rate, seed=args.seed)
+    _err(f"service stopped: {stats}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(args)
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (also UNDERSTUDY_CONFIG)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (also KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--prefix", help="topic prefix (default 'understudy')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="understudy", description="Streaming shadow evaluation of ML models on Kafka."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="the embedded single-node Kafka (KRaft)")
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.add_argument("--port", type=int, help="listener port (default: a free one)")
+    p.add_argument("--home", help="broker directory (default ~/.cache/understudy/broker)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="create or check the deployment's topics")
+    p.add_argument("action", choices=["create", "check"])
+    p.add_argument("--partitions", type=int, help="partitions of the joined topics (default 6)")
+    _common(p)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("worker", help="shadow worker: score requests with candidate models")
+    p.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="ID=SPEC",
+        help="candidate model, e.g. ridge@2=package.module:attr (repeatable)",
+    )
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
+    _common(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("joiner", help="join events and accumulate partial statistics")
+    p.add_argument("--instance", default=os.environ.get("UNDERSTUDY_INSTANCE", "0"))
+    p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
+    _common(p)
+    p.set_defaults(func=cmd_joiner)
+
+    p = sub.add_parser("evaluator", help="merge partials, publish metric snapshots (faust)")
+    p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    _common(p)
+    p.set_defaults(func=cmd_evaluator)
+
+    p = sub.add_parser("demo-service", help="the simulated production service alone")
+    p.add_argument("--events", type=int, help="requests to send (default: until stopped)")
+    p.add_argument("--rate", type=float, default=200.0, help="requests per second (0: max)")
+    p.add_argument("--seed", type=int, default=7)
+    _common(p)
+    p.set_defaults(func=cmd_demo_service)
+
+    p = sub.add_parser("demo", help="the whole flow on a local broker, with live metrics")
+    p.add_argument("--events", type=int, help="stop after N requests and the final snapshot")
+    p.add_argument("--duration", type=float, help="stop after S seconds of traffic")
+    p.add_argument("--rate", type=float, default=500.0, help="requests per second")
+    p.add_argument("--window-ms", type=int, default=2000, help="evaluation window")
+    p.add_argument("--json", action="store_true", help="print final snapshots as JSON lines")
+    p.add_argument("--keep-broker", action="store_true", help="leave the embedded broker up")
+    p.add_argument("--seed", type=int, default=7)
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UnderstudyError as exc:
+        _err(f"understudy: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,368 @@
+"""The joiner: the hot path from raw events to mergeable partial statistics.
+
+A confluent-kafka batch loop (a faust agent costs ~10x more per event, see DESIGN section
+1). Each batch is one Kafka transaction holding the partials it closed, the changes of its
+state (a compacted changelog topic, one partition per input partition), its dead letters
+and its input offsets: the consume-transform-produce pattern. So a joiner killed with
+SIGKILL and started again resumes from the last committed batch with exactly that batch's
+state, and ends with the numbers of one that never died.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from streams.config import Config
+from streams.errors import SchemaError, UnderstudyError
+from streams.joinstate import Emitted, PartitionState
+from streams.kafka import Topics, check_copartitioned, client_config
+from streams.metrics.partial import SHARED, PartialStats
+from streams.schemas import Codec, default_codec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JoinerStats:
+    consumed: int = 0
+    batches: int = 0
+    partials: int = 0
+    dead_letters: int = 0
+    restored_partitions: int = 0
+
+
+class Joiner:
+    """Consume requests and predictions, join, accumulate, publish partials, exactly once."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        instance: str = "0",
+        batch_size: int = 5000,
+        codec: Codec | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.prefix)
+        self.codec = codec or default_codec()
+        self.batch_size = batch_size
+        self.partition_count = check_copartitioned(cfg)
+        self.states: dict[int, PartitionState] = {}
+        self.stats = JoinerStats()
+        self._last_data = time.monotonic()
+        self._idle_done = True
+        self._encode_partial = self.codec.encoder("Partial")
+        self._encode_dead = self.codec.encoder("DeadLetter")
+        self.producer = Producer(
+            client_config(
+                cfg,
+                **{
+                    "transactional.id": f"{cfg.prefix}.joiner.{instance}",
+                    "linger.ms": 5,
+                    "transaction.timeout.ms": 30000,
+                },
+            )
+        )
+        self.consumer = Consumer(
+            client_config(
+                cfg,
+                **{
+                    "group.id": f"{cfg.prefix}.joiner",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "partition.assignment.strategy": "range",
+                },
+            )
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        idle_exit_s: float | None = None,
+        on_batch: Callable[[JoinerStats], None] | None = None,
+    ) -> JoinerStats:
+        """Run until ``stop`` is set, or until idle for ``idle_exit_s`` after flushing."""
+        stop = stop or threading.Event()
+        try:
+            self.producer.init_transactions(30)  # fences a previous incarnation, aborts its txn
+        except KafkaException as exc:
+            raise UnderstudyError(f"joiner cannot initialise transactions: {exc}") from exc
+        self.consumer.subscribe(
+            [self.topics.requests, self.topics.predictions],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        try:
+            while not stop.is_set():
+                msgs = self.consumer.consume(num_messages=self.batch_size, timeout=0.5)
+                if msgs:
+                    self._process(msgs)
+                    if on_batch:
+                        on_batch(self.stats)
+                    continue
+                idle = time.monotonic() - self._last_data
+                if not self._idle_done and idle * 1000 >= self.cfg.idle_flush_ms:
+                    self._idle_flush()
+                    if on_batch:
+                        on_batch(self.stats)
+                if (
+                    idle_exit_s is not None
+                    and self._idle_done
+                    and self.states
+                    and idle >= idle_exit_s
+                ):
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except RuntimeError:
+            pass  # already closed
+        self.producer.flush(10)
+
+    # -- rebalancing and restore ---------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        new = sorted({tp.partition for tp in partitions} - set(self.states))
+        for p in new:
+            self.states[p] = self._restore(p)
+            self.stats.restored_partitions += 1
+        if new:
+            self._idle_done = False
+            log.info("joiner assigned partitions %s", new)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # every batch is committed before the next consume(), so nothing is in flight here
+        for p in {tp.partition for tp in partitions}:
+            self.states.pop(p, None)
+
+    def _restore(self, p: int) -> PartitionState:
+        """Rebuild partition ``p``'s state from its changelog, to the last committed batch."""
+        st = self._new_state(p)
+        reader = Consumer(
+            client_config(
+                self.cfg,
+                **{
+                    "group.id": f"{self.cfg.prefix}.joiner-restore",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                },
+            )
+        )
+        try:
+            tp = TopicPartition(self.topics.joiner_state, p)
+            low, high = reader.get_watermark_offsets(tp, timeout=30)
+            if high <= low:
+                return st
+            reader.assign([TopicPartition(self.topics.joiner_state, p, OFFSET_BEGINNING)])
+            deadline = time.monotonic() + 120
+            while True:
+                for m in reader.consume(num_messages=10000, timeout=0.5):
+                    if m.error():
+                        continue
+                    st.restore(m.key(), m.value(), self._decode_acc)
+                pos = reader.position([TopicPartition(self.topics.joiner_state, p)])[0].offset
+                if pos >= high:
+                    break
+                if time.monotonic() > deadline:
+                    raise UnderstudyError(
+                        f"restoring joiner state of partition {p} did not reach offset {high}"
+                    )
+        finally:
+            reader.close()
+        st.finish_restore()
+        return st
+
+    def _new_state(self, p: int) -> PartitionState:
+        c = self.cfg
+        return PartitionState(p, c.window_ms, c.lateness_ms, c.join_ttl_ms)
+
+    def _decode_acc(self, value: bytes) -> PartialStats:
+        return PartialStats.from_record(self.codec.decode_as("Partial", value))
+
+    def _encode_acc(self, key: tuple[str, int], stats: PartialStats) -> bytes:
+        return self._encode_partial(self._partial_record(-1, key[0], key[1], 0, stats))
+
+    # -- the batch -----------------------------------------------------------------------
+
+    def _process(self, msgs: list[Message]) -> None:
+        decode = self.codec.decode
+        requests, predictions = self.topics.requests, self.topics.predictions
+        states = self.states
+        touched: set[int] = set()
+        dead: list[tuple[Message, str]] = []
+        n = 0
+        for m in msgs:
+            if m.error():
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", m.error())
+                continue
+            n += 1
+            st = states.get(m.partition())
+            if st is None:  # not ours any more; the new owner will read it
+                continue
+            topic = m.topic()
+            try:
+                name, rec = decode(m.value())
+                if topic == requests and name == "Request":
+                    st.on_request(rec)
+                elif topic == predictions and name == "Prediction":
+                    st.on_prediction(rec)
+                else:
+                    raise SchemaError(f"a {name} message does not belong on {topic}")
+            except SchemaError as exc:
+                dead.append((m, str(exc)))
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                dead.append((m, f"cannot join: {exc!r}"))
+                continue
+            touched.add(m.partition())
+        self.stats.consumed += n
+        self._last_data = time.monotonic()
+        self._idle_done = False
+        self._transact(touched, dead)
+
+    def _idle_flush(self) -> None:
+        """Close every open window: the input went quiet, publish what is there."""
+        emitted: dict[int, list[Emitted]] = {}
+        for p, st in self.states.items():
+            emitted[p] = st.advance(close_all=True)
+        known = [st.closed_until for st in self.states.values() if st.closed_until is not None]
+        if known:
+            top = max(known)
+            for p, st in self.states.items():
+                emitted[p] += st.align(top)
+        self._transact(set(self.states), [], emitted)
+        self._idle_done = True
+
+    def _transact(
+        self,
+        touched: set[int],
+        dead: list[tuple[Message, str]],
+        emitted: dict[int, list[Emitted]] | None = None,
+    ) -> None:
+        if emitted is None:
+            emitted = {p: self.states[p].advance() for p in touched}
+        producer = self.producer
+        try:
+            producer.begin_transaction()
+            for p in touched:
+                st = self.states[p]
+                batch = emitted.get(p, [])
+                last_shared = max(
+                    (i for i, e in enumerate(batch) if e.candidate == SHARED), default=-1
+                )
+                for i, e in enumerate(batch):
+                    rec = self._partial_record(p, e.candidate, e.window_start, e.seq, e.stats)
+                    rec["primary"] = st.primary_id
+                    # each '*' partial vouches only for its own window, the last one for all:
+                    # the evaluator must not close a window before its '*' partial is merged
+                    end = e.window_start + self.cfg.window_ms
+                    rec["watermark"] = (
+                        st.closed_until if i == last_shared else min(end, st.closed_until or 0)
+                    )
+                    producer.produce(
+                        self.topics.partials, self._encode_partial(rec), e.candidate.encode()
+                    )
+                    self.stats.partials += 1
+                for key, value in st.changes(self._encode_acc):
+                    producer.produce(self.topics.joiner_state, value, key, partition=p)
+                producer.poll(0)
+            for m, reason in dead:
+                producer.produce(self.topics.deadletter, self._dead_letter(m, reason), m.key())
+                self.stats.dead_letters += 1
+            positions = [
+                tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0
+            ]
+            producer.send_offsets_to_transaction(
+                positions, self.consumer.consumer_group_metadata(), 30
+            )
+            producer.commit_transaction(60)
+        except KafkaException as exc:
+            self._recover_from(exc)
+            return
+        self.stats.batches += 1
+
+    def _recover_from(self, exc: KafkaException) -> None:
+        err = exc.args[0] if exc.args else None
+        if err is not None and getattr(err, "txn_requires_abort", lambda: False)():
+            log.warning("aborting joiner transaction: %s; rewinding to the last commit", err)
+            self.producer.abort_transaction(30)
+            self._rewind()
+            return
+        raise UnderstudyError(f"joiner transaction failed: {exc}") from exc
+
+    def _rewind(self) -> None:
+        """After an abort: state and positions go back to the last committed batch."""
+        assignment = self.consumer.assignment()
+        committed = self.consumer.committed(assignment, timeout=30)
+        for p in {tp.partition for tp in assignment}:
+            self.states[p] = self._restore(p)
+        for tp in committed:
+            if tp.offset < 0:
+                tp.offset = OFFSET_BEGINNING
+            self.consumer.seek(tp)
+
+    def _partial_record(
+        self, p: int, candidate: str, ws: int, seq: int, stats: PartialStats
+    ) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "joiner_partition": p,
+            "partition_count": self.partition_count,
+            "candidate": candidate,
+            "primary": "",
+            "window_start": ws,
+            "window_end": ws + self.cfg.window_ms,
+            "seq": seq,
+            "watermark": 0,
+        }
+        rec.update(stats.to_record())
+        return rec
+
+    def _dead_letter(self, m: Message, reason: str) -> bytes:
+        return self._encode_dead(
+            {
+                "stage": "joiner",
+                "reason": reason,
+                "source_topic": m.topic(),
+                "source_partition": m.partition(),
+                "source_offset": m.offset(),
+                "key": m.key(),
+                "value": m.value(),
+                "time": int(time.time() * 1000),
+            }
+        )
+
+
+def run_joiner(
+    cfg: Config,
+    *,
+    instance: str = "0",
+    stop: threading.Event | None = None,
+    idle_exit_s: float | None = None,
+    on_batch: Callable[[JoinerStats], None] | None = None,
+) -> JoinerStats:
+    """Run one joiner instance (the CLI's ``understudy joiner``)."""
+    return Joiner(cfg, instance=instance).run(stop=stop, idle_exit_s=idle_exit_s, on_batch=on_batch)
