@@ -8,10 +8,11 @@ stderr; only what a command is asked to print (``--json``) goes to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,14 @@ from streams.errors import BrokerError, UnderstudyError
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and SIGINT end the loop after the current batch, never inside a commit."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def resolve_config(args: argparse.Namespace, *, start_embedded: bool = False) -> Config:
@@ -63,11 +72,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(info.bootstrap)
         return 0
     if args.action == "status":
-        info = broker.status(home=home)
-        if info is None:
+        running = broker.status(home=home)
+        if running is None:
             _err("embedded broker: not running")
             return 1
-        print(f"running pid={info.pid} bootstrap={info.bootstrap} log={info.log_file}")
+        print(f"running pid={running.pid} bootstrap={running.bootstrap} log={running.log_file}")
         return 0
     stopped = broker.stop(home=home)
     _err("embedded broker stopped" if stopped else "embedded broker was not running")
@@ -106,7 +115,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UnderstudyError("give at least one --candidate ID=package.module:attr")
     candidates = [load_candidate(spec) for spec in args.candidate]
     _err(f"worker: scoring {', '.join(c.model_id for c in candidates)} on {cfg.prefix}.requests")
-    stats = run_worker(cfg, candidates, batch_size=args.batch_size, idle_exit_s=args.idle_exit)
+    stats = run_worker(
+        cfg,
+        candidates,
+        batch_size=args.batch_size,
+        idle_exit_s=args.idle_exit,
+        stop=_stop_on_signals(),
+    )
     _err(f"worker stopped: {stats}")
     return 0
 
@@ -116,7 +131,9 @@ def cmd_joiner(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     _err(f"joiner {args.instance}: joining {cfg.prefix}.requests + {cfg.prefix}.predictions")
-    stats = run_joiner(cfg, instance=args.instance, idle_exit_s=args.idle_exit)
+    stats = run_joiner(
+        cfg, instance=args.instance, idle_exit_s=args.idle_exit, stop=_stop_on_signals()
+    )
     _err(f"joiner stopped: {stats}")
     return 0
 
@@ -134,7 +151,9 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
     from streams.simulation import run_service
 
     cfg = resolve_config(args)
-    stats = run_service(cfg, events=args.events, rate=args.rate, seed=args.seed)
+    stats = run_service(
+        cfg, events=args.events, rate=args.rate, seed=args.seed, stop=_stop_on_signals()
+    )
     _err(f"service stopped: {stats}")
     return 0
 
@@ -235,5 +254,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

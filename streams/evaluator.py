@@ -212,7 +212,9 @@ class Evaluator:
                 del self.meta[shared_key]
         return out
 
-    def _late(self, cand: str, rec: dict[str, Any], stats: PartialStats) -> list[tuple[bytes, bytes]]:
+    def _late(
+        self, cand: str, rec: dict[str, Any], stats: PartialStats
+    ) -> list[tuple[bytes, bytes]]:
         meta = {"window_start": rec["window_start"], "window_end": rec["window_end"], "partials": 1}
         if cand != SHARED:
             return self._add_cumulative(cand, rec["primary"], stats, meta, late=1, new_window=False)

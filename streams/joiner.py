@@ -10,6 +10,7 @@ state, and ends with the numbers of one that never died.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -136,10 +137,8 @@ class Joiner:
         return self.stats
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # already closed
             self.consumer.close()
-        except RuntimeError:
-            pass  # already closed
         self.producer.flush(10)
 
     # -- rebalancing and restore ---------------------------------------------------------
@@ -215,12 +214,14 @@ class Joiner:
         dead: list[tuple[Message, str]] = []
         n = 0
         for m in msgs:
-            if m.error():
-                if m.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", m.error())
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err)
                 continue
             n += 1
-            st = states.get(m.partition())
+            part: int = m.partition()  # type: ignore[assignment]
+            st = states.get(part)
             if st is None:  # not ours any more; the new owner will read it
                 continue
             topic = m.topic()
@@ -238,7 +239,7 @@ class Joiner:
             except (KeyError, TypeError, ValueError) as exc:
                 dead.append((m, f"cannot join: {exc!r}"))
                 continue
-            touched.add(m.partition())
+            touched.add(part)
         self.stats.consumed += n
         self._last_data = time.monotonic()
         self._idle_done = False

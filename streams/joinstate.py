@@ -58,8 +58,8 @@ class Entry:
         t, deadline, req, prim, cands = json.loads(data)
         e = cls(t, deadline)
         e.req = req
-        e.prim = tuple(prim) if prim is not None else None  # type: ignore[assignment]
-        e.cands = {k: tuple(v) for k, v in cands.items()}  # type: ignore[misc]
+        e.prim = tuple(prim) if prim is not None else None
+        e.cands = {k: tuple(v) for k, v in cands.items()}
         return e
 
 
@@ -346,8 +346,10 @@ class PartitionState:
             "primary_id": self.primary_id,
         }
 
-    def restore(self, key: bytes, value: bytes | None, decode_acc: Any) -> None:
+    def restore(self, key: bytes | None, value: bytes | None, decode_acc: Any) -> None:
         """Apply one changelog record (in log order) while rebuilding after a restart."""
+        if not key:
+            return
         kind, rest = key[:1], key[1:]
         if kind == KEY_ENTRY:
             rid = rest.decode()

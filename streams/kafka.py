@@ -90,13 +90,13 @@ def topic_specs(cfg: Config) -> list[NewTopic]:
     t = Topics(cfg.prefix)
     rf = cfg.replication_factor
     specs = [NewTopic(name, cfg.partitions, rf) for name in (t.requests, t.predictions, t.labels)]
-    specs.append(
-        NewTopic(t.joiner_state, cfg.partitions, rf, config={"cleanup.policy": "compact"})
-    )
+    specs.append(NewTopic(t.joiner_state, cfg.partitions, rf, config={"cleanup.policy": "compact"}))
     for name in (t.partials, t.metrics):
         specs.append(NewTopic(name, cfg.evaluator_partitions, rf))
     for name in (t.alerts, t.verdicts):
-        specs.append(NewTopic(name, cfg.evaluator_partitions, rf, config={"cleanup.policy": "compact"}))
+        specs.append(
+            NewTopic(name, cfg.evaluator_partitions, rf, config={"cleanup.policy": "compact"})
+        )
     specs.append(NewTopic(t.deadletter, 1, rf))
     return specs
 
@@ -108,7 +108,9 @@ def partition_counts(cfg: Config, names: list[str], timeout: float = 15.0) -> di
         md = client.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise BrokerError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from exc
-    return {n: len(md.topics[n].partitions) for n in names if n in md.topics and not md.topics[n].error}
+    return {
+        n: len(md.topics[n].partitions) for n in names if n in md.topics and not md.topics[n].error
+    }
 
 
 def ensure_topics(cfg: Config, timeout: float = 30.0) -> list[str]:

@@ -74,9 +74,11 @@ class Schema:
 
     def decode_body(self, data: bytes) -> Record:
         try:
-            rec: Record = schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self.parsed, None)
+            rec = schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self.parsed, None)
         except Exception as exc:  # fastavro raises many types on corrupt bodies
             raise SchemaError(f"cannot decode {self.name} body: {exc!r}") from exc
+        if not isinstance(rec, dict):
+            raise SchemaError(f"{self.name} body did not decode to a record")
         return rec
 
 

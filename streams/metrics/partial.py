@@ -111,11 +111,16 @@ class PartialStats:
 
     def add_classification(self, primary: list[str], candidate: list[str]) -> None:
         self.class_n += len(primary)
-        self.class_disagreements += sum(1 for p, c in zip(primary, candidate, strict=True) if p != c)
+        self.class_disagreements += sum(
+            1 for p, c in zip(primary, candidate, strict=True) if p != c
+        )
 
     def add_latency(self, primary: np.ndarray | None, candidate: np.ndarray | None) -> None:
         """Latencies in ms; NaN and negative values are dropped (a clock glitch, not a time)."""
-        for sketch, values in ((self.primary_latency, primary), (self.candidate_latency, candidate)):
+        for sketch, values in (
+            (self.primary_latency, primary),
+            (self.candidate_latency, candidate),
+        ):
             if values is None or len(values) == 0:
                 continue
             v = np.asarray(values, dtype=np.float64)
@@ -179,7 +184,10 @@ class PartialStats:
                 else None
             ),
         }
-        for side, sketch in (("primary", self.primary_latency), ("candidate", self.candidate_latency)):
+        for side, sketch in (
+            ("primary", self.primary_latency),
+            ("candidate", self.candidate_latency),
+        ):
             for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
                 out[f"{side}_latency_{name}"] = sketch.quantile(q) if sketch.count else None
         return out

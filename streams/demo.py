@@ -1,0 +1,276 @@
+"""``understudy demo``: the whole flow on one machine, with live metrics.
+
+It finds or starts a real Kafka (the embedded broker by default), creates a fresh set of
+topics, starts the shadow worker (two candidates), the joiner and the evaluator as separate
+processes, exactly as a deployment would run them, runs the simulated house-price service
+in this process, and shows the evaluator's cumulative snapshots as they arrive. It stops
+after ``--events`` requests (once every candidate's final snapshot is in) or ``--duration``
+seconds, or on Ctrl-C, and leaves no process behind but a broker it was asked to keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from confluent_kafka import Consumer
+
+from streams import broker
+from streams.config import Config
+from streams.errors import UnderstudyError
+from streams.kafka import Topics, client_config, ensure_topics
+from streams.schemas import default_codec
+
+CANDIDATES = (
+    "ridge@2=streams.demo_models:ridge_candidate",
+    "tree@1=streams.demo_models:tree_candidate",
+)
+FINAL_WAIT_S = 180.0
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Roles:
+    """The stage processes of the demo, with their logs, stopped together."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": self.cfg.bootstrap_servers,
+                "UNDERSTUDY_PREFIX": self.cfg.prefix,
+                "UNDERSTUDY_WINDOW_MS": str(self.cfg.window_ms),
+                "UNDERSTUDY_IDLE_FLUSH_MS": str(self.cfg.idle_flush_ms),
+                "UNDERSTUDY_LATENESS_MS": str(self.cfg.lateness_ms),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def spawn(self, name: str, *argv: str) -> None:
+        log_path = self.run_dir / f"{name}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", name, *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env(),
+            start_new_session=True,  # Ctrl-C reaches us only; we stop them in order
+        )
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None:
+                tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise UnderstudyError(f"the {name} process exited with {code}:\n{tail}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for log in self._logs:
+            log.close()
+
+
+class MetricsView:
+    """Follows ``<prefix>.metrics`` and keeps the latest snapshots of each candidate."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.codec = default_codec()
+        self.consumer = Consumer(
+            client_config(
+                cfg,
+                **{
+                    "group.id": f"{cfg.prefix}.demo-view.{os.getpid()}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                },
+            )
+        )
+        self.consumer.subscribe([Topics(cfg.prefix).metrics])
+        self.cumulative: dict[str, dict[str, Any]] = {}
+        self.window: dict[str, dict[str, Any]] = {}
+
+    def poll(self, timeout: float) -> int:
+        n = 0
+        for m in self.consumer.consume(num_messages=1000, timeout=timeout):
+            if m.error():
+                continue
+            rec = self.codec.decode_as("MetricSnapshot", m.value())
+            target = self.cumulative if rec["scope"] == "CUMULATIVE" else self.window
+            target[rec["candidate"]] = rec
+            n += 1
+        return n
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def table(self) -> str:
+        head = (
+            f"{'candidate':<10} {'requests':>8} {'pairs':>7} {'MAE':>9} {'RMSE':>9} "
+            f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6}"
+        )
+        lines = [head, "-" * len(head)]
+        for cand in sorted(self.cumulative):
+            r = self.cumulative[cand]
+            w = self.window.get(cand, {})
+            lines.append(
+                f"{cand:<10} {r['coverage']['requests']:>8} {r['coverage']['pairs']:>7} "
+                f"{_num(r['mae'])} {_num(r['rmse'])} {_num(r['mean_signed_diff'], 8)} "
+                f"{_num(r['candidate_latency_p50'], 7)} {_num(r['candidate_latency_p99'], 7)} "
+                f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)}"
+            )
+        return "\n".join(lines)
+
+
+def _num(v: float | None, width: int = 9) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.3f}"
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100.0 * v
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; returns the process exit code."""
+    prefix = args.prefix or f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    cfg = Config.load(
+        args.config,
+        bootstrap_servers=args.bootstrap,
+        prefix=prefix,
+        window_ms=args.window_ms,
+        idle_flush_ms=1500,
+        lateness_ms=1000,
+    )
+    started_broker = False
+    if not cfg.bootstrap_servers:
+        info = broker.status()
+        if info is None:
+            info = broker.start(progress=_err)
+            started_broker = True
+        _err(f"kafka: embedded broker at {info.bootstrap} (log {info.log_file})")
+        cfg = cfg.replace(bootstrap_servers=info.bootstrap)
+    else:
+        _err(f"kafka: {cfg.bootstrap_servers}")
+    run_dir = broker.cache_dir() / "demo" / cfg.prefix
+    run_dir.mkdir(parents=True, exist_ok=True)
+    roles = Roles(cfg, run_dir)
+    view: MetricsView | None = None
+    stop = threading.Event()
+    interrupted = False
+    try:
+        ensure_topics(cfg)
+        _err(f"topics: {cfg.prefix}.* ; stage logs in {run_dir}")
+        worker_args: list[str] = []
+        for spec in CANDIDATES:
+            worker_args += ["--candidate", spec]
+        roles.spawn("worker", *worker_args)
+        roles.spawn("joiner")
+        roles.spawn("evaluator")
+        view = MetricsView(cfg)
+        result = _drive(args, cfg, roles, view, stop)
+        if args.json:
+            for cand in sorted(view.cumulative):
+                print(json.dumps(view.cumulative[cand], sort_keys=True), flush=True)
+        return result
+    except KeyboardInterrupt:
+        interrupted = True
+        _err("\ninterrupted: stopping the stages")
+        return 130
+    finally:
+        stop.set()
+        roles.stop()
+        if view is not None:
+            view.close()
+        if started_broker and not args.keep_broker:
+            broker.stop()
+            _err("embedded broker stopped")
+        elif not interrupted:
+            _err(f"kafka left running at {cfg.bootstrap_servers}")
+
+
+def _drive(
+    args: argparse.Namespace, cfg: Config, roles: Roles, view: MetricsView, stop: threading.Event
+) -> int:
+    from streams.simulation import ServiceStats, run_service
+
+    out = sys.stderr if args.json else sys.stdout
+    result: dict[str, ServiceStats] = {}
+    errors: list[BaseException] = []
+    sent = [0]
+
+    def serve() -> None:
+        try:
+            result["stats"] = run_service(
+                cfg,
+                events=args.events,
+                rate=args.rate,
+                seed=args.seed,
+                stop=stop,
+                progress=lambda i: sent.__setitem__(0, i),
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    if args.duration:
+        threading.Timer(args.duration, stop.set).start()
+    service = threading.Thread(target=serve, name="demo-service", daemon=True)
+    service.start()
+    last_draw = 0.0
+    done_at: float | None = None
+    while True:
+        view.poll(0.5)
+        roles.check()
+        if errors:
+            raise UnderstudyError(f"the simulated service failed: {errors[0]!r}")
+        now = time.monotonic()
+        if now - last_draw >= 1.0:
+            last_draw = now
+            print(f"\nrequests sent: {sent[0]}", file=out)
+            print(view.table(), file=out, flush=True)
+        if service.is_alive():
+            continue
+        stats = result.get("stats")
+        total = stats.requests if stats else sent[0]
+        if done_at is None:
+            done_at = now
+            _err(f"service done: {total} requests; waiting for the final snapshots")
+        final = [
+            r
+            for r in view.cumulative.values()
+            if r["coverage"]["pairs"] + r["coverage"]["no_candidate"] >= total
+        ]
+        if len(final) >= len(CANDIDATES) and total > 0:
+            print("\nfinal cumulative metrics", file=out)
+            print(view.table(), file=out, flush=True)
+            return 0
+        if now - done_at > FINAL_WAIT_S:
+            _err("gave up waiting for the final snapshots; the last ones are shown")
+            print(view.table(), file=out, flush=True)
+            return 1

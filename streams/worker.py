@@ -1,0 +1,409 @@
+"""The shadow worker: scores every mirrored request with each candidate model.
+
+A consumer group on ``<prefix>.requests`` (so workers scale with its partitions). Each
+micro-batch is decoded, scored by every candidate (vectorized where the model allows, see
+:class:`streams.models.Candidate`), and answered with one Prediction per request per
+candidate on ``<prefix>.predictions``:
+
+- keyed by request_id and written to *the request's partition*, explicitly, so predictions
+  are co-partitioned with their requests whatever partitioner the service's producer used;
+- stamped with the *request's* event time, so a late shadow answer still lands in its
+  request's window;
+- with the candidate's own latency, and its error if it failed: a model exception is an
+  error prediction, never a crash.
+
+Messages that are not Request events go to ``<prefix>.deadletter`` with the reason and
+their coordinates, and the batch goes on.
+
+Delivery guarantee: at-least-once. The batch's offsets are committed only after every
+prediction and dead letter of the batch has been acknowledged by the broker; failed
+deliveries are retried, and if they still fail the worker raises without committing, so a
+restarted worker scores that batch again (the joiner recognises the duplicates). Because
+the commit is synchronous and happens before the next ``consume()``, a rebalance (whose
+callbacks run inside ``consume()``) never finds uncommitted work: nothing needs doing on
+revoke but forgetting the partitions.
+
+The features a model sees are ``{**numeric_features, **categorical_features}``: one flat
+dict, river style; a categorical feature shadows a numeric one of the same name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.config import Config
+from streams.errors import BrokerError, ConfigError, SchemaError
+from streams.kafka import Topics, check_copartitioned, client_config
+from streams.models import Candidate
+from streams.schemas import Codec, default_codec
+
+__all__ = ["ShadowWorker", "WorkerStats", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+#: librdkafka's "let the partitioner choose" partition.
+_ANY_PARTITION = -1
+
+#: Delivery attempts for a batch's outputs (the first one included) before giving up.
+DELIVERY_ATTEMPTS = 4
+
+#: Producer defaults the user's ``kafka:`` options may override (tuning, not semantics).
+_PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    # A bounded wait for acknowledgements, so an unreachable broker surfaces as an error
+    # within a minute instead of librdkafka's five.
+    "message.timeout.ms": 60_000,
+}
+
+#: Minimum seconds between two warnings about the same consumer error code.
+_REPORT_EVERY = 10.0
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did: messages consumed, predictions produced, errors, dead letters.
+
+    Counts are of work *done*, including batches re-scored after a restart.
+    """
+
+    #: Messages read from the requests topic, dead-lettered ones included.
+    consumed: int = 0
+    #: Valid requests scored (``consumed - dead_letters``).
+    requests: int = 0
+    #: Prediction events produced: ``requests x candidates``.
+    predictions: int = 0
+    #: Error predictions among ``predictions`` (model exceptions, NaN, bad output types).
+    errors: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    #: Messages re-produced after a failed delivery.
+    redelivered: int = 0
+
+
+class ShadowWorker:
+    """One member of the shadow worker group; :meth:`run` until stopped or idle."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        candidates: Sequence[Candidate],
+        *,
+        group_id: str | None = None,
+        batch_size: int = 500,
+        codec: Codec | None = None,
+    ) -> None:
+        if not candidates:
+            raise ValueError("a shadow worker needs at least one candidate model")
+        ids = [c.model_id for c in candidates]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"candidate model ids must be distinct, got {ids}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg = cfg
+        self.candidates = list(candidates)
+        self.group_id = group_id or f"{cfg.prefix}.worker"
+        self.batch_size = batch_size
+        self.topics = Topics(cfg.prefix)
+        self.codec = codec or default_codec()
+        self.stats = WorkerStats()
+        self._encode_prediction = self.codec.encoder("Prediction")
+        self._encode_dead_letter = self.codec.encoder("DeadLetter")
+        self._assigned: set[tuple[str, int]] = set()
+        self._assigned_at = 0.0
+        self._failed: list[tuple[KafkaError, Message]] = []
+        self._error_logged: dict[int, float] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        idle_exit_s: float | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> WorkerStats:
+        """Consume, score, produce, commit, until ``stop`` is set or the input is idle.
+
+        ``idle_exit_s``: return after that many seconds without a message (counted from the
+        latest partition assignment or message, so a slow group join is not "idle").
+        ``on_batch`` gets the number of messages of each batch, for progress displays.
+        """
+        check_copartitioned(self.cfg)
+        log.info(
+            "shadow worker %s on %s: candidates %s",
+            self.group_id,
+            self.topics.requests,
+            ", ".join(c.model_id for c in self.candidates),
+        )
+        try:
+            self._open()
+            last_activity = time.monotonic()
+            while stop is None or not stop.is_set():
+                messages = self._consumer.consume(num_messages=self.batch_size, timeout=0.5)
+                now = time.monotonic()
+                if not messages:
+                    since = max(last_activity, self._assigned_at)
+                    if idle_exit_s is not None and now - since >= idle_exit_s:
+                        log.info("shadow worker idle for %.1f s: stopping", now - since)
+                        break
+                    continue
+                last_activity = now
+                self._process(messages)
+                if on_batch is not None:
+                    on_batch(len(messages))
+        finally:
+            self.close()
+        return self.stats
+
+    def _open(self) -> None:
+        consumer_conf = client_config(self.cfg)
+        consumer_conf.update(
+            {
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        producer_conf = client_config(self.cfg)
+        for key, value in _PRODUCER_DEFAULTS.items():
+            producer_conf.setdefault(key, value)
+        try:
+            self._producer = Producer(producer_conf)
+            self._consumer = Consumer(consumer_conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid Kafka client configuration for the worker: {exc}") from exc
+        self._consumer.subscribe(
+            [self.topics.requests],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def close(self) -> None:
+        """Leave the group and flush the producer. Nothing is committed here: every batch
+        committed its own offsets, and an unfinished one must be scored again."""
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        try:
+            if producer is not None:
+                producer.flush(10.0)
+        finally:
+            if consumer is not None:
+                consumer.close()
+
+    # -- rebalance -------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self._assigned_at = time.monotonic()
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Nothing pending to commit: see the module docstring.
+        self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def _process(self, messages: list[Message]) -> None:
+        """Decode, score, produce, wait for every acknowledgement, then commit."""
+        requests: list[dict[str, Any]] = []
+        partitions: list[int] = []
+        offsets: dict[tuple[str, int], int] = {}
+        decode = self.codec.decode_as
+        self._failed = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise BrokerError(f"fatal consumer error on {self.topics.requests}: {err}")
+                self._report_consumer_error(err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is None or partition is None or offset is None:
+                continue  # only error events lack coordinates
+            self.stats.consumed += 1
+            offsets[(topic, partition)] = offset + 1
+            try:
+                record = decode("Request", msg.value())
+            except SchemaError as exc:
+                self._dead_letter(msg, str(exc))
+                continue
+            if not record["request_id"]:
+                self._dead_letter(msg, "request has an empty request_id")
+                continue
+            requests.append(record)
+            partitions.append(partition)
+        self.stats.requests += len(requests)
+        if requests:
+            self._score(requests, partitions)
+        self._await_deliveries()
+        self._commit(offsets)
+        self.stats.batches += 1
+
+    def _report_consumer_error(self, err: KafkaError) -> None:
+        """Warn about a non-fatal consumer error, once per error code every few seconds
+        (librdkafka repeats them on every poll while a broker is away)."""
+        now = time.monotonic()
+        if now - self._error_logged.get(err.code(), float("-inf")) >= _REPORT_EVERY:
+            self._error_logged[err.code()] = now
+            log.warning("consumer error on %s: %s", self.topics.requests, err)
+
+    def _score(self, requests: list[dict[str, Any]], partitions: list[int]) -> None:
+        features = [{**r["numeric_features"], **r["categorical_features"]} for r in requests]
+        keys = [r["request_id"].encode() for r in requests]
+        topic = self.topics.predictions
+        encode = self._encode_prediction
+        produce = self._produce
+        for candidate in self.candidates:
+            outcomes = candidate.predict_batch(features)
+            model_id = candidate.model_id
+            errors = 0
+            for record, key, partition, out in zip(
+                requests, keys, partitions, outcomes, strict=True
+            ):
+                value = encode(
+                    {
+                        "request_id": record["request_id"],
+                        "event_time": record["event_time"],
+                        "model_id": model_id,
+                        "role": "CANDIDATE",
+                        "value": out.value,
+                        "label": out.label,
+                        "scores": out.scores,
+                        "latency_ms": out.latency_ms,
+                        "error": out.error,
+                        "use_case": record["use_case"],
+                    }
+                )
+                produce(topic, value, key, partition)
+                if out.error is not None:
+                    errors += 1
+            self.stats.predictions += len(outcomes)
+            self.stats.errors += errors
+
+    def _dead_letter(self, msg: Message, reason: str) -> None:
+        self.stats.dead_letters += 1
+        value = self._encode_dead_letter(
+            {
+                "stage": "worker",
+                "reason": reason,
+                "source_topic": msg.topic(),
+                "source_partition": msg.partition(),
+                "source_offset": msg.offset(),
+                "key": msg.key(),
+                "value": msg.value(),
+                "time": int(time.time() * 1000),
+            }
+        )
+        self._produce(self.topics.deadletter, value, msg.key(), _ANY_PARTITION)
+
+    # -- delivery and commit ---------------------------------------------------------------
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
+        producer = self._producer
+        while True:
+            try:
+                producer.produce(
+                    topic, value, key, partition=partition, on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:
+                producer.poll(0.1)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                raise BrokerError(f"cannot produce to {topic}: {exc}") from exc
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        # One bound method for every message (no per-message closure); a failed message
+        # still carries its topic, partition, key and value, which is all a retry needs.
+        if err is not None:
+            self._failed.append((err, msg))
+
+    def _await_deliveries(self) -> None:
+        """Wait until the broker acknowledged everything produced; retry the failures.
+
+        Raises :class:`BrokerError` when some messages still fail after
+        :data:`DELIVERY_ATTEMPTS`, and the caller then does not commit.
+        """
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            # Every produced message gets exactly one delivery report within
+            # message.timeout.ms, so this ends; flush in slices to stay responsive.
+            while self._producer.flush(1.0) > 0:
+                pass
+            if not self._failed:
+                return
+            failed, self._failed = self._failed, []
+            first = failed[0][0]
+            log.warning(
+                "%d messages of the batch not delivered (attempt %d/%d): %s",
+                len(failed),
+                attempt,
+                DELIVERY_ATTEMPTS,
+                first,
+            )
+            if attempt == DELIVERY_ATTEMPTS or any(err.fatal() for err, _ in failed):
+                raise BrokerError(
+                    f"cannot deliver {len(failed)} predictions/dead letters of a batch "
+                    f"(first error: {first}); its offsets are not committed, so it will be "
+                    "scored again after a restart"
+                )
+            time.sleep(min(0.5 * attempt, 2.0))
+            self.stats.redelivered += len(failed)
+            for _, msg in failed:
+                topic, value, partition = msg.topic(), msg.value(), msg.partition()
+                assert topic is not None and value is not None  # we never produce without
+                if partition is None or partition < 0:
+                    partition = _ANY_PARTITION
+                self._produce(topic, value, msg.key(), partition)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        owned = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in offsets.items()
+            if (topic, partition) in self._assigned
+        ]
+        if not owned:
+            return
+        try:
+            result = self._consumer.commit(offsets=owned, asynchronous=False)
+        except KafkaException as exc:
+            # Typically the group rebalanced while the batch was scored: the partitions'
+            # new owner starts from the last commit and scores them again (at-least-once).
+            log.warning("offset commit failed, the batch may be scored twice: %s", exc)
+            return
+        failed = [tp for tp in result or [] if tp.error is not None]
+        if failed:
+            log.warning(
+                "offset commit failed for %d partitions, they may be scored twice: %s",
+                len(failed),
+                failed[0].error,
+            )
+
+
+def run_worker(
+    cfg: Config,
+    candidates: Sequence[Candidate],
+    *,
+    group_id: str | None = None,
+    batch_size: int = 500,
+    stop: threading.Event | None = None,
+    idle_exit_s: float | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> WorkerStats:
+    """Run one shadow worker until ``stop`` is set or ``idle_exit_s`` passes without input.
+
+    The consumer group defaults to ``<prefix>.worker``: start more workers with the same
+    group to share the partitions of ``<prefix>.requests``.
+    """
+    worker = ShadowWorker(cfg, candidates, group_id=group_id, batch_size=batch_size)
+    return worker.run(stop=stop, idle_exit_s=idle_exit_s, on_batch=on_batch)

@@ -1,0 +1,362 @@
+"""The shadow worker on a real broker: one prediction per request per candidate, in the
+request's partition, errors as data, garbage dead-lettered, offsets committed only after
+delivery and respected on restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from streams.config import Config
+from streams.errors import BrokerError
+from streams.kafka import Topics, ensure_topics
+from streams.models import load_candidate
+from streams.schemas import default_codec
+from streams.simulation import USE_CASE, run_service
+from streams.worker import ShadowWorker, WorkerStats, run_worker
+
+RIDGE = "price-ridge@4=streams.demo_models:ridge_candidate"
+FLAKY = "price-flaky@1=streams.demo_models:flaky_candidate"
+IDLE_S = 3.0
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every committed message of ``topic`` up to its current end, all partitions."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends: dict[int, int] = {}
+        assignment = []
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+                assignment.append(TopicPartition(topic, p, low))
+        consumer.assign(assignment)
+        out: list[Record] = []
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends):
+            assert time.monotonic() < deadline, f"timed out reading {topic}"
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None
+                out.append(Record(partition, offset, msg.key(), msg.value()))
+                if offset + 1 >= ends[partition]:
+                    done.add(partition)
+        return out
+    finally:
+        consumer.close()
+
+
+def committed_vs_end(bootstrap: str, group: str, topic: str) -> tuple[list[int], list[int]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        ends = [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        ]
+        return [tp.offset for tp in committed], ends
+    finally:
+        consumer.close()
+
+
+def candidate_predictions(bootstrap: str, topic: str) -> list[tuple[Record, dict]]:
+    codec = default_codec()
+    out = []
+    for rec in read_all(bootstrap, topic):
+        pred = codec.decode_as("Prediction", rec.value)
+        if pred["role"] == "CANDIDATE":
+            out.append((rec, pred))
+    return out
+
+
+def test_worker_scores_every_request_once_per_candidate(kafka_bootstrap: str, prefix: str) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=4)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    codec = default_codec()
+
+    service = run_service(cfg, events=1000, rate=0, seed=3)
+    assert (service.requests, service.sent, service.dropped, service.failed) == (1000, 2000, 0, 0)
+
+    # Three messages the worker cannot use, in three partitions.
+    wrong_type = codec.encode(
+        "Prediction",
+        {"request_id": "x", "event_time": 0, "model_id": "m@1", "role": "PRIMARY"},
+    )
+    valid_request = codec.encode("Request", {"request_id": "cut", "event_time": 1})
+    garbage = [
+        (0, b"g-0", b"not avro at all"),
+        (1, b"g-1", wrong_type),
+        (2, b"g-2", valid_request[:11]),  # header intact, body cut short
+    ]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for partition, key, value in garbage:
+        producer.produce(topics.requests, value, key, partition=partition)
+    assert producer.flush(10) == 0
+
+    candidates = [load_candidate(RIDGE), load_candidate(FLAKY)]
+    batches: list[int] = []
+    stats = run_worker(cfg, candidates, batch_size=200, idle_exit_s=IDLE_S, on_batch=batches.append)
+    assert stats.consumed == 1003 == sum(batches)
+    assert stats.requests == 1000
+    assert stats.dead_letters == 3
+    assert stats.predictions == 2000
+    assert stats.errors > 0
+
+    # Where each request is, from the requests topic itself.
+    requests: dict[str, tuple[int, dict]] = {}
+    garbage_at: dict[tuple[int, int], Record] = {}
+    for rec in read_all(kafka_bootstrap, topics.requests):
+        if rec.key in {key for _, key, _ in garbage}:
+            garbage_at[(rec.partition, rec.offset)] = rec
+        else:
+            req = codec.decode_as("Request", rec.value)
+            requests[req["request_id"]] = (rec.partition, req)
+    assert len(requests) == 1000 and len(garbage_at) == 3
+
+    preds = candidate_predictions(kafka_bootstrap, topics.predictions)
+    per_model = Counter(p["model_id"] for _, p in preds)
+    assert per_model == {"price-ridge@4": 1000, "price-flaky@1": 1000}
+    errors = Counter()
+    for model_id in per_model:
+        mine = [(rec, p) for rec, p in preds if p["model_id"] == model_id]
+        assert {p["request_id"] for _, p in mine} == set(requests)  # distinct, all of them
+        for rec, p in mine:
+            partition, req = requests[p["request_id"]]
+            assert rec.partition == partition, "prediction not co-partitioned with its request"
+            assert rec.key == p["request_id"].encode()
+            assert p["event_time"] == req["event_time"]
+            assert p["use_case"] == USE_CASE
+            assert p["latency_ms"] is not None and p["latency_ms"] >= 0
+            if p["error"] is None:
+                assert p["value"] is not None and p["label"] is None
+            else:
+                assert p["value"] is None
+                assert p["error"].startswith("RuntimeError: feature store timeout")
+                errors[model_id] += 1
+    assert errors["price-ridge@4"] == 0
+    assert 0 < errors["price-flaky@1"] < 50
+    assert stats.errors == errors["price-flaky@1"]
+
+    dead = [
+        codec.decode_as("DeadLetter", rec.value)
+        for rec in read_all(kafka_bootstrap, topics.deadletter)
+    ]
+    assert len(dead) == 3
+    for letter in dead:
+        assert letter["stage"] == "worker"
+        assert letter["source_topic"] == topics.requests
+        source = garbage_at[(letter["source_partition"], letter["source_offset"])]
+        assert (letter["key"], letter["value"]) == (source.key, source.value)
+    reasons = {letter["key"]: letter["reason"] for letter in dead}
+    assert "missing C3 01 header" in reasons[b"g-0"]
+    assert "expected a Request message, got Prediction" in reasons[b"g-1"]
+    assert "cannot decode Request body" in reasons[b"g-2"]
+
+    committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    assert committed == ends
+
+
+def test_restarted_worker_rescores_nothing(kafka_bootstrap: str, prefix: str) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=3)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    candidates = [load_candidate(RIDGE)]
+    group = f"{prefix}.shadow"
+    run_service(cfg, events=300, rate=0, seed=1)
+
+    # First run: stopped cleanly (not idle) once everything was consumed.
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def on_batch(n: int) -> None:
+        seen.append(n)
+        if sum(seen) >= 300:
+            stop.set()
+
+    first = run_worker(cfg, candidates, group_id=group, batch_size=64, stop=stop, on_batch=on_batch)
+    assert (first.consumed, first.predictions) == (300, 300)
+
+    # Restarted: its committed offsets are the end offsets, so it scores nothing.
+    second = run_worker(cfg, candidates, group_id=group, idle_exit_s=IDLE_S)
+    assert second == WorkerStats()
+
+    # New traffic after the restart: only that is scored.
+    run_service(cfg, events=100, rate=0, seed=2)
+    third = run_worker(cfg, candidates, group_id=group, idle_exit_s=IDLE_S)
+    assert (third.consumed, third.predictions) == (100, 100)
+
+    preds = candidate_predictions(kafka_bootstrap, topics.predictions)
+    assert len(preds) == 400
+    assert len({p["request_id"] for _, p in preds}) == 400
+    committed, ends = committed_vs_end(kafka_bootstrap, group, topics.requests)
+    assert committed == ends
+
+
+def test_stop_event_ends_an_idle_worker(kafka_bootstrap: str, prefix: str) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    ensure_topics(cfg)
+    stop = threading.Event()
+    result: list[WorkerStats] = []
+    thread = threading.Thread(
+        target=lambda: result.append(run_worker(cfg, [load_candidate(RIDGE)], stop=stop))
+    )
+    thread.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert result == [WorkerStats()]
+
+
+def test_two_workers_share_the_partitions(kafka_bootstrap: str, prefix: str) -> None:
+    """A second worker joining mid-stream triggers a rebalance; nothing is lost.
+
+    The service runs for 6 s because the first worker only learns of the rebalance at its
+    next heartbeat (``heartbeat.interval.ms``, 3 s by default).
+    """
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=4)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    candidates = [load_candidate(RIDGE)]
+    results: dict[str, WorkerStats] = {}
+
+    def work(name: str) -> None:
+        results[name] = run_worker(cfg, candidates, batch_size=50, idle_exit_s=IDLE_S)
+
+    service = threading.Thread(
+        target=run_service, args=(cfg,), kwargs={"events": 6000, "rate": 1000}
+    )
+    first = threading.Thread(target=work, args=("a",))
+    second = threading.Thread(target=work, args=("b",))
+    first.start()
+    service.start()
+    time.sleep(1.0)
+    second.start()
+    for thread in (service, first, second):
+        thread.join(60)
+        assert not thread.is_alive()
+
+    assert results["a"].consumed > 0 and results["b"].consumed > 0
+    preds = candidate_predictions(kafka_bootstrap, topics.predictions)
+    ids = {p["request_id"] for _, p in preds}
+    assert ids == {f"7-{i}" for i in range(6000)}  # at least once each
+    assert results["a"].consumed + results["b"].consumed == len(preds)
+    committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    assert committed == ends
+
+
+class FakeMessage:
+    """What a failed delivery report carries: enough to produce the message again."""
+
+    def __init__(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+        self._coords = (topic, partition, key, value)
+
+    def topic(self) -> str:
+        return self._coords[0]
+
+    def partition(self) -> int:
+        return self._coords[1]
+
+    def key(self) -> bytes | None:
+        return self._coords[2]
+
+    def value(self) -> bytes:
+        return self._coords[3]
+
+
+class LossyProducer:
+    """A real producer whose first ``fail`` prediction messages time out (never sent)."""
+
+    def __init__(self, inner: Producer, topic: str, fail: int) -> None:
+        self.inner = inner
+        self.topic = topic
+        self.fail = fail
+        self.reports: list[tuple[Callable[..., None], FakeMessage]] = []
+
+    def produce(self, topic: str, value: bytes, key: Any, partition: int, on_delivery: Any) -> None:
+        if topic == self.topic and self.fail > 0:
+            self.fail -= 1
+            self.reports.append((on_delivery, FakeMessage(topic, partition, key, value)))
+            return
+        self.inner.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+
+    def flush(self, timeout: float) -> int:
+        left = self.inner.flush(timeout)
+        reports, self.reports = self.reports, []
+        for callback, msg in reports:
+            callback(KafkaError(KafkaError._MSG_TIMED_OUT), msg)
+        return left
+
+    def poll(self, timeout: float) -> int:
+        return self.inner.poll(timeout)
+
+
+def lossy_worker(cfg: Config, fail: int) -> ShadowWorker:
+    worker = ShadowWorker(cfg, [load_candidate(RIDGE)], batch_size=500)
+    real_open = worker._open
+
+    def open_lossy() -> None:
+        real_open()
+        worker._producer = LossyProducer(worker._producer, Topics(cfg.prefix).predictions, fail)
+
+    worker._open = open_lossy  # type: ignore[method-assign]
+    return worker
+
+
+def test_failed_deliveries_are_retried_before_commit(kafka_bootstrap: str, prefix: str) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    run_service(cfg, events=200, rate=0)
+
+    stats = lossy_worker(cfg, fail=5).run(idle_exit_s=IDLE_S)
+    assert stats.redelivered == 5
+    preds = candidate_predictions(kafka_bootstrap, topics.predictions)
+    assert sorted(p["request_id"] for _, p in preds) == sorted(f"7-{i}" for i in range(200))
+    committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    assert committed == ends
+
+
+def test_undeliverable_batch_raises_without_commit(kafka_bootstrap: str, prefix: str) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    run_service(cfg, events=200, rate=0)
+
+    with pytest.raises(BrokerError, match="not committed"):
+        lossy_worker(cfg, fail=10**9).run(idle_exit_s=IDLE_S)
+    committed, _ = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    assert all(offset < 0 for offset in committed)  # nothing committed
+
+    # At-least-once: a healthy restart scores everything.
+    stats = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S)
+    assert stats.consumed == 200

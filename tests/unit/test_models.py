@@ -1,0 +1,362 @@
+"""Candidate loading and the uniform batch interface (no broker)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streams.errors import ModelLoadError
+from streams.models import Candidate, Outcome, load_candidate, parse_spec, to_outcome
+
+# -- models used through specs of this module (``tests.unit.test_models:...`` is not
+# importable as a package path, so specs below point at files or at streams.demo_models).
+
+
+class Doubler:
+    """Vectorized: counts its calls so tests can see the batch path was taken."""
+
+    def __init__(self) -> None:
+        self.batch_calls = 0
+
+    def predict_many(self, xs: list[dict[str, Any]]) -> list[float]:
+        self.batch_calls += 1
+        return [2.0 * x["a"] for x in xs]
+
+
+class FailsOnNegative:
+    """Vectorized model whose batch call fails when any input is negative."""
+
+    def __init__(self) -> None:
+        self.batch_calls = 0
+
+    def predict_many(self, xs: list[dict[str, Any]]) -> list[float]:
+        self.batch_calls += 1
+        if any(x["a"] < 0 for x in xs):
+            raise ValueError("negative input")
+        return [float(x["a"]) for x in xs]
+
+
+class OnlineEcho:
+    def predict_one(self, x: dict[str, Any]) -> Any:
+        return x["out"]
+
+
+# -- spec parsing --------------------------------------------------------------------------
+
+
+def test_parse_module_spec() -> None:
+    spec = parse_spec("price-ridge@4=streams.demo_models:ridge_candidate")
+    assert (spec.model_id, spec.target, spec.attr, spec.kind) == (
+        "price-ridge@4",
+        "streams.demo_models",
+        "ridge_candidate",
+        "module",
+    )
+
+
+def test_parse_adds_version_and_defaults_id() -> None:
+    assert parse_spec("ridge=streams.demo_models:ridge_candidate").model_id == "ridge@1"
+    assert parse_spec("streams.demo_models:ridge_candidate").model_id == "ridge_candidate@1"
+    assert parse_spec("m=mod:holder.model").attr == "holder.model"
+
+
+def test_parse_file_and_pickle_specs() -> None:
+    assert parse_spec("m@2=models/tree.py:model").kind == "file"
+    assert parse_spec("m@2=./tree.py:model").target == "./tree.py"
+    pkl = parse_spec("dir/river-lr.pkl")
+    assert (pkl.kind, pkl.model_id, pkl.attr) == ("pickle", "river-lr@1", "")
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("", "empty candidate spec"),
+        ("m@1=streams.demo_models", "bad candidate spec"),
+        ("m@1=streams.demo_models:", "bad candidate spec"),
+        ("m@1=:attr", "bad candidate spec"),
+        ("m@1=streams.demo models:x", "bad module name"),
+        ("m@1=streams.demo_models:not-an-ident", "bad attribute"),
+        ("m @1=streams.demo_models:primary", "bad model id"),
+        ("@1=streams.demo_models:primary", "bad model id"),
+        ("m@=streams.demo_models:primary", "bad model id"),
+        ("a@b@c=streams.demo_models:primary", "bad model id"),
+    ],
+)
+def test_parse_errors(spec: str, fragment: str) -> None:
+    with pytest.raises(ModelLoadError, match=fragment):
+        parse_spec(spec)
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def test_load_module_object() -> None:
+    cand = load_candidate("price-ridge@4=streams.demo_models:ridge_candidate")
+    assert cand.model_id == "price-ridge@4"
+    assert cand.vectorized
+
+
+def test_load_errors_are_clear() -> None:
+    with pytest.raises(ModelLoadError, match=r"module 'no_such_pkg\.mod' not found"):
+        load_candidate("m@1=no_such_pkg.mod:model")
+    with pytest.raises(ModelLoadError, match="has no attribute 'missing'"):
+        load_candidate("m@1=streams.demo_models:missing")
+    with pytest.raises(ModelLoadError, match="neither predict_many"):
+        load_candidate("m@1=streams.demo_models:PRIMARY_ID")
+
+
+def write(path: Path, source: str) -> Path:
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def test_load_file_object_class_and_factory(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "mymodels.py",
+        """
+        class Half:
+            def predict_one(self, x):
+                return x["a"] / 2
+
+        half = Half()
+
+        def make_half():
+            return Half()
+        """,
+    )
+    for attr in ("half", "Half", "make_half"):
+        cand = load_candidate(f"half@7={path}:{attr}")
+        assert cand.model_id == "half@7"
+        assert cand.predict_batch([{"a": 3.0}])[0].value == 1.5
+        assert not cand.vectorized
+
+
+def test_load_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_candidate(f"m@1={tmp_path / 'absent.py'}:model")
+    bad = write(tmp_path / "boom.py", "raise RuntimeError('cannot init')\n")
+    with pytest.raises(ModelLoadError, match="RuntimeError: cannot init"):
+        load_candidate(f"m@1={bad}:model")
+    dep = write(tmp_path / "dep.py", "import no_such_dependency_xyz\n")
+    with pytest.raises(ModelLoadError, match="no_such_dependency_xyz"):
+        load_candidate(f"m@1={dep}:model")
+    factory = write(
+        tmp_path / "factory.py",
+        """
+        def needs_args(a, b):
+            return None
+
+        def broken():
+            raise OSError("weights missing")
+
+        def returns_nothing_useful():
+            return 42
+        """,
+    )
+    with pytest.raises(ModelLoadError, match="no arguments"):
+        load_candidate(f"m@1={factory}:needs_args")
+    with pytest.raises(ModelLoadError, match="OSError: weights missing"):
+        load_candidate(f"m@1={factory}:broken")
+    with pytest.raises(ModelLoadError, match="is a int, which has neither"):
+        load_candidate(f"m@1={factory}:returns_nothing_useful")
+
+
+def test_load_pickle(tmp_path: Path) -> None:
+    from river import linear_model
+
+    model = linear_model.LinearRegression()
+    for i in range(20):
+        model.learn_one({"a": float(i)}, 3.0 * i)
+    path = tmp_path / "lr.pkl"
+    path.write_bytes(pickle.dumps(model))
+    cand = load_candidate(f"river-lr@2={path}")
+    assert cand.model_id == "river-lr@2"
+    assert cand.predict_batch([{"a": 2.0}])[0].value == pytest.approx(model.predict_one({"a": 2.0}))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_candidate(f"{tmp_path / 'absent.pkl'}")
+    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ModelLoadError, match="cannot unpickle"):
+        load_candidate(f"{tmp_path / 'junk.pkl'}")
+
+
+def test_module_import_error_inside_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "badpkg_for_test.py", "import no_such_dependency_abc\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(
+            ModelLoadError, match="needs the missing module 'no_such_dependency_abc'"
+        ):
+            load_candidate("m@1=badpkg_for_test:model")
+    finally:
+        sys.modules.pop("badpkg_for_test", None)
+
+
+# -- scoring -------------------------------------------------------------------------------
+
+
+def test_vectorized_latency_is_split_evenly() -> None:
+    model = Doubler()
+    outs = Candidate("d@1", model).predict_batch([{"a": 1.0}, {"a": 2.5}, {"a": -1.0}])
+    assert [o.value for o in outs] == [2.0, 5.0, -2.0]
+    assert model.batch_calls == 1
+    assert len({o.latency_ms for o in outs}) == 1
+    assert all(o.ok and o.latency_ms >= 0.0 for o in outs)
+
+
+def test_empty_batch() -> None:
+    assert Candidate("d@1", Doubler()).predict_batch([]) == []
+
+
+def test_batch_exception_falls_back_to_single_requests() -> None:
+    model = FailsOnNegative()
+    outs = Candidate("f@1", model).predict_batch([{"a": 1.0}, {"a": -2.0}, {"a": 3.0}])
+    assert model.batch_calls == 4  # the batch, then one batch of one per request
+    assert [o.value for o in outs] == [1.0, None, 3.0]
+    assert outs[1].error == "ValueError: negative input"
+    assert outs[1].value is None and outs[1].label is None
+    assert outs[0].ok and outs[2].ok
+
+
+def test_wrong_output_count_falls_back() -> None:
+    class Short:
+        def predict_many(self, xs: list[dict[str, Any]]) -> list[float]:
+            return [1.0] * max(1, len(xs) - 1)
+
+    outs = Candidate("s@1", Short()).predict_batch([{}, {}])
+    assert [o.value for o in outs] == [1.0, 1.0]
+
+
+def test_online_model_exceptions_become_error_outcomes() -> None:
+    class Picky:
+        def predict_one(self, x: dict[str, Any]) -> float:
+            if x["a"] == 0:
+                raise ZeroDivisionError("division by zero")
+            return 1.0 / x["a"]
+
+    outs = Candidate("p@1", Picky()).predict_batch([{"a": 2.0}, {"a": 0}])
+    assert outs[0].value == 0.5
+    assert outs[1].error == "ZeroDivisionError: division by zero"
+    assert outs[1].latency_ms >= 0.0
+
+
+def test_long_error_messages_are_cut() -> None:
+    class Verbose:
+        def predict_one(self, x: dict[str, Any]) -> float:
+            raise RuntimeError("x" * 10_000)
+
+    (out,) = Candidate("v@1", Verbose()).predict_batch([{}])
+    assert out.error is not None and len(out.error) == 500 and out.error.endswith("...")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, np.float64("nan")])
+def test_non_finite_outputs_are_errors(bad: float) -> None:
+    (out,) = Candidate("n@1", OnlineEcho()).predict_batch([{"out": bad}])
+    assert out.error is not None and "non-finite" in out.error
+    assert out.value is None
+
+
+def test_nan_in_vectorized_output_only_fails_that_request() -> None:
+    class SomeNaN:
+        def predict_many(self, xs: list[dict[str, Any]]) -> np.ndarray:
+            return np.array([x["a"] for x in xs], dtype=np.float64)
+
+    outs = Candidate("n@1", SomeNaN()).predict_batch([{"a": 1.0}, {"a": math.nan}])
+    assert outs[0].value == 1.0 and outs[0].ok
+    assert outs[1].error is not None and "non-finite" in outs[1].error
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (1.5, Outcome(value=1.5)),
+        (np.float32(0.5), Outcome(value=0.5)),
+        ("spam", Outcome(label="spam")),
+        (3, Outcome(label="3")),
+        (np.int64(2), Outcome(label="2")),
+        (True, Outcome(label="True")),
+        (np.bool_(False), Outcome(label="False")),
+        ({"a": 0.2, "b": 0.8}, Outcome(label="b", scores={"a": 0.2, "b": 0.8})),
+        ({1: 0.7, 0: 0.3}, Outcome(label="1", scores={"1": 0.7, "0": 0.3})),
+    ],
+)
+def test_output_type_mapping(output: Any, expected: Outcome) -> None:
+    assert to_outcome(output, 0.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("output", "fragment"),
+    [
+        (None, "returned None"),
+        ([1.0, 2.0], "unsupported model output type list"),
+        (b"bytes", "unsupported model output type bytes"),
+        ({}, "empty class scores"),
+        ({"a": "high"}, "non-numeric class score"),
+        ({"a": math.nan}, "non-finite class score"),
+    ],
+)
+def test_unsupported_outputs_are_errors(output: Any, fragment: str) -> None:
+    out = to_outcome(output, 1.0)
+    assert out.error is not None and fragment in out.error
+    assert out.latency_ms == 1.0
+
+
+def test_model_without_predict_methods_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match="neither predict_many"):
+        Candidate("x@1", object())
+
+
+def test_river_model_as_candidate() -> None:
+    from river import linear_model, preprocessing
+
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    lr = linear_model.LinearRegression()
+    for i in range(50):
+        x = {"a": float(i % 10), "b": float(i % 3)}
+        y = 2.0 * x["a"] - x["b"] + 1.0
+        model.learn_one(x, y)
+        lr.learn_one(x, y)
+    for m in (model, lr):
+        cand = Candidate("river@1", m)
+        assert not cand.vectorized  # river's predict_many wants a DataFrame
+        xs = [{"a": 1.0, "b": 2.0}, {"a": 4.0, "b": 0.0}]
+        outs = cand.predict_batch(xs)
+        assert [o.value for o in outs] == [pytest.approx(m.predict_one(x)) for x in xs]
+        assert all(o.ok for o in outs)
+
+
+def test_river_classifier_scores_and_unlearned_none() -> None:
+    from river import linear_model
+
+    clf = linear_model.LogisticRegression()
+    (out,) = Candidate("clf@1", clf).predict_batch([{"a": 1.0}])
+    assert out.ok and out.label in {"True", "False"}  # river answers False before learning
+
+    class ProbaOnly:
+        def __init__(self) -> None:
+            self.clf = clf
+
+        def predict_one(self, x: dict[str, Any]) -> dict[Any, float]:
+            return self.clf.predict_proba_one(x)
+
+    for i in range(30):
+        clf.learn_one({"a": float(i)}, i > 15)
+    (out,) = Candidate("clf@2", ProbaOnly()).predict_batch([{"a": 29.0}])
+    assert out.label == "True"
+    assert sum(out.scores.values()) == pytest.approx(1.0)
+
+
+def test_output_objects_that_raise_become_errors() -> None:
+    class Weird:
+        shape = ()
+
+        def item(self) -> float:
+            raise RuntimeError("cannot unwrap")
+
+    assert to_outcome(Weird(), 0.5) == Outcome(latency_ms=0.5, error="RuntimeError: cannot unwrap")
