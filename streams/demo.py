@@ -25,14 +25,12 @@ from confluent_kafka import Consumer
 
 from streams import broker
 from streams.config import Config
+from streams.demo_models import CANDIDATE_SPECS
 from streams.errors import UnderstudyError
 from streams.kafka import Topics, client_config, ensure_topics
 from streams.schemas import default_codec
 
-CANDIDATES = (
-    "ridge@2=streams.demo_models:ridge_candidate",
-    "tree@1=streams.demo_models:tree_candidate",
-)
+CANDIDATES = CANDIDATE_SPECS
 FINAL_WAIT_S = 180.0
 
 
@@ -133,7 +131,7 @@ class MetricsView:
 
     def table(self) -> str:
         head = (
-            f"{'candidate':<10} {'requests':>8} {'pairs':>7} {'MAE':>9} {'RMSE':>9} "
+            f"{'candidate':<13} {'requests':>8} {'pairs':>7} {'MAE':>9} {'RMSE':>9} "
             f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6}"
         )
         lines = [head, "-" * len(head)]
@@ -141,7 +139,7 @@ class MetricsView:
             r = self.cumulative[cand]
             w = self.window.get(cand, {})
             lines.append(
-                f"{cand:<10} {r['coverage']['requests']:>8} {r['coverage']['pairs']:>7} "
+                f"{cand:<13} {r['coverage']['requests']:>8} {r['coverage']['pairs']:>7} "
                 f"{_num(r['mae'])} {_num(r['rmse'])} {_num(r['mean_signed_diff'], 8)} "
                 f"{_num(r['candidate_latency_p50'], 7)} {_num(r['candidate_latency_p99'], 7)} "
                 f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)}"

@@ -84,6 +84,10 @@ class Joiner:
                 cfg,
                 **{
                     "group.id": f"{cfg.prefix}.joiner",
+                    # static membership: a restarted instance takes its partitions back at
+                    # once instead of waiting for the dead member's session to time out
+                    "group.instance.id": f"{cfg.prefix}.joiner.{instance}",
+                    "session.timeout.ms": 15000,
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
@@ -150,6 +154,7 @@ class Joiner:
             self.stats.restored_partitions += 1
         if new:
             self._idle_done = False
+            self._last_data = time.monotonic()  # idleness counts from a usable assignment
             log.info("joiner assigned partitions %s", new)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from support import final_cumulative, read_all, stage, terminate, wait_for
 
 from streams.config import Config
-from streams.demo_models import PRIMARY_ID
+from streams.demo_models import CANDIDATE_SPECS, PRIMARY_ID
 from streams.joiner import run_joiner
 from streams.kafka import Topics, ensure_topics
 from streams.models import load_candidate
@@ -19,7 +19,7 @@ from streams.simulation import run_service
 from streams.worker import run_worker
 
 N = 5000
-CANDIDATES = ("ridge@2", "tree@1")
+CANDIDATES = tuple(spec.split("=", 1)[0] for spec in CANDIDATE_SPECS)
 
 
 @pytest.fixture
@@ -44,10 +44,7 @@ def test_5000_requests_through_the_tap_give_exact_disagreement(
 
     evaluator = stage(cfg, "evaluator", log=tmp_path / "evaluator.log")
     stop = threading.Event()
-    candidates = [
-        load_candidate("ridge@2=streams.demo_models:ridge_candidate"),
-        load_candidate("tree@1=streams.demo_models:tree_candidate"),
-    ]
+    candidates = [load_candidate(spec) for spec in CANDIDATE_SPECS]
     worker = threading.Thread(
         target=run_worker, args=(cfg, candidates), kwargs={"stop": stop}, daemon=True
     )
