@@ -117,9 +117,7 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def final_cumulative(
-    cfg: Config, pairs: int, candidates: int
-) -> dict[str, dict[str, Any]] | None:
+def final_cumulative(cfg: Config, pairs: int, candidates: int) -> dict[str, dict[str, Any]] | None:
     """The last CUMULATIVE snapshot per candidate, once each shows ``pairs`` pairs."""
     last: dict[str, dict[str, Any]] = {}
     for s in snapshots(cfg, idle_s=1.0):
@@ -159,9 +157,12 @@ def produce_dataset(cfg: Config, n: int, seed: int = 3) -> dict[str, np.ndarray]
         key = rid.encode()
         req = enc_req({"request_id": rid, "event_time": ts, "numeric_features": {"x": float(i)}})
         p.produce(t.requests, req, key)
-        for j, (mid, role, v) in enumerate(
-            (("prim@1", "PRIMARY", prim[i]), ("c1@1", "CANDIDATE", c1[i]), ("c2@1", "CANDIDATE", c2[i]))
-        ):
+        answers = (
+            ("prim@1", "PRIMARY", prim[i]),
+            ("c1@1", "CANDIDATE", c1[i]),
+            ("c2@1", "CANDIDATE", c2[i]),
+        )
+        for j, (mid, role, v) in enumerate(answers):
             if mid == "c2@1" and i % 50 == 0:
                 continue
             value = enc_pred(

@@ -35,9 +35,7 @@ def cfg(kafka_bootstrap: str, prefix: str) -> Config:
     return c
 
 
-def test_5000_requests_through_the_tap_give_exact_disagreement(
-    cfg: Config, tmp_path: Path
-) -> None:
+def test_5000_requests_through_the_tap_give_exact_disagreement(cfg: Config, tmp_path: Path) -> None:
     service = run_service(cfg, events=N, rate=0)
     assert service.requests == N
     assert service.dropped == 0 and service.failed == 0
@@ -48,9 +46,7 @@ def test_5000_requests_through_the_tap_give_exact_disagreement(
     worker = threading.Thread(
         target=run_worker, args=(cfg, candidates), kwargs={"stop": stop}, daemon=True
     )
-    joiner = threading.Thread(
-        target=run_joiner, args=(cfg,), kwargs={"stop": stop}, daemon=True
-    )
+    joiner = threading.Thread(target=run_joiner, args=(cfg,), kwargs={"stop": stop}, daemon=True)
     worker.start()
     joiner.start()
     try:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import Producer
 from support import (
     committed_total,
@@ -80,14 +80,20 @@ def test_joiner_killed_mid_run_ends_with_the_same_numbers(
     assert a["c1@1"].coverage["duplicates"] > 0
 
 
-def _copy_topic(src: Config, dst: Config, topic_of: Any) -> int:
+def _copy(
+    messages: list[tuple[bytes | None, bytes | None, int]],
+    dst: Config,
+    pause_every: int = 0,
+) -> None:
+    """Produce messages in order to dst's partials, pausing so a consumer is caught mid-way."""
     p = Producer({"bootstrap.servers": dst.bootstrap_servers, "enable.idempotence": True})
-    n = 0
-    for key, value, partition in read_all(src, topic_of(src)):
-        p.produce(topic_of(dst), value, key, partition=partition)
-        n += 1
+    topic = Topics(dst.prefix).partials
+    for n, (key, value, partition) in enumerate(messages, 1):
+        p.produce(topic, value, key, partition=partition)
+        if pause_every and n % pause_every == 0:
+            p.flush(30)
+            time.sleep(0.2)
     assert p.flush(60) == 0
-    return n
 
 
 def _final(cfg: Config, expected_windows: int) -> dict[str, dict[str, Any]] | None:
@@ -112,13 +118,14 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     source = _cfg(kafka_bootstrap, prefix + "s")
     produce_dataset(source, N)
     run_joiner(source, idle_exit_s=4)
+    partials = fold_partials(source)
     clean, killed = _cfg(kafka_bootstrap, prefix + "a"), _cfg(kafka_bootstrap, prefix + "b")
     for cfg in (clean, killed):
         ensure_topics(cfg)
-        copied = _copy_topic(source, cfg, lambda c: Topics(c.prefix).partials)
-    partials = fold_partials(source)
-    windows = N * 10 // source.window_ms  # event time spans N x 10 ms
-    expected = 2 * windows
+    messages = read_all(source, Topics(source.prefix).partials)
+    total = len(messages)
+    _copy(messages, clean)
+    expected = 2 * (N * 10 // source.window_ms)  # window snapshots: 2 candidates x windows
 
     proc = stage(clean, "evaluator", log=tmp_path / "clean.log")
     try:
@@ -126,29 +133,39 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     finally:
         terminate(proc)
 
+    # the same partials: a third up front, the rest streamed slowly while the SIGKILL lands
+    head = total // 3
+    _copy(messages[:head], killed)
     proc = stage(killed, "evaluator", log=tmp_path / "killed.log")
-    wait_for(lambda: len(snapshots(killed, idle_s=0.5)) > 0, 120, "first snapshots", [proc])
-    time.sleep(1.0)
+    group, partials_topic = f"{killed.prefix}.evaluator", [Topics(killed.prefix).partials]
+    wait_for(
+        lambda: committed_total(killed, group, partials_topic, 1) >= head,
+        180,
+        "the evaluator to commit the first third",
+        [proc],
+    )
+    feeder = threading.Thread(target=_copy, args=(messages[head:], killed, 25))
+    feeder.start()
+    time.sleep(2.0)
     kill(proc)
-    seen_at_kill = len(snapshots(killed, idle_s=0.5))
+    committed_at_kill = committed_total(killed, group, partials_topic, 1)
     proc = stage(killed, "evaluator", log=tmp_path / "restarted.log")
     try:
         b = wait_for(lambda: _final(killed, expected), 300, "the restarted evaluator", [proc])
     finally:
         terminate(proc)
+        feeder.join(120)
 
-    assert 0 < seen_at_kill < len(a["snaps"]), "the kill must land mid-run"
-    keys_b = [(s["scope"], s["candidate"], s["window_start"], s["window_end"], s["partials"])
-              for s in b["snaps"]]
-    window_keys = [k for k in keys_b if k[0] == "WINDOW"]
-    assert len(window_keys) == len(set(window_keys)), "a window snapshot was published twice"
-    assert len(b["snaps"]) == len(a["snaps"]) == copied and True or len(b["snaps"]) == len(
-        a["snaps"]
-    )
+    assert total == len(read_all(killed, Topics(killed.prefix).partials))
+    assert head <= committed_at_kill < total, "the kill must land mid-run"
+    window_keys = [
+        (s["candidate"], s["window_start"]) for s in b["snaps"] if s["scope"] == "WINDOW"
+    ]
+    assert len(window_keys) == len(set(window_keys)) == expected, "published twice, or lost"
+    # the whole published sequence equals the uninterrupted run's, snapshot for snapshot
     assert [_comparable(s) for s in b["snaps"]] == [_comparable(s) for s in a["snaps"]]
     for cand in ("c1@1", "c2@1"):
-        fa, fb = a["last"][cand], b["last"][cand]
-        assert _comparable(fb) == _comparable(fa)
+        fa = a["last"][cand]
         assert fa["coverage"]["pairs"] == partials[cand].coverage["pairs"]
         assert fa["sum_sq_diff"] == partials[cand].sum_sq_diff.get()
     assert a["last"]["c1@1"]["coverage"]["requests"] == N
