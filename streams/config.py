@@ -94,7 +94,10 @@ class Config:
         path = path or env.get("UNDERSTUDY_CONFIG")
         if path:
             values.update(_read_file(Path(path)))
-        values.update(_from_env(env))
+        from_env = _from_env(env)
+        if "kafka" in from_env:  # env options add to (and win over) the file's, not replace
+            from_env["kafka"] = {**(values.get("kafka") or {}), **from_env["kafka"]}
+        values.update(from_env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
@@ -142,6 +145,10 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     kind = str(annotation)
     try:
         if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected a whole number")
+            if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+                raise ValueError("expected a whole number")
             return int(value)
         if kind == "str":
             return str(value)
@@ -150,5 +157,6 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
                 raise TypeError("expected a mapping")
             return {str(k): str(v) for k, v in value.items()}
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid value for {name}: {value!r} ({exc})") from None
+        shown = "***" if name == "kafka" or is_secret(name) else repr(value)
+        raise ConfigError(f"invalid value for {name}: {shown} ({exc})") from None
     return value

@@ -22,8 +22,8 @@ Semantics, per input partition:
 
 from __future__ import annotations
 
+import heapq
 import json
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +93,7 @@ class PartitionState:
         self.lateness_ms = lateness_ms
         self.ttl_ms = ttl_ms
         self.pending: dict[str, Entry] = {}
-        self._expiry: deque[tuple[int, str]] = deque()
+        self._expiry: list[tuple[int, str]] = []  # heap by deadline: any arrival order
         self.acc: dict[tuple[str, int], PartialStats] = {}
         self.max_time: dict[str, int] = {}
         self.closed_until: int | None = None
@@ -117,7 +117,7 @@ class PartitionState:
         if e is None:
             e = Entry(t, t + self.ttl_ms)
             self.pending[rid] = e
-            self._expiry.append((e.deadline, rid))
+            heapq.heappush(self._expiry, (e.deadline, rid))
         self._dirty_entries.add(rid)
         return e
 
@@ -240,7 +240,7 @@ class PartitionState:
     def _expire(self, wm: int) -> None:
         q = self._expiry
         while q and q[0][0] <= wm:
-            deadline, rid = q.popleft()
+            deadline, rid = heapq.heappop(q)
             e = self.pending.get(rid)
             if e is None or e.deadline != deadline:
                 continue
@@ -372,7 +372,7 @@ class PartitionState:
             self.primary_id = m["primary_id"]
 
     def finish_restore(self) -> None:
-        self._expiry = deque(sorted((e.deadline, rid) for rid, e in self.pending.items()))
+        self._expiry = sorted((e.deadline, rid) for rid, e in self.pending.items())
 
 
 def _acc_key(key: tuple[str, int]) -> bytes:

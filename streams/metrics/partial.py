@@ -92,18 +92,15 @@ class PartialStats:
 
     def add_regression(self, primary: np.ndarray, candidate: np.ndarray) -> None:
         """Fold regression pairs; non-finite pairs are counted ``invalid`` and skipped."""
-        d = np.asarray(candidate, dtype=np.float64) - np.asarray(primary, dtype=np.float64)
-        ok = np.isfinite(d)
+        with np.errstate(invalid="ignore", over="ignore"):  # counted below, not warned
+            d = np.asarray(candidate, dtype=np.float64) - np.asarray(primary, dtype=np.float64)
+            sq = d * d
+        ok = np.isfinite(d) & np.isfinite(sq)
         if not ok.all():
             self.coverage["invalid"] += int((~ok).sum())
-            d = d[ok]
+            d, sq = d[ok], sq[ok]
         if d.size == 0:
             return
-        sq = d * d
-        if not np.isfinite(sq).all():  # |d| > 1e154: d is fine, its square is not
-            bad = ~np.isfinite(sq)
-            self.coverage["invalid"] += int(bad.sum())
-            d, sq = d[~bad], sq[~bad]
         self.regression_n += int(d.size)
         self.sum_diff.update_many(d)
         self.sum_abs_diff.update_many(np.abs(d))

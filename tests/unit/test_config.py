@@ -170,11 +170,6 @@ def test_invalid_value_in_file(tmp_path: Path) -> None:
         Config.load(write(tmp_path, "kafka: [a, b]\n"), env={})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _coerce uses int(value), so a fractional number in the file "
-    "(partitions: 2.7) is silently truncated to 2 instead of raising ConfigError",
-)
 def test_fractional_integer_setting_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="partitions"):
         Config.load(write(tmp_path, "partitions: 2.7\n"), env={})
@@ -262,12 +257,6 @@ def test_is_secret(option: str, secret: bool) -> None:
     assert is_secret(option) is secret
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Config.load merges sources with dict.update, so any UNDERSTUDY_KAFKA_* "
-    "variable replaces the whole kafka: mapping of the file; the file's "
-    "security.protocol/sasl.mechanism are silently dropped when the password comes from env",
-)
 def test_kafka_options_from_file_and_env_are_merged(tmp_path: Path) -> None:
     path = write(tmp_path, "kafka:\n  security.protocol: SASL_SSL\n  sasl.mechanism: PLAIN\n")
     cfg = Config.load(path, env={"UNDERSTUDY_KAFKA_SASL_PASSWORD": SECRET})
@@ -278,11 +267,6 @@ def test_kafka_options_from_file_and_env_are_merged(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _coerce puts the raw value into the ConfigError message, so a kafka: "
-    "setting written as a string ('sasl.password=...') leaks the secret into the error/log",
-)
 def test_invalid_kafka_value_does_not_leak_into_the_error(tmp_path: Path) -> None:
     path = write(tmp_path, f"kafka: sasl.password={SECRET}\n")
     with pytest.raises(ConfigError) as info:

@@ -264,17 +264,6 @@ def test_nothing_expires_before_both_streams_have_been_seen() -> None:
     assert set(st.pending) == {"a", "b"}
 
 
-EXPIRY_ORDER = pytest.mark.xfail(
-    strict=True,
-    reason="bug: PartitionState._expiry is a FIFO deque in arrival order, but _expire stops "
-    "at the first entry whose deadline is in the future; an entry created after one with a "
-    "later deadline (out-of-order event times, a producer's clock ahead) is not expired when "
-    "the watermark passes its deadline, so a late event still joins it beyond the TTL, and "
-    "finish_restore() sorts the queue, so a restored joiner counts it differently",
-)
-
-
-@EXPIRY_ORDER
 def test_entry_expires_when_the_watermark_passes_its_deadline_whatever_the_arrival_order() -> None:
     st = PartitionState(0, W, 0, 5_000)
     # "a" (deadline 15 000) arrives before "b" (deadline 7 000)
@@ -285,7 +274,6 @@ def test_entry_expires_when_the_watermark_passes_its_deadline_whatever_the_arriv
     assert "b" not in st.pending
 
 
-@EXPIRY_ORDER
 def test_late_candidate_beyond_ttl_is_not_joined_and_restore_agrees() -> None:
     def events() -> list[list[Event]]:
         return [

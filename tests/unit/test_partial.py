@@ -104,17 +104,6 @@ def test_nonfinite_pairs_are_invalid_and_excluded() -> None:
     assert rel_close(out["mean_signed_diff"], float(np.mean(d)))
 
 
-NUMPY_WARNS = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeWarning,
-    reason="bug: add_regression computes c - p and d * d without np.errstate, so inf - inf "
-    "and an overflowing square emit numpy RuntimeWarnings (errors under the project's "
-    "filterwarnings=error, log noise per batch in production) instead of only counting the "
-    "pair invalid as documented",
-)
-
-
-@NUMPY_WARNS
 @pytest.mark.parametrize(
     ("p", "c"),
     [(np.inf, np.inf), (0.0, 1e200), (-1e308, 1e308)],

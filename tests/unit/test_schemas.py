@@ -472,20 +472,7 @@ def walk_fields(node: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-UNDOCUMENTED_COVERAGE = pytest.mark.xfail(
-    strict=True,
-    reason="schema bug: the 'coverage' field of Partial.avsc and MetricSnapshot.avsc has no "
-    "field-level doc (only its Coverage record type has one); DESIGN 2 asks for every field",
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=UNDOCUMENTED_COVERAGE) if n in ("Partial", "MetricSnapshot") else n
-        for n in EVENTS
-    ],
-)
+@pytest.mark.parametrize("name", EVENTS)
 def test_every_field_is_documented(name: str) -> None:
     raw = raw_schema(name)
     assert raw.get("doc", "").strip(), f"{name} has no doc"

@@ -1,0 +1,59 @@
+"""The README's first command, as a user runs it (on the session broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from streams.demo_models import CANDIDATE_SPECS
+
+
+def test_demo_prints_one_final_json_line_per_candidate(kafka_bootstrap: str, prefix: str) -> None:
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "demo",
+            "--events",
+            "2000",
+            "--json",
+            "--prefix",
+            prefix,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    lines = done.stdout.decode().splitlines()
+    snaps = [json.loads(line) for line in lines]  # nothing but JSON on stdout
+    assert sorted(s["candidate"] for s in snaps) == sorted(
+        spec.split("=", 1)[0] for spec in CANDIDATE_SPECS
+    )
+    for s in snaps:
+        assert s["scope"] == "CUMULATIVE"
+        assert s["coverage"]["pairs"] == 2000
+        assert s["coverage"]["requests"] == 2000
+        assert s["mae"] is not None and s["mae"] > 0
+    assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []  # no stage left behind
+
+
+def _processes_with_env(entry: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.encode() in environ:
+            found.append(int(proc.name))
+    return found
