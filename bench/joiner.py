@@ -1,0 +1,153 @@
+"""Joiner throughput against a raw confluent-kafka consume + decode loop, same topics, same run.
+
+Fills a fresh prefix with N requests (default 200,000) and, for each, one primary and two
+candidate predictions (4 x N events), then times:
+
+* baseline: a plain consumer reading requests + predictions and decoding every message
+  with the same Avro codec (the least any joiner must do);
+* joiner: ``streams.joiner.Joiner`` over the same topics, until every event is consumed
+  and its final partials are committed (transactions, changelog and all).
+
+Prints events/s for both and ``ratio`` = baseline / joiner (how many times slower the
+joiner is than the raw loop). Usage: ``python bench/joiner.py [--requests N]``; uses
+KAFKA_BOOTSTRAP_SERVERS or starts the embedded broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+
+from streams import broker
+from streams.config import Config
+from streams.joiner import Joiner
+from streams.kafka import Topics, ensure_topics
+from streams.schemas import default_codec
+
+
+def fill(cfg: Config, n: int) -> int:
+    t = Topics(cfg.prefix)
+    codec = default_codec()
+    enc_req, enc_pred = codec.encoder("Request"), codec.encoder("Prediction")
+    rng = np.random.default_rng(1)
+    prim = rng.normal(300.0, 50.0, n)
+    p = Producer(
+        {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "partitioner": "murmur2_random",
+            "linger.ms": 50,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+            "compression.type": "lz4",
+        }
+    )
+    base = 1_700_000_000_000
+    features = {f"f{i}": float(i) for i in range(10)}
+    for i in range(n):
+        rid = f"b{i}"
+        key = rid.encode()
+        ts = base + i
+        p.produce(
+            t.requests,
+            enc_req({"request_id": rid, "event_time": ts, "numeric_features": features}),
+            key,
+        )
+        for mid, role, v in (
+            ("prim@1", "PRIMARY", prim[i]),
+            ("c1@1", "CANDIDATE", prim[i] + 1),
+            ("c2@1", "CANDIDATE", prim[i] - 2),
+        ):
+            p.produce(
+                t.predictions,
+                enc_pred(
+                    {
+                        "request_id": rid,
+                        "event_time": ts,
+                        "model_id": mid,
+                        "role": role,
+                        "value": float(v),
+                        "latency_ms": 1.5,
+                    }
+                ),
+                key,
+            )
+        if i % 5000 == 0:
+            p.poll(0)
+            print(f"\rfilling: {i}/{n} requests", end="", file=sys.stderr, flush=True)
+    p.flush()
+    print(f"\rfilling: {n}/{n} requests", file=sys.stderr)
+    return 4 * n
+
+
+def raw_loop(cfg: Config, total: int) -> float:
+    t = Topics(cfg.prefix)
+    decode = default_codec().decode
+    c = Consumer(
+        {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "group.id": f"raw-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([t.requests, t.predictions])
+    seen = 0
+    start = None
+    while seen < total:
+        msgs = c.consume(num_messages=5000, timeout=1.0)
+        if msgs and start is None:
+            start = time.perf_counter()
+        for m in msgs:
+            if m.error() is None:
+                decode(m.value())
+                seen += 1
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    c.close()
+    return seen / elapsed
+
+
+def joiner_run(cfg: Config, total: int) -> float:
+    joiner = Joiner(cfg)
+    stop = threading.Event()
+    marks: dict[str, float] = {}
+
+    def on_batch(stats: object) -> None:
+        consumed = joiner.stats.consumed
+        if consumed and "start" not in marks:
+            marks["start"] = time.perf_counter()
+        if consumed >= total and "end" not in marks:
+            marks["end"] = time.perf_counter()
+            stop.set()
+
+    joiner.run(stop=stop, on_batch=on_batch)
+    return joiner.stats.consumed / (marks["end"] - marks["start"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=200_000)
+    args = ap.parse_args(argv)
+    bootstrap = (
+        os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        or broker.start(progress=lambda m: print(m, file=sys.stderr)).bootstrap
+    )
+    cfg = Config(bootstrap_servers=bootstrap, prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    ensure_topics(cfg)
+    total = fill(cfg, args.requests)
+    raw = raw_loop(cfg, total)
+    print(f"raw consume+decode: {raw:,.0f} events/s")
+    joined = joiner_run(cfg, total)
+    print(f"joiner:             {joined:,.0f} events/s  ({total:,} events)")
+    print(f"ratio raw/joiner: {raw / joined:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
