@@ -97,7 +97,8 @@ class PartitionState:
         self.acc: dict[tuple[str, int], PartialStats] = {}
         self.max_time: dict[str, int] = {}
         self.closed_until: int | None = None
-        self.seqs: dict[tuple[str, int], int] = {}
+        #: late partials get 1, 2, ... in emission order: unique within the partition
+        self.late_seq = 0
         self.candidates: set[str] = set()
         self.primary_id = ""
         self._buf: dict[tuple[str, int], _Buffer] = {}
@@ -287,25 +288,21 @@ class PartitionState:
             return []
         due.sort(key=lambda k: (k[0] == SHARED, k[1], k[0]))
         out: list[Emitted] = []
+        previous = self.closed_until
         for key in due:
             stats = self.acc.pop(key)
             self._dirty_acc.discard(key)
             self._removed_acc.add(key)
-            seq = self.seqs.get(key, 0)
-            self.seqs[key] = seq + 1
+            seq = 0
+            if previous is not None and key[1] + self.window_ms <= previous:
+                self.late_seq += 1  # this window was published before: a late addition
+                seq = self.late_seq
             out.append(Emitted(key[0], key[1], seq, stats))
         if advanced:
             self.closed_until = target
             if not any(e.candidate == SHARED for e in out):
                 # progress must be announced even across windows without data
-                ws = target - self.window_ms
-                key = (SHARED, ws)
-                seq = self.seqs.get(key, 0)
-                self.seqs[key] = seq + 1
-                out.append(Emitted(SHARED, ws, seq, PartialStats()))
-        horizon = target - self.ttl_ms - 2 * self.window_ms
-        for key in [k for k in self.seqs if k[1] < horizon]:
-            del self.seqs[key]
+                out.append(Emitted(SHARED, target - self.window_ms, 0, PartialStats()))
         self._meta_dirty = True
         return out
 
@@ -341,7 +338,7 @@ class PartitionState:
         return {
             "max_time": self.max_time,
             "closed_until": self.closed_until,
-            "seqs": [[c, ws, n] for (c, ws), n in self.seqs.items()],
+            "late_seq": self.late_seq,
             "candidates": sorted(self.candidates),
             "primary_id": self.primary_id,
         }
@@ -367,7 +364,7 @@ class PartitionState:
             m = json.loads(value)
             self.max_time = m["max_time"]
             self.closed_until = m["closed_until"]
-            self.seqs = {(c, ws): n for c, ws, n in m["seqs"]}
+            self.late_seq = m.get("late_seq", 0)
             self.candidates = set(m["candidates"])
             self.primary_id = m["primary_id"]
 

@@ -37,11 +37,23 @@ SHARED = "*"
 
 def _sketch_record(s: LatencySketch) -> dict[str, Any]:
     indices, counts = s.to_sparse()
-    return {"alpha": s.alpha, "min_value": s.min_value, "indices": indices, "counts": counts}
+    return {
+        "alpha": s.alpha,
+        "min_value": s.min_value,
+        "max_value": s.max_value,
+        "indices": indices,
+        "counts": counts,
+    }
 
 
 def _sketch_from(rec: dict[str, Any]) -> LatencySketch:
-    return LatencySketch.from_sparse(rec["indices"], rec["counts"], alpha=rec["alpha"])
+    return LatencySketch.from_sparse(
+        rec["indices"],
+        rec["counts"],
+        alpha=rec["alpha"],
+        min_value=rec["min_value"],
+        max_value=rec.get("max_value", LatencySketch.DEFAULT_MAX_VALUE),
+    )
 
 
 class PartialStats:

@@ -199,10 +199,17 @@ def sample_partial() -> dict[str, Any]:
         "primary_latency": {
             "alpha": 0.01,
             "min_value": 0.001,
+            "max_value": 1e7,
             "indices": [0, 17, 400, 1153],
             "counts": [1, 2, 3, 2**40],
         },
-        "candidate_latency": {"alpha": 0.01, "min_value": 0.001, "indices": [], "counts": []},
+        "candidate_latency": {
+            "alpha": 0.01,
+            "min_value": 0.001,
+            "max_value": 1e7,
+            "indices": [],
+            "counts": [],
+        },
     }
 
 
