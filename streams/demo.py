@@ -237,7 +237,9 @@ def _drive(
             errors.append(exc)
 
     if args.duration:
-        threading.Timer(args.duration, stop.set).start()
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True  # an interrupted demo must not wait for it
+        timer.start()
     service = threading.Thread(target=serve, name="demo-service", daemon=True)
     service.start()
     last_draw = 0.0

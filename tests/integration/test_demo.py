@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from streams.demo_models import CANDIDATE_SPECS
@@ -43,6 +45,46 @@ def test_demo_prints_one_final_json_line_per_candidate(kafka_bootstrap: str, pre
         assert s["coverage"]["requests"] == 2000
         assert s["mae"] is not None and s["mae"] > 0
     assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []  # no stage left behind
+
+
+def test_demo_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    err = tmp_path / "demo.err"
+    with open(err, "wb") as stderr:
+        demo = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "demo",
+                "--duration",
+                "600",
+                "--json",
+                "--prefix",
+                prefix,
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while b"requests sent" not in err.read_bytes():  # the live table is up
+            assert demo.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the demo never showed its table"
+            time.sleep(0.5)
+        assert len(_processes_with_env(f"UNDERSTUDY_PREFIX={prefix}")) == 3  # the stages
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        assert demo.stdout is not None
+        demo.stdout.close()
+    assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []
+    assert "interrupted" in err.read_text()
 
 
 def _processes_with_env(entry: str) -> list[int]:
