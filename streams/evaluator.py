@@ -24,6 +24,7 @@ from typing import Any
 import faust
 
 from streams.config import Config
+from streams.credentials import faust_credentials
 from streams.kafka import Topics
 from streams.metrics.partial import SHARED, PartialStats
 from streams.schemas import Codec, default_codec
@@ -114,6 +115,7 @@ class Evaluator:
             datadir=str(datadir),
             autodiscover=False,
             producer_acks=-1,
+            broker_credentials=faust_credentials(cfg.kafka),
         )
         app = self.app
         self.partials = app.topic(
