@@ -252,6 +252,8 @@ def _drive(
         now = time.monotonic()
         if now - last_draw >= 1.0:
             last_draw = now
+            if out.isatty():
+                out.write("\x1b[H\x1b[2J")  # redraw in place on a terminal
             print(f"\nrequests sent: {sent[0]}", file=out)
             print(view.table(), file=out, flush=True)
         if service.is_alive():
