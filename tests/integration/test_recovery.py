@@ -174,7 +174,13 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     ]
     assert len(window_keys) == len(set(window_keys)) == expected, "published twice, or lost"
     # the whole published sequence equals the uninterrupted run's, snapshot for snapshot
-    assert [_comparable(s) for s in b["snaps"]] == [_comparable(s) for s in a["snaps"]]
+    got, want = [_comparable(s) for s in b["snaps"]], [_comparable(s) for s in a["snaps"]]
+    first = next((i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y), None)
+    assert got == want, (
+        f"{len(got)} snapshots after the restart vs {len(want)}; first difference at {first}: "
+        f"{got[first] if first is not None else got[len(want) :][:2]} vs "
+        f"{want[first] if first is not None else None} (prefixes {clean.prefix}, {killed.prefix})"
+    )
     for cand in ("c1@1", "c2@1"):
         fa = a["last"][cand]
         assert fa["coverage"]["pairs"] == partials[cand].coverage["pairs"]
