@@ -33,11 +33,11 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def resolve_config(args: argparse.Namespace, *, start_embedded: bool = False) -> Config:
+def resolve_config(args: argparse.Namespace) -> Config:
     """Config from file, environment and flags; find a broker as DESIGN section 6 says.
 
     Order: an explicit ``--bootstrap`` / ``KAFKA_BOOTSTRAP_SERVERS`` / config file, then an
-    embedded broker that is already running, then (only when ``start_embedded``) a new one.
+    embedded broker that is already running (only the demo starts one itself).
     """
     overrides: dict[str, Any] = {
         "bootstrap_servers": getattr(args, "bootstrap", None),
@@ -49,8 +49,6 @@ def resolve_config(args: argparse.Namespace, *, start_embedded: bool = False) ->
     from streams import broker
 
     info = broker.status()
-    if info is None and start_embedded:
-        info = broker.start(progress=_err)
     if info is None:
         raise BrokerError(
             "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS (or bootstrap_servers in the config "

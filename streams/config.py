@@ -78,6 +78,19 @@ class Config:
         out["kafka"] = {k: ("***" if is_secret(k) else v) for k, v in self.kafka.items()}
         return out
 
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that make :meth:`load` in a child process give this config.
+
+        How the demo and the tests hand one configuration to the stage processes they start.
+        """
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+        for f in fields(self):
+            if f.name not in ("bootstrap_servers", "kafka"):
+                env[f"UNDERSTUDY_{f.name.upper()}"] = str(getattr(self, f.name))
+        for option, value in self.kafka.items():
+            env[f"UNDERSTUDY_KAFKA_{option.upper().replace('.', '_')}"] = value
+        return env
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 

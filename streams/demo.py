@@ -49,16 +49,8 @@ class Roles:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": self.cfg.bootstrap_servers,
-                "UNDERSTUDY_PREFIX": self.cfg.prefix,
-                "UNDERSTUDY_WINDOW_MS": str(self.cfg.window_ms),
-                "UNDERSTUDY_IDLE_FLUSH_MS": str(self.cfg.idle_flush_ms),
-                "UNDERSTUDY_LATENESS_MS": str(self.cfg.lateness_ms),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        env.update(self.cfg.to_env())
+        env["PYTHONUNBUFFERED"] = "1"
         return env
 
     def spawn(self, name: str, *argv: str) -> None:

@@ -25,7 +25,7 @@ import faust
 
 from streams.config import Config
 from streams.credentials import faust_credentials
-from streams.kafka import Topics
+from streams.kafka import Topics, read_compacted
 from streams.metrics.partial import SHARED, PartialStats
 from streams.schemas import Codec, default_codec
 
@@ -157,36 +157,13 @@ class Evaluator:
         partials. Reading the changelogs ourselves makes the restart exact; when faust did
         recover, this writes the same values again.
         """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        from streams.kafka import client_config
-
         for table in (self.windows, self.cumulative, self.meta, self.progress):
             topic = table.changelog_topic.get_topic_name()
-            reader = Consumer(
-                client_config(
-                    self.cfg,
-                    **{
-                        "group.id": f"{self.cfg.prefix}.evaluator-restore",
-                        "enable.auto.commit": False,
-                        "isolation.level": "read_committed",
-                    },
+            state: dict[bytes, bytes | None] = {}
+            for p in range(self.cfg.evaluator_partitions):
+                state.update(
+                    read_compacted(self.cfg, topic, p, group=f"{self.cfg.prefix}.evaluator-restore")
                 )
-            )
-            try:
-                state: dict[bytes, bytes | None] = {}
-                for p in range(self.cfg.evaluator_partitions):
-                    tp = TopicPartition(topic, p)
-                    low, high = reader.get_watermark_offsets(tp, timeout=30)
-                    if high <= low:
-                        continue
-                    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING)])
-                    while reader.position([tp])[0].offset < high:
-                        for m in reader.consume(num_messages=10000, timeout=0.5):
-                            if m.error() is None and m.key() is not None:
-                                state[m.key()] = m.value()  # type: ignore[index]
-            finally:
-                reader.close()
             for key, value in state.items():
                 if value is None:
                     table.data.pop(key, None)
@@ -220,15 +197,7 @@ class Evaluator:
         return PartialStats.from_record(self.codec.decode_as("Partial", raw))
 
     def _put_stats(self, table: Any, key: bytes, stats: PartialStats) -> None:
-        rec = {
-            "joiner_partition": -1,
-            "partition_count": 0,
-            "candidate": "",
-            "window_start": 0,
-            "window_end": 0,
-        }
-        rec.update(stats.to_record())
-        table[key] = self.codec.encode("Partial", rec)
+        table[key] = self.codec.encode("Partial", stats.to_partial())
 
     def _global_progress(self) -> int | None:
         n = self._get_json(self.progress, b"n", None)

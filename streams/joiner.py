@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -31,8 +30,8 @@ from confluent_kafka import (
 from streams.config import Config
 from streams.errors import SchemaError, UnderstudyError
 from streams.joinstate import Emitted, PartitionState
-from streams.kafka import Topics, check_copartitioned, client_config
-from streams.metrics.partial import SHARED, PartialStats
+from streams.kafka import Topics, check_copartitioned, client_config, read_compacted
+from streams.metrics.partial import PartialStats
 from streams.schemas import Codec, default_codec
 
 log = logging.getLogger(__name__)
@@ -165,37 +164,11 @@ class Joiner:
     def _restore(self, p: int) -> PartitionState:
         """Rebuild partition ``p``'s state from its changelog, to the last committed batch."""
         st = self._new_state(p)
-        reader = Consumer(
-            client_config(
-                self.cfg,
-                **{
-                    "group.id": f"{self.cfg.prefix}.joiner-restore",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                },
-            )
+        changelog = read_compacted(
+            self.cfg, self.topics.joiner_state, p, group=f"{self.cfg.prefix}.joiner-restore"
         )
-        try:
-            tp = TopicPartition(self.topics.joiner_state, p)
-            low, high = reader.get_watermark_offsets(tp, timeout=30)
-            if high <= low:
-                return st
-            reader.assign([TopicPartition(self.topics.joiner_state, p, OFFSET_BEGINNING)])
-            deadline = time.monotonic() + 120
-            while True:
-                for m in reader.consume(num_messages=10000, timeout=0.5):
-                    if m.error():
-                        continue
-                    st.restore(m.key(), m.value(), self._decode_acc)
-                pos = reader.position([TopicPartition(self.topics.joiner_state, p)])[0].offset
-                if pos >= high:
-                    break
-                if time.monotonic() > deadline:
-                    raise UnderstudyError(
-                        f"restoring joiner state of partition {p} did not reach offset {high}"
-                    )
-        finally:
-            reader.close()
+        for key, value in changelog.items():
+            st.restore(key, value, self._decode_acc)
         st.finish_restore()
         return st
 
@@ -207,7 +180,7 @@ class Joiner:
         return PartialStats.from_record(self.codec.decode_as("Partial", value))
 
     def _encode_acc(self, key: tuple[str, int], stats: PartialStats) -> bytes:
-        return self._encode_partial(self._partial_record(-1, key[0], key[1], 0, stats))
+        return self._encode_partial(stats.to_partial(candidate=key[0], window_start=key[1]))
 
     # -- the batch -----------------------------------------------------------------------
 
@@ -276,18 +249,16 @@ class Joiner:
             producer.begin_transaction()
             for p in touched:
                 st = self.states[p]
-                batch = emitted.get(p, [])
-                last_shared = max(
-                    (i for i, e in enumerate(batch) if e.candidate == SHARED), default=-1
-                )
-                for i, e in enumerate(batch):
-                    rec = self._partial_record(p, e.candidate, e.window_start, e.seq, e.stats)
-                    rec["primary"] = st.primary_id
-                    # each '*' partial vouches only for its own window, the last one for all:
-                    # the evaluator must not close a window before its '*' partial is merged
-                    end = e.window_start + self.cfg.window_ms
-                    rec["watermark"] = (
-                        st.closed_until if i == last_shared else min(end, st.closed_until or 0)
+                for e in emitted.get(p, []):
+                    rec = e.stats.to_partial(
+                        joiner_partition=p,
+                        partition_count=self.partition_count,
+                        candidate=e.candidate,
+                        primary=st.primary_id,
+                        window_start=e.window_start,
+                        window_end=e.window_start + self.cfg.window_ms,
+                        seq=e.seq,
+                        watermark=e.watermark,
                     )
                     producer.produce(
                         self.topics.partials, self._encode_partial(rec), e.candidate.encode()
@@ -330,22 +301,6 @@ class Joiner:
             if tp.offset < 0:
                 tp.offset = OFFSET_BEGINNING
             self.consumer.seek(tp)
-
-    def _partial_record(
-        self, p: int, candidate: str, ws: int, seq: int, stats: PartialStats
-    ) -> dict[str, Any]:
-        rec: dict[str, Any] = {
-            "joiner_partition": p,
-            "partition_count": self.partition_count,
-            "candidate": candidate,
-            "primary": "",
-            "window_start": ws,
-            "window_end": ws + self.cfg.window_ms,
-            "seq": seq,
-            "watermark": 0,
-        }
-        rec.update(stats.to_record())
-        return rec
 
     def _dead_letter(self, m: Message, reason: str) -> bytes:
         return self._encode_dead(

@@ -22,6 +22,7 @@ Semantics, per input partition:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 from collections.abc import Iterator
@@ -82,6 +83,8 @@ class Emitted:
     window_start: int
     seq: int
     stats: PartialStats
+    #: progress this partial vouches for (the evaluator reads it from '*' partials only)
+    watermark: int = 0
 
 
 class PartitionState:
@@ -303,8 +306,17 @@ class PartitionState:
             if not any(e.candidate == SHARED for e in out):
                 # progress must be announced even across windows without data
                 out.append(Emitted(SHARED, target - self.window_ms, 0, PartialStats()))
+        # each '*' partial vouches only for its own window, the last one for all: the
+        # evaluator must not close a window before that window's '*' partial is merged
+        closed = self.closed_until if self.closed_until is not None else 0
+        last = max((i for i, e in enumerate(out) if e.candidate == SHARED), default=-1)
         self._meta_dirty = True
-        return out
+        return [
+            dataclasses.replace(
+                e, watermark=closed if i == last else min(e.window_start + self.window_ms, closed)
+            )
+            for i, e in enumerate(out)
+        ]
 
     def align(self, closed_until: int) -> list[Emitted]:
         """Move progress to ``closed_until`` (idle partitions catching up with the others)."""

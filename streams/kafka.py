@@ -9,14 +9,15 @@ refuses to run against topics that are not.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import Config
-from streams.errors import BrokerError, TopicLayoutError
+from streams.errors import BrokerError, TopicLayoutError, UnderstudyError
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +156,37 @@ def check_copartitioned(cfg: Config, timeout: float = 15.0) -> int:
             "with the same partition count."
         )
     return next(iter(counts.values()))
+
+
+def read_compacted(
+    cfg: Config, topic: str, partition: int, *, group: str, timeout: float = 120.0
+) -> dict[bytes, bytes | None]:
+    """The latest committed value of every key in one partition of a changelog topic.
+
+    Restoring state after a crash: read_committed skips what an aborted (killed) batch
+    wrote, and a key's last record wins, so a tombstone comes back as ``None``.
+    """
+    reader = Consumer(
+        client_config(
+            cfg,
+            **{"group.id": group, "enable.auto.commit": False, "isolation.level": "read_committed"},
+        )
+    )
+    state: dict[bytes, bytes | None] = {}
+    try:
+        tp = TopicPartition(topic, partition)
+        low, high = reader.get_watermark_offsets(tp, timeout=30)
+        if high <= low:
+            return state
+        reader.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout
+        while reader.position([tp])[0].offset < high:
+            for m in reader.consume(num_messages=10000, timeout=0.5):
+                key = m.key()
+                if m.error() is None and key is not None:
+                    state[key] = m.value()
+            if time.monotonic() > deadline:
+                raise UnderstudyError(f"reading {topic}[{partition}] did not reach offset {high}")
+    finally:
+        reader.close()
+    return state

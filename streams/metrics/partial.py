@@ -219,6 +219,26 @@ class PartialStats:
             "candidate_latency": _sketch_record(self.candidate_latency),
         }
 
+    def to_partial(self, **identity: Any) -> dict[str, Any]:
+        """A whole Avro ``Partial`` record: ``identity`` fields, neutral defaults, statistics.
+
+        Also how state stores keep statistics (joiner changelog, evaluator tables), with no
+        identity: one encoding for every place a PartialStats is written.
+        """
+        rec: dict[str, Any] = {
+            "joiner_partition": -1,
+            "partition_count": 0,
+            "candidate": "",
+            "primary": "",
+            "window_start": 0,
+            "window_end": 0,
+            "seq": 0,
+            "watermark": 0,
+        }
+        rec.update(identity)
+        rec.update(self.to_record())
+        return rec
+
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> PartialStats:
         s = cls()

@@ -26,16 +26,7 @@ BASE_TIME = 1_700_000_000_000
 def stage(cfg: Config, role: str, *argv: str, log: Path) -> subprocess.Popen[bytes]:
     """Start ``understudy <role>`` as its own process (own session, so it can be SIGKILLed)."""
     env = dict(os.environ)
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": cfg.bootstrap_servers,
-            "UNDERSTUDY_PREFIX": cfg.prefix,
-            "UNDERSTUDY_WINDOW_MS": str(cfg.window_ms),
-            "UNDERSTUDY_IDLE_FLUSH_MS": str(cfg.idle_flush_ms),
-            "UNDERSTUDY_LATENESS_MS": str(cfg.lateness_ms),
-            "UNDERSTUDY_JOIN_TTL_MS": str(cfg.join_ttl_ms),
-        }
-    )
+    env.update(cfg.to_env())
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "streams.cli", role, *argv],

@@ -321,3 +321,14 @@ def test_topic_specs_copartition_the_joined_topics(partitions: int) -> None:
 def test_topic_specs_use_the_replication_factor() -> None:
     specs = topic_specs(Config(replication_factor=3))
     assert {s.replication_factor for s in specs} == {3}
+
+
+def test_to_env_hands_the_same_config_to_a_child_process() -> None:
+    cfg = Config(
+        bootstrap_servers="h:9092",
+        prefix="p1",
+        window_ms=2000,
+        join_ttl_ms=5000,
+        kafka={"security.protocol": "SASL_SSL", "sasl.password": "s3cret"},
+    )
+    assert Config.load(env=cfg.to_env()) == cfg
