@@ -39,32 +39,46 @@ def _flush_before_commit() -> None:
     ``TransactionManager.commit`` sends the input offsets and commits the transaction
     without draining that buffer, so offsets can commit before the table changes of the
     events they cover. A SIGKILL then loses those changes for good (measured here: a
-    restarted evaluator published windows with half their partials). Draining the
-    producer, buffer and transactional producers, before each commit closes that gap.
+    restarted evaluator published windows with half their partials). So before each
+    commit: wait until the buffer is empty and no message is between the buffer and the
+    client (faust's own buffer flush gives up after 0.1 s and does not see that hand-over),
+    then flush the clients, transactional producers included.
     """
     from faust.transport.consumer import TransactionManager
+    from faust.transport.producer import ProducerBuffer
 
     if getattr(TransactionManager.commit, "_understudy_flushes", False):
         return
-    original = TransactionManager.commit
+    original_commit = TransactionManager.commit
+    original_send_pending = ProducerBuffer._send_pending
+    in_flight = 0
+
+    async def send_pending(self: Any, fut: Any) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            await original_send_pending(self, fut)
+        finally:
+            in_flight -= 1
 
     async def commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
         producer = self.app.producer
         buffer = producer.buffer
-        # faust's buffer flush gives up after 0.1 s without a send, and a message taken off
-        # the buffer but not yet handed to the client is not counted: drain until empty,
-        # let the sender task finish its hand-over, then flush the clients themselves.
-        for _ in range(1000):
-            await producer.flush()
-            for _ in range(3):
-                await asyncio.sleep(0)
-            if buffer.size == 0:
-                break
+        started, warned = time.monotonic(), False
+        while buffer.size or in_flight:
+            await buffer.flush()
+            await asyncio.sleep(0.001)
+            if not warned and time.monotonic() - started > 30:
+                warned = True
+                log.warning("commit waiting for %d buffered sends (broker slow?)", buffer.size)
         await producer.flush()
-        result: bool = await original(self, offsets, start_new_transaction=start_new_transaction)
+        result: bool = await original_commit(
+            self, offsets, start_new_transaction=start_new_transaction
+        )
         return result
 
     commit._understudy_flushes = True  # type: ignore[attr-defined]
+    ProducerBuffer._send_pending = send_pending  # type: ignore[method-assign]
     TransactionManager.commit = commit  # type: ignore[method-assign]
 
 
@@ -173,16 +187,24 @@ class Evaluator:
 
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
-            # faust can commit a transaction holding an event's table changes but not yet
-            # its offset; the marker, written after the event's snapshots were handed to
-            # the producer, makes the replay after a crash skip what was applied already
-            marker = b"o%d" % event.message.partition
-            if event.message.offset <= self._get_json(self.progress, marker, -1):
-                continue
-            out = self.handle(event.value)
-            for key, value in out:
-                await self.metrics.send(key=key, value=value)
-            self.progress[marker] = json.dumps(event.message.offset).encode()
+            self._apply(event.message.partition, event.message.offset, event.value)
+
+    def _apply(self, partition: int, offset: int, value: bytes) -> None:
+        """Apply one partial: table changes, snapshots and the applied-offset marker.
+
+        Synchronous on purpose: faust commits in another task, at the agent's await points,
+        so with no await in here a commit holds all of this event's effects or none of them.
+        (An ``await topic.send`` between table changes let a commit take the changes without
+        the snapshots and the marker; the replay then applied the partial twice.) The
+        marker covers the other gap: a commit can hold the effects but not yet the offset,
+        and the replay after a crash must skip an event it has applied.
+        """
+        marker = b"o%d" % partition
+        if offset <= self._get_json(self.progress, marker, -1):
+            return
+        for key, snapshot in self.handle(value):
+            self.metrics.send_soon(key=key, value=snapshot)
+        self.progress[marker] = json.dumps(offset).encode()
 
     # -- the logic (synchronous: tables are dicts) ----------------------------------------
 

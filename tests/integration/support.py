@@ -118,6 +118,21 @@ def final_cumulative(cfg: Config, pairs: int, candidates: int) -> dict[str, dict
     return last if len(done) >= candidates else None
 
 
+def send(p: Producer, topic: str, value: bytes | None, key: bytes | None, **kw: Any) -> None:
+    """``produce`` that waits for room when the client's queue is full.
+
+    A broker that has just started (or a topic whose leader is still being elected) can
+    hold deliveries back long enough for 100,000 queued messages to fill the queue; a test
+    that fills topics must wait then, not fail with ``BufferError``.
+    """
+    while True:
+        try:
+            p.produce(topic, value, key, **kw)
+            return
+        except BufferError:
+            p.poll(0.2)
+
+
 def produce_dataset(cfg: Config, n: int, seed: int = 3) -> dict[str, np.ndarray]:
     """Requests, primary and two candidates' predictions with fixed event times.
 
@@ -147,7 +162,7 @@ def produce_dataset(cfg: Config, n: int, seed: int = 3) -> dict[str, np.ndarray]
         ts = BASE_TIME + i * 10
         key = rid.encode()
         req = enc_req({"request_id": rid, "event_time": ts, "numeric_features": {"x": float(i)}})
-        p.produce(t.requests, req, key)
+        send(p, t.requests, req, key)
         answers = (
             ("prim@1", "PRIMARY", prim[i]),
             ("c1@1", "CANDIDATE", c1[i]),
@@ -166,9 +181,9 @@ def produce_dataset(cfg: Config, n: int, seed: int = 3) -> dict[str, np.ndarray]
                     "latency_ms": float(lat[j, i]),
                 }
             )
-            p.produce(t.predictions, value, key)
+            send(p, t.predictions, value, key)
             if i % 97 == 0:
-                p.produce(t.predictions, value, key)  # an at-least-once duplicate
+                send(p, t.predictions, value, key)  # an at-least-once duplicate
         if i % 1000 == 0:
             p.poll(0)
     assert p.flush(60) == 0

@@ -16,6 +16,7 @@ from support import (
     kill,
     produce_dataset,
     read_all,
+    send,
     snapshots,
     stage,
     terminate,
@@ -90,7 +91,7 @@ def _copy(
     p = Producer({"bootstrap.servers": dst.bootstrap_servers, "enable.idempotence": True})
     topic = Topics(dst.prefix).partials
     for n, (key, value, partition) in enumerate(messages, 1):
-        p.produce(topic, value, key, partition=partition)
+        send(p, topic, value, key, partition=partition)
         if pause_every and n % pause_every == 0:
             p.flush(30)
             time.sleep(0.2)
