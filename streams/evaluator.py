@@ -1,10 +1,9 @@
 """The evaluator: a faust-streaming app that merges partials and publishes judgements.
 
 Low volume, rich state: it sees O(partitions x candidates) records per window whatever the
-traffic. Partials of a window are merged until every joiner partition's progress (carried by
-its ``*`` partials) has passed the window's end; then one WINDOW snapshot and one CUMULATIVE
-snapshot are published per candidate. A partial that arrives for a window already published
-is late: it goes into the cumulative numbers and is counted.
+traffic. What it does with a partial (merge, close windows, late partials) is
+:class:`streams.merging.WindowMerger`, which knows nothing of faust; this module gives it
+changelog-backed tables and publishes what it returns.
 
 All state is in changelog-backed faust tables and the app runs with
 ``processing_guarantee="exactly_once"``, so table changes, published snapshots and input
@@ -14,109 +13,43 @@ ends with the same cumulative numbers.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import faust
+from confluent_kafka import Consumer, TopicPartition
 
+from streams import faust_eos
 from streams.config import Config
 from streams.credentials import faust_credentials
-from streams.kafka import Topics, read_compacted
-from streams.metrics.partial import SHARED, PartialStats
+from streams.errors import ConfigError, UnderstudyError
+from streams.kafka import Topics, client_config, read_compacted
+from streams.merging import WindowMerger
 from streams.schemas import Codec, default_codec
 
 log = logging.getLogger(__name__)
-
-
-def _flush_before_commit() -> None:
-    """Make faust's exactly-once commit include every table change it covers.
-
-    faust-streaming sends table changelog records through a buffer (``send_soon``) and its
-    ``TransactionManager.commit`` sends the input offsets and commits the transaction
-    without draining that buffer, so offsets can commit before the table changes of the
-    events they cover. A SIGKILL then loses those changes for good (measured here: a
-    restarted evaluator published windows with half their partials). So before each
-    commit: wait until the buffer is empty and no message is between the buffer and the
-    client (faust's own buffer flush gives up after 0.1 s and does not see that hand-over),
-    then flush the clients, transactional producers included.
-    """
-    from faust.transport.consumer import TransactionManager
-    from faust.transport.producer import ProducerBuffer
-
-    if getattr(TransactionManager.commit, "_understudy_flushes", False):
-        return
-    original_commit = TransactionManager.commit
-    original_send_pending = ProducerBuffer._send_pending
-    in_flight = 0
-
-    async def send_pending(self: Any, fut: Any) -> None:
-        nonlocal in_flight
-        in_flight += 1
-        try:
-            await original_send_pending(self, fut)
-        finally:
-            in_flight -= 1
-
-    async def commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
-        producer = self.app.producer
-        buffer = producer.buffer
-        started, warned = time.monotonic(), False
-        while buffer.size or in_flight:
-            await buffer.flush()
-            await asyncio.sleep(0.001)
-            if not warned and time.monotonic() - started > 30:
-                warned = True
-                log.warning("commit waiting for %d buffered sends (broker slow?)", buffer.size)
-        await producer.flush()
-        result: bool = await original_commit(
-            self, offsets, start_new_transaction=start_new_transaction
-        )
-        return result
-
-    commit._understudy_flushes = True  # type: ignore[attr-defined]
-    ProducerBuffer._send_pending = send_pending  # type: ignore[method-assign]
-    TransactionManager.commit = commit  # type: ignore[method-assign]
-
-
-def snapshot_record(
-    candidate: str,
-    primary: str,
-    scope: str,
-    stats: PartialStats,
-    meta: dict[str, Any],
-) -> dict[str, Any]:
-    """A MetricSnapshot record from merged statistics and their bookkeeping."""
-    rec: dict[str, Any] = {
-        "candidate": candidate,
-        "primary": primary,
-        "scope": scope,
-        "window_start": meta["window_start"],
-        "window_end": meta["window_end"],
-        "windows": meta.get("windows", 1),
-        "partials": meta.get("partials", 0),
-        "late_partials": meta.get("late_partials", 0),
-        "emitted_at": int(time.time() * 1000),
-        "coverage": dict(stats.coverage),
-    }
-    rec.update(stats.summary())
-    return rec
 
 
 class Evaluator:
     """Builds the faust app; state lives in its tables, logic in :meth:`handle`."""
 
     def __init__(self, cfg: Config, *, codec: Codec | None = None, datadir: Path | None = None):
+        if cfg.evaluator_partitions != 1:
+            # the joiners' progress (``*`` partials) lands in one partition; an evaluator
+            # instance on another would never see a window complete
+            raise ConfigError(
+                f"evaluator_partitions={cfg.evaluator_partitions}: the evaluator runs on one "
+                "partials partition for now (it is O(partitions x candidates) per window)"
+            )
         self.cfg = cfg
         self.topics = Topics(cfg.prefix)
         self.codec = codec or default_codec()
         app_id = f"{cfg.prefix}.evaluator"
         datadir = datadir or Path.home() / ".cache" / "understudy" / "evaluator" / cfg.prefix
         datadir.mkdir(parents=True, exist_ok=True)
-        _flush_before_commit()
+        faust_eos.install({self.topics.metrics: self.topics.partials})
         self.app = faust.App(
             app_id,
             broker=[f"kafka://{h}" for h in cfg.bootstrap_servers.split(",")],
@@ -148,6 +81,11 @@ class Evaluator:
             "on_recover": self._restore_tables,
             "default": None,
             "partitions": cfg.evaluator_partitions,
+            # bytes in, bytes out. The table's own key_type/value_type pick the serializers
+            # its changelog is read back with: with a schema alone they fell back to json,
+            # and faust's recovery failed on every record ("Error in recovery")
+            "key_type": bytes,
+            "value_type": bytes,
             "schema": faust.Schema(
                 key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
             ),
@@ -160,6 +98,10 @@ class Evaluator:
         self.meta = app.Table("meta", **table_opts)
         #: b"p<partition>" -> progress; b"n" -> partition count (JSON ints)
         self.progress = app.Table("progress", **table_opts)
+        self._gaps = GapReader(cfg, self.topics.partials)
+        self.merger = WindowMerger(
+            self.windows, self.cumulative, self.meta, self.progress, codec=self.codec
+        )
         app.agent(self.partials, name="merge")(self._agent)
 
     async def _restore_tables(self) -> None:
@@ -190,174 +132,94 @@ class Evaluator:
             self._apply(event.message.partition, event.message.offset, event.value)
 
     def _apply(self, partition: int, offset: int, value: bytes) -> None:
-        """Apply one partial: table changes, snapshots and the applied-offset marker.
+        """Apply one partial exactly once, in offset order, with what the stream skipped.
+
+        The applied-offset marker (in the progress table, so it commits with the state) is
+        the evaluator's real position: a replayed offset at or below it is skipped, and an
+        offset beyond the next one is a gap. Most gaps are transaction markers (the joiner
+        writes transactionally); but faust also drops fetched messages during a rebalance
+        and acks them (see :mod:`streams.faust_eos`), so a gap is read back from the topic
+        and whatever committed partials it holds are applied first.
 
         Synchronous on purpose: faust commits in another task, at the agent's await points,
-        so with no await in here a commit holds all of this event's effects or none of them.
-        (An ``await topic.send`` between table changes let a commit take the changes without
-        the snapshots and the marker; the replay then applied the partial twice.) The
-        marker covers the other gap: a commit can hold the effects but not yet the offset,
-        and the replay after a crash must skip an event it has applied.
+        so with no await in here a commit holds all of this event's effects (table changes,
+        snapshots, marker) or none of them.
         """
-        marker = b"o%d" % partition
-        if offset <= self._get_json(self.progress, marker, -1):
+        last = self.merger.get_json(self.progress, b"o%d" % partition, None)
+        if last is None:
+            last = self._gaps.log_start(partition) - 1
+        if offset <= last:
             return
-        for key, snapshot in self.handle(value):
-            self.metrics.send_soon(key=key, value=snapshot)
-        self.progress[marker] = json.dumps(offset).encode()
+        if offset > last + 1:
+            for missed_offset, missed in self._gaps.read(partition, last + 1, offset):
+                self._fold(partition, missed_offset, missed)
+        self._fold(partition, offset, value)
 
-    # -- the logic (synchronous: tables are dicts) ----------------------------------------
+    def _fold(self, partition: int, offset: int, value: bytes) -> None:
+        for key, snapshot in self.merger.handle(value):
+            # partition = the source's: faust_eos sends it in that partition's transaction
+            self.metrics.send_soon(key=key, value=snapshot, partition=partition)
+        self.merger.put_json(self.progress, b"o%d" % partition, offset)
 
-    def _get_json(self, table: Any, key: bytes, default: Any) -> Any:
-        raw = table.get(key)
-        return default if raw is None else json.loads(raw)
 
-    def _stats(self, table: Any, key: bytes) -> PartialStats | None:
-        raw = table.get(key)
-        if raw is None:
-            return None
-        return PartialStats.from_record(self.codec.decode_as("Partial", raw))
+class GapReader:
+    """Reads the committed records of an offset range of the partials topic, on demand."""
 
-    def _put_stats(self, table: Any, key: bytes, stats: PartialStats) -> None:
-        table[key] = self.codec.encode("Partial", stats.to_partial())
+    def __init__(self, cfg: Config, topic: str, timeout_s: float = 60.0) -> None:
+        self.cfg = cfg
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._consumer: Consumer | None = None
 
-    def _global_progress(self) -> int | None:
-        n = self._get_json(self.progress, b"n", None)
-        if n is None:
-            return None
-        marks = [self._get_json(self.progress, b"p%d" % p, None) for p in range(n)]
-        if any(m is None for m in marks):
-            return None
-        return min(marks)
-
-    def handle(self, value: bytes) -> list[tuple[bytes, bytes]]:
-        """Fold one partial; return the (key, MetricSnapshot) messages to publish."""
-        try:
-            rec = self.codec.decode_as("Partial", value)
-            stats = PartialStats.from_record(rec)
-        except Exception as exc:  # a bad partial must not stop the evaluator
-            log.error("dropping undecodable partial: %s", exc)
-            return []
-        cand: str = rec["candidate"]
-        ws, we = rec["window_start"], rec["window_end"]
-        before = self._global_progress()
-        out: list[tuple[bytes, bytes]] = []
-        if before is not None and we <= before:
-            out += self._late(cand, rec, stats)
-        else:
-            key = f"{cand}|{ws}".encode()
-            merged = self._stats(self.windows, key) or PartialStats()
-            merged.merge(stats)
-            self._put_stats(self.windows, key, merged)
-            wmeta = self._get_json(
-                self.meta, key, {"window_start": ws, "window_end": we, "partials": 0}
-            )
-            wmeta["partials"] += 1
-            if rec["primary"]:
-                wmeta["primary"] = rec["primary"]
-            self.meta[key] = json.dumps(wmeta).encode()
-        if cand == SHARED:
-            self.progress[b"n"] = json.dumps(rec["partition_count"]).encode()
-            pkey = b"p%d" % rec["joiner_partition"]
-            old = self._get_json(self.progress, pkey, None)
-            if old is None or rec["watermark"] > old:
-                self.progress[pkey] = json.dumps(rec["watermark"]).encode()
-            after = self._global_progress()
-            if after is not None and (before is None or after > before):
-                out += self._close(after)
-        return out
-
-    def _close(self, progress: int) -> list[tuple[bytes, bytes]]:
-        """Publish every pending window that ends at or before ``progress``, oldest first."""
-        due: dict[int, list[str]] = {}
-        for raw_key in list(self.windows.keys()):
-            cand, ws_s = raw_key.decode().rsplit("|", 1)
-            meta = self._get_json(self.meta, raw_key, None)
-            if meta is not None and meta["window_end"] <= progress:
-                due.setdefault(int(ws_s), []).append(cand)
-        out: list[tuple[bytes, bytes]] = []
-        for ws in sorted(due):
-            shared_key = f"{SHARED}|{ws}".encode()
-            shared = self._stats(self.windows, shared_key) or PartialStats()
-            shared_meta = self._get_json(self.meta, shared_key, {"partials": 0})
-            for cand in sorted(c for c in due[ws] if c != SHARED):
-                key = f"{cand}|{ws}".encode()
-                stats = self._stats(self.windows, key) or PartialStats()
-                wmeta = self._get_json(self.meta, key, {})
-                stats.merge(shared)
-                wmeta["partials"] += shared_meta["partials"]
-                primary = shared_meta.get("primary") or wmeta.get("primary", "")
-                out.append(self._snapshot(cand, primary, "WINDOW", stats, wmeta))
-                out += self._add_cumulative(cand, primary, stats, wmeta, late=0)
-                del self.windows[key]
-                del self.meta[key]
-            if shared_key in self.windows:
-                del self.windows[shared_key]
-            if shared_key in self.meta:
-                del self.meta[shared_key]
-        return out
-
-    def _late(
-        self, cand: str, rec: dict[str, Any], stats: PartialStats
-    ) -> list[tuple[bytes, bytes]]:
-        meta = {"window_start": rec["window_start"], "window_end": rec["window_end"], "partials": 1}
-        if cand != SHARED:
-            return self._add_cumulative(cand, rec["primary"], stats, meta, late=1, new_window=False)
-        out: list[tuple[bytes, bytes]] = []
-        shared_key = SHARED.encode()
-        kept = self._stats(self.cumulative, shared_key) or PartialStats()
-        kept.merge(stats)
-        self._put_stats(self.cumulative, shared_key, kept)
-        for raw in list(self.cumulative.keys()):
-            if raw != shared_key:
-                out += self._add_cumulative(
-                    raw.decode(), rec["primary"], stats, meta, late=1, new_window=False
+    def _reader(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                client_config(
+                    self.cfg,
+                    **{
+                        "group.id": f"{self.cfg.prefix}.evaluator-gaps",
+                        "enable.auto.commit": False,
+                        "isolation.level": "read_committed",
+                    },
                 )
-        return out
+            )
+        return self._consumer
 
-    def _add_cumulative(
-        self,
-        cand: str,
-        primary: str,
-        stats: PartialStats,
-        wmeta: dict[str, Any],
-        *,
-        late: int,
-        new_window: bool = True,
-    ) -> list[tuple[bytes, bytes]]:
-        key = cand.encode()
-        total = self._stats(self.cumulative, key)
-        if total is None:
-            # shared statistics that arrived late while no candidate existed yet
-            total = self._stats(self.cumulative, SHARED.encode()) or PartialStats()
-        total.merge(stats)
-        self._put_stats(self.cumulative, key, total)
-        cmeta = self._get_json(
-            self.meta,
-            key,
-            {
-                "window_start": wmeta["window_start"],
-                "window_end": wmeta["window_end"],
-                "windows": 0,
-                "partials": 0,
-                "late_partials": 0,
-            },
+    def log_start(self, partition: int) -> int:
+        low, _ = self._reader().get_watermark_offsets(
+            TopicPartition(self.topic, partition), timeout=30
         )
-        cmeta["window_start"] = min(cmeta["window_start"], wmeta["window_start"])
-        cmeta["window_end"] = max(cmeta["window_end"], wmeta["window_end"])
-        cmeta["windows"] += 1 if new_window else 0
-        cmeta["partials"] += wmeta["partials"]
-        cmeta["late_partials"] += late
-        if primary:
-            cmeta["primary"] = primary
-        self.meta[key] = json.dumps(cmeta).encode()
-        return [self._snapshot(cand, cmeta.get("primary", ""), "CUMULATIVE", total, cmeta)]
+        return int(low)
 
-    def _snapshot(
-        self, cand: str, primary: str, scope: str, stats: PartialStats, meta: dict[str, Any]
-    ) -> tuple[bytes, bytes]:
-        rec = snapshot_record(cand, primary, scope, stats, meta)
-        return cand.encode(), self.codec.encode("MetricSnapshot", rec)
+    def read(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        """(offset, value) of every committed record with start <= offset < end."""
+        reader = self._reader()
+        reader.assign([TopicPartition(self.topic, partition, start)])
+        found: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            position = reader.position([TopicPartition(self.topic, partition)])[0].offset
+            if position >= end:
+                break
+            for m in reader.consume(num_messages=500, timeout=0.2):
+                off = m.offset()
+                if m.error() is None and off is not None and start <= off < end:
+                    found.append((off, m.value() or b""))
+            if time.monotonic() > deadline:
+                raise UnderstudyError(
+                    f"could not read {self.topic}[{partition}] offsets {start}..{end - 1} "
+                    f"in {self.timeout_s:.0f} s"
+                )
+        reader.unassign()
+        if found:
+            log.warning(
+                "applying %d partial(s) the stream skipped: %s[%d] offsets %s",
+                len(found),
+                self.topic,
+                partition,
+                [o for o, _ in found],
+            )
+        return found
 
 
 def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None = None) -> None:

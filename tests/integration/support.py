@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.config import Config
 from streams.kafka import Topics, ensure_topics
@@ -67,7 +67,9 @@ def read_all(
             "isolation.level": "read_committed",
         }
     )
-    c.subscribe([topic])
+    # assign, not subscribe: no group join to wait for, so idle_s really means "nothing new"
+    partitions = c.list_topics(topic, timeout=30).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
     out: list[tuple[bytes | None, bytes | None, int]] = []
     last = time.monotonic()
     start = last

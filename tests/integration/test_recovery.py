@@ -26,6 +26,7 @@ from support import (
 from streams.config import Config
 from streams.joiner import run_joiner
 from streams.kafka import Topics, ensure_topics
+from streams.schemas import default_codec
 
 N = 30_000
 
@@ -130,7 +131,13 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     clean, killed = _cfg(kafka_bootstrap, prefix + "a"), _cfg(kafka_bootstrap, prefix + "b")
     for cfg in (clean, killed):
         ensure_topics(cfg)
-    messages = read_all(source, Topics(source.prefix).partials)
+    # in window order, as a live joiner would publish them: windows then close all along,
+    # so snapshots are being published when the SIGKILL lands
+    codec = default_codec()
+    messages = sorted(
+        read_all(source, Topics(source.prefix).partials),
+        key=lambda m: codec.decode_as("Partial", m[1] or b"")["window_end"],
+    )
     total = len(messages)
     _copy(messages, clean)
     expected = 2 * (N * 10 // source.window_ms)  # window snapshots: 2 candidates x windows
@@ -159,6 +166,7 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     time.sleep(2.0)
     kill(proc)
     committed_at_kill = committed_total(killed, group, partials_topic, 1)
+    published_at_kill = len(snapshots(killed, idle_s=1.0))
     proc = stage(killed, "evaluator", log=tmp_path / "restarted.log")
     try:
         wait_for(lambda: _final(killed, expected), 300, "the restarted evaluator", [proc])
@@ -170,6 +178,7 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
 
     assert total == len(read_all(killed, Topics(killed.prefix).partials))
     assert head <= committed_at_kill < total, "the kill must land mid-run"
+    assert 0 < published_at_kill < len(a["snaps"]), "the kill must land while publishing"
     window_keys = [
         (s["candidate"], s["window_start"]) for s in b["snaps"] if s["scope"] == "WINDOW"
     ]
