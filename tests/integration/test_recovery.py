@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import Producer
 from support import (
     committed_total,
@@ -115,12 +114,6 @@ def _comparable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k != "emitted_at"}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 2): passed once with the applied-offset marker and the full drain "
-    "before commit (session 1's last change); before them a replayed or lost partial showed "
-    "up now and then. Remove this marker once it has passed repeatedly",
-)
 def test_evaluator_killed_mid_run_publishes_nothing_twice(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
