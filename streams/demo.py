@@ -38,6 +38,35 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread so that the stages get stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (``timeout``, a service manager) end the demo the same way.
+
+    The stages run in their own sessions, so a demo that died of SIGTERM would leave them
+    running. SIGINT is set too, not left to Python: a shell that starts a command in the
+    background sets SIGINT to ignored, and Python keeps an inherited ignore.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        raise _Stopped(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _ignore_stop_signals() -> None:
+    """While the stages are being stopped: a second signal must not cut that short."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class Roles:
     """The stage processes of the demo, with their logs, stopped together."""
 
@@ -174,6 +203,7 @@ def run_demo(args: argparse.Namespace) -> int:
     view: MetricsView | None = None
     stop = threading.Event()
     interrupted = False
+    _stop_on_signals()
     try:
         ensure_topics(cfg)
         _err(f"topics: {cfg.prefix}.* ; stage logs in {run_dir}")
@@ -189,11 +219,14 @@ def run_demo(args: argparse.Namespace) -> int:
             for cand in sorted(view.cumulative):
                 print(json.dumps(view.cumulative[cand], sort_keys=True), flush=True)
         return result
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _ignore_stop_signals()
         interrupted = True
-        _err("\ninterrupted: stopping the stages")
-        return 130
+        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
+        _err(f"\ninterrupted ({signal.Signals(signum).name}): stopping the stages")
+        return 128 + signum
     finally:
+        _ignore_stop_signals()
         stop.set()
         roles.stop()
         if view is not None:

@@ -134,8 +134,24 @@ def ensure_topics(cfg: Config, timeout: float = 30.0) -> list[str]:
             except KafkaException as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+        _await_metadata(cfg, [s.topic for s in missing], timeout)
     check_copartitioned(cfg)
     return created
+
+
+def _await_metadata(cfg: Config, names: list[str], timeout: float) -> None:
+    """Wait until metadata lists ``names`` with their partitions.
+
+    A created topic's future completes when the controller has it; the broker that answers
+    metadata learns of it a little later (seen: "missing topics" just after creation on a
+    freshly started broker).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = partition_counts(cfg, names, timeout)
+        if all(n in counts for n in names) or time.monotonic() >= deadline:
+            return  # check_copartitioned says what is still missing
+        time.sleep(0.1)
 
 
 def check_copartitioned(cfg: Config, timeout: float = 15.0) -> int:

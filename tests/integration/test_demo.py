@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from streams.demo_models import CANDIDATE_SPECS
 
 
@@ -47,7 +49,10 @@ def test_demo_prints_one_final_json_line_per_candidate(kafka_bootstrap: str, pre
     assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []  # no stage left behind
 
 
-def test_demo_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_stops_its_stages_on_ctrl_c_or_sigterm(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, sig: signal.Signals
+) -> None:
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
     err = tmp_path / "demo.err"
     with open(err, "wb") as stderr:
@@ -75,8 +80,8 @@ def test_demo_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, prefix: str, tmp_pat
             assert time.monotonic() < deadline, "the demo never showed its table"
             time.sleep(0.5)
         assert len(_processes_with_env(f"UNDERSTUDY_PREFIX={prefix}")) == 3  # the stages
-        demo.send_signal(signal.SIGINT)
-        assert demo.wait(60) == 130
+        demo.send_signal(sig)
+        assert demo.wait(60) == 128 + sig
     finally:
         if demo.poll() is None:
             demo.kill()
@@ -84,7 +89,7 @@ def test_demo_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, prefix: str, tmp_pat
         assert demo.stdout is not None
         demo.stdout.close()
     assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []
-    assert "interrupted" in err.read_text()
+    assert f"interrupted ({sig.name})" in err.read_text()
 
 
 def _processes_with_env(entry: str) -> list[int]:
