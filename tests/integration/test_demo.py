@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,7 +89,11 @@ def test_demo_stops_its_stages_on_ctrl_c_or_sigterm(
             demo.wait()
         assert demo.stdout is not None
         demo.stdout.close()
-    assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []
+        left = _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}")
+        for pid in left:  # a failed run must not leave stages running on the machine
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert left == []
     assert f"interrupted ({sig.name})" in err.read_text()
 
 
