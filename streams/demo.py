@@ -67,6 +67,20 @@ def _ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _term_when_parent_dies() -> None:
+    """In the child before exec: SIGTERM it when the demo dies, even of SIGKILL.
+
+    The stages have their own sessions, so nothing else would stop them; a demo killed
+    with SIGKILL (an OOM killer, a test timeout) used to leave three of them running.
+    Linux only; elsewhere the demo's own signal handling is all there is.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+
 class Roles:
     """The stage processes of the demo, with their logs, stopped together."""
 
@@ -93,6 +107,7 @@ class Roles:
             stdin=subprocess.DEVNULL,
             env=self.env(),
             start_new_session=True,  # Ctrl-C reaches us only; we stop them in order
+            preexec_fn=_term_when_parent_dies,
         )
 
     def check(self) -> None:
