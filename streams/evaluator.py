@@ -14,7 +14,6 @@ ends with the same cumulative numbers.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ from confluent_kafka import Consumer, TopicPartition
 from streams import faust_eos
 from streams.config import Config
 from streams.credentials import faust_credentials
-from streams.errors import ConfigError, UnderstudyError
-from streams.kafka import Topics, client_config, read_compacted
+from streams.errors import ConfigError
+from streams.kafka import Topics, committed_reader, read_compacted, read_range
 from streams.merging import WindowMerger
 from streams.schemas import Codec, default_codec
 
@@ -173,16 +172,7 @@ class GapReader:
 
     def _reader(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(
-                client_config(
-                    self.cfg,
-                    **{
-                        "group.id": f"{self.cfg.prefix}.evaluator-gaps",
-                        "enable.auto.commit": False,
-                        "isolation.level": "read_committed",
-                    },
-                )
-            )
+            self._consumer = committed_reader(self.cfg, f"{self.cfg.prefix}.evaluator-gaps")
         return self._consumer
 
     def log_start(self, partition: int) -> int:
@@ -194,22 +184,10 @@ class GapReader:
     def read(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
         """(offset, value) of every committed record with start <= offset < end."""
         reader = self._reader()
-        reader.assign([TopicPartition(self.topic, partition, start)])
-        found: list[tuple[int, bytes]] = []
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            position = reader.position([TopicPartition(self.topic, partition)])[0].offset
-            if position >= end:
-                break
-            for m in reader.consume(num_messages=500, timeout=0.2):
-                off = m.offset()
-                if m.error() is None and off is not None and start <= off < end:
-                    found.append((off, m.value() or b""))
-            if time.monotonic() > deadline:
-                raise UnderstudyError(
-                    f"could not read {self.topic}[{partition}] offsets {start}..{end - 1} "
-                    f"in {self.timeout_s:.0f} s"
-                )
+        found = [
+            (m.offset() or 0, m.value() or b"")
+            for m in read_range(reader, self.topic, partition, start, end, self.timeout_s)
+        ]
         reader.unassign()
         if found:
             log.warning(

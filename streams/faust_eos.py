@@ -61,25 +61,12 @@ def _transactions_class() -> type:
             transactional_id: str | None = None,
         ) -> Any:
             source = self.routes.get(topic)
-            if source is None or partition is None:  # faust picks the transaction itself
-                return await super().send(
-                    topic,
-                    key,
-                    value,
-                    partition,
-                    timestamp,
-                    headers,
-                    transactional_id=transactional_id,
-                )
-            group = self.app.assignor.group_for_topic(source)
+            if source is None or partition is None:
+                # faust picks the transaction itself (it ignores a transactional_id passed in)
+                return await super().send(topic, key, value, partition, timestamp, headers)
+            tid = f"{self.app.conf.id}-{self.app.assignor.group_for_topic(source)}-{partition}"
             return await self.producer.send(
-                topic,
-                key,
-                value,
-                partition,
-                timestamp,
-                headers,
-                transactional_id=f"{self.app.conf.id}-{group}-{partition}",
+                topic, key, value, partition, timestamp, headers, transactional_id=tid
             )
 
         async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:

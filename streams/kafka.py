@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import Config
@@ -174,6 +175,38 @@ def check_copartitioned(cfg: Config, timeout: float = 15.0) -> int:
     return next(iter(counts.values()))
 
 
+def committed_reader(cfg: Config, group: str) -> Consumer:
+    """A consumer for reading state back: committed records only, and it commits nothing."""
+    return Consumer(
+        client_config(
+            cfg,
+            **{"group.id": group, "enable.auto.commit": False, "isolation.level": "read_committed"},
+        )
+    )
+
+
+def read_range(
+    reader: Consumer, topic: str, partition: int, start: int, end: int, timeout: float
+) -> Iterator[Message]:
+    """The committed records of ``topic[partition]`` from ``start`` up to offset ``end``.
+
+    Assigns ``reader`` at ``start`` and reads until its position passes ``end`` (past
+    transaction markers and aborted records, which read_committed never delivers).
+    """
+    tp = TopicPartition(topic, partition)
+    reader.assign([TopicPartition(topic, partition, start)])
+    deadline = time.monotonic() + timeout
+    while reader.position([tp])[0].offset < end:
+        for m in reader.consume(num_messages=10000, timeout=0.2):
+            offset = m.offset()
+            if m.error() is None and offset is not None and offset < end:
+                yield m
+        if time.monotonic() > deadline:
+            raise UnderstudyError(
+                f"reading {topic}[{partition}] did not reach offset {end} in {timeout:.0f} s"
+            )
+
+
 def read_compacted(
     cfg: Config, topic: str, partition: int, *, group: str, timeout: float = 120.0
 ) -> dict[bytes, bytes | None]:
@@ -182,27 +215,16 @@ def read_compacted(
     Restoring state after a crash: read_committed skips what an aborted (killed) batch
     wrote, and a key's last record wins, so a tombstone comes back as ``None``.
     """
-    reader = Consumer(
-        client_config(
-            cfg,
-            **{"group.id": group, "enable.auto.commit": False, "isolation.level": "read_committed"},
-        )
-    )
+    reader = committed_reader(cfg, group)
     state: dict[bytes, bytes | None] = {}
     try:
-        tp = TopicPartition(topic, partition)
-        low, high = reader.get_watermark_offsets(tp, timeout=30)
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
         if high <= low:
             return state
-        reader.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-        deadline = time.monotonic() + timeout
-        while reader.position([tp])[0].offset < high:
-            for m in reader.consume(num_messages=10000, timeout=0.5):
-                key = m.key()
-                if m.error() is None and key is not None:
-                    state[key] = m.value()
-            if time.monotonic() > deadline:
-                raise UnderstudyError(f"reading {topic}[{partition}] did not reach offset {high}")
+        for m in read_range(reader, topic, partition, OFFSET_BEGINNING, high, timeout):
+            key = m.key()
+            if key is not None:
+                state[key] = m.value()
     finally:
         reader.close()
     return state
