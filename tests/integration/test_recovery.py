@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from support import (
     committed_total,
     end_total,
@@ -69,7 +69,6 @@ def test_joiner_killed_mid_run_ends_with_the_same_numbers(
     at_kill = committed_total(killed, group, inputs, killed.partitions)
     assert 0 < progress <= at_kill < total, "the kill must land mid-run"
     _run_joiner_to_end(killed, tmp_path / "restarted.log")
-    assert "restored" not in (tmp_path / "restarted.log").read_text().lower() or True
 
     a, b = fold_partials(clean), fold_partials(killed)
     assert sorted(a) == ["*", "c1@1", "c2@1"]
@@ -80,6 +79,37 @@ def test_joiner_killed_mid_run_ends_with_the_same_numbers(
     assert a["c1@1"].coverage["pairs"] == N
     assert a["c2@1"].coverage["pairs"] == N - N // 50
     assert a["c1@1"].coverage["duplicates"] > 0
+
+
+def test_offsets_left_pending_by_a_killed_stage_still_read_as_the_last_commit(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    """The state a SIGKILL between send_offsets_to_transaction and commit leaves behind.
+
+    A CI run failed here: the kill check timed out instead of answering (read_committed
+    lookups wait for pending transactional offsets to settle).
+    """
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=1)
+    topic = Topics(prefix).requests
+    ensure_topics(cfg)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for _ in range(3):
+        send(p, topic, b"x", None, partition=0)
+    assert p.flush(30) == 0
+    group = f"{prefix}.stage"
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    txn = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{prefix}.t"})
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    txn.send_offsets_to_transaction([TopicPartition(topic, 0, 3)], c.consumer_group_metadata(), 30)
+    try:
+        # the transaction is open, as after a kill: the answer is the last *committed* offset
+        assert committed_total(cfg, group, [topic], 1) == 1
+    finally:
+        txn.abort_transaction(30)
+        c.close()
+    assert committed_total(cfg, group, [topic], 1) == 1
 
 
 def _copy(
