@@ -37,6 +37,7 @@ def fill(cfg: Config, n: int) -> int:
     codec = default_codec()
     enc_req, enc_pred = codec.encoder("Request"), codec.encoder("Prediction")
     rng = np.random.default_rng(1)
+    tty = sys.stderr.isatty()
     prim = rng.normal(300.0, 50.0, n)
     p = Producer(
         {
@@ -80,9 +81,12 @@ def fill(cfg: Config, n: int) -> int:
             )
         if i % 5000 == 0:
             p.poll(0)
-            print(f"\rfilling: {i}/{n} requests", end="", file=sys.stderr, flush=True)
+            if tty:  # one line rewritten in place; piped output gets a line per 50,000
+                print(f"\rfilling: {i}/{n} requests", end="", file=sys.stderr, flush=True)
+            elif i % 50_000 == 0:
+                print(f"filling: {i}/{n} requests", file=sys.stderr, flush=True)
     p.flush()
-    print(f"\rfilling: {n}/{n} requests", file=sys.stderr)
+    print(("\r" if tty else "") + f"filling: {n}/{n} requests", file=sys.stderr)
     return 4 * n
 
 

@@ -64,7 +64,7 @@ def read_all(
             "group.id": f"read-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-            "isolation.level": "read_uncommitted",
+            "isolation.level": "read_committed",
         }
     )
     # assign, not subscribe: no group join to wait for, so idle_s really means "nothing new"
