@@ -61,9 +61,9 @@ class WindowMerger:
     """Folds Avro partials into the tables; returns the (key, MetricSnapshot) to publish.
 
     Tables: ``windows`` (b"cand|ws" -> merged Partial of a pending window), ``cumulative``
-    (b"cand" -> Partial of everything published), ``meta`` (JSON bookkeeping of both) and
-    ``progress`` (b"p<partition>" -> watermark, b"n" -> partition count, and whatever
-    markers the caller keeps there).
+    (b"cand" -> Partial of everything published; b"*" -> every shared statistic folded),
+    ``meta`` (JSON bookkeeping of both) and ``progress`` (b"p<partition>" -> watermark,
+    b"n" -> partition count, and whatever markers the caller keeps there).
     """
 
     def __init__(
@@ -162,8 +162,12 @@ class WindowMerger:
         for ws in sorted(due):
             shared_key = f"{SHARED}|{ws}".encode()
             shared = self._stats(self.windows, shared_key) or PartialStats()
-            shared_meta = self.get_json(self.meta, shared_key, {"partials": 0})
-            for cand in sorted(c for c in due[ws] if c != SHARED):
+            shared_meta = self.get_json(
+                self.meta, shared_key, {"window_start": ws, "window_end": ws, "partials": 0}
+            )
+            present = sorted(c for c in due[ws] if c != SHARED)
+            absent = sorted(set(self._known()) - set(present))
+            for cand in present:
                 key = f"{cand}|{ws}".encode()
                 stats = self._stats(self.windows, key) or PartialStats()
                 wmeta = self.get_json(self.meta, key, {})
@@ -174,25 +178,48 @@ class WindowMerger:
                 out += self._add_cumulative(cand, primary, stats, wmeta, late=0)
                 del self.windows[key]
                 del self.meta[key]
+            # requests of a window a candidate sent nothing for (a cold start, a worker
+            # down) are still requests it was shown: its cumulative coverage counts them
+            out += self._fold_shared(absent, shared, shared_meta, late=0)
             self.windows.pop(shared_key, None)
             self.meta.pop(shared_key, None)
         return out
 
-    def _late(self, cand: str, rec: dict[str, Any], stats: PartialStats) -> list[Message]:
-        meta = {"window_start": rec["window_start"], "window_end": rec["window_end"], "partials": 1}
-        if cand != SHARED:
-            return self._add_cumulative(cand, rec["primary"], stats, meta, late=1, new_window=False)
-        out: list[Message] = []
+    def _known(self) -> list[str]:
+        """Candidates with a cumulative so far, in a stable order."""
+        shared_key = SHARED.encode()
+        return sorted(raw.decode() for raw in self.cumulative if raw != shared_key)
+
+    def _fold_shared(
+        self, cands: list[str], stats: PartialStats, meta: dict[str, Any], *, late: int
+    ) -> list[Message]:
+        """Shared statistics into ``cands``' cumulatives, and into the one kept under ``*``.
+
+        The ``*`` cumulative holds every shared statistic folded so far, so a candidate
+        seen for the first time later starts from all the requests before it: every
+        candidate's cumulative covers the same requests, whenever it arrived.
+        """
         shared_key = SHARED.encode()
         kept = self._stats(self.cumulative, shared_key) or PartialStats()
+        out: list[Message] = []
+        if not stats.is_empty():  # a progress-only partial changes no number
+            primary = meta.get("primary", "")
+            for cand in cands:
+                out += self._add_cumulative(cand, primary, stats, meta, late=late, new_window=False)
         kept.merge(stats)
         self._put_stats(self.cumulative, shared_key, kept)
-        for raw in list(self.cumulative.keys()):
-            if raw != shared_key:
-                out += self._add_cumulative(
-                    raw.decode(), rec["primary"], stats, meta, late=1, new_window=False
-                )
         return out
+
+    def _late(self, cand: str, rec: dict[str, Any], stats: PartialStats) -> list[Message]:
+        meta = {
+            "window_start": rec["window_start"],
+            "window_end": rec["window_end"],
+            "partials": 1,
+            "primary": rec["primary"],
+        }
+        if cand != SHARED:
+            return self._add_cumulative(cand, rec["primary"], stats, meta, late=1, new_window=False)
+        return self._fold_shared(self._known(), stats, meta, late=1)
 
     def _add_cumulative(
         self,
@@ -207,7 +234,7 @@ class WindowMerger:
         key = cand.encode()
         total = self._stats(self.cumulative, key)
         if total is None:
-            # shared statistics that arrived late while no candidate existed yet
+            # a candidate seen for the first time starts from every request before it
             total = self._stats(self.cumulative, SHARED.encode()) or PartialStats()
         total.merge(stats)
         self._put_stats(self.cumulative, key, total)
