@@ -10,7 +10,8 @@ candidate predictions (4 x N events), then times:
 
 Prints events/s for both and ``ratio`` = baseline / joiner (how many times slower the
 joiner is than the raw loop). Usage: ``python bench/joiner.py [--requests N]``; uses
-KAFKA_BOOTSTRAP_SERVERS or starts the embedded broker.
+KAFKA_BOOTSTRAP_SERVERS, else the running embedded broker, else one started for the run and
+stopped after it (``--keep-broker`` keeps it).
 """
 
 from __future__ import annotations
@@ -156,15 +157,24 @@ def joiner_run(cfg: Config, total: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
     args = ap.parse_args(argv)
-    bootstrap = (
-        os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        or broker.start(progress=lambda m: print(m, file=sys.stderr)).bootstrap
-    )
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if bootstrap:
+        return measure(bootstrap, args.requests)
+    with broker.borrowed(keep=args.keep_broker, progress=_err) as info:
+        return measure(info.bootstrap, args.requests)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def measure(bootstrap: str, requests: int) -> int:
     cfg = Config(bootstrap_servers=bootstrap, prefix=f"bench-{uuid.uuid4().hex[:8]}")
     ensure_topics(cfg)
     warm_transactions(cfg)
-    total = fill(cfg, args.requests)
+    total = fill(cfg, requests)
     raw = raw_loop(cfg, total)
     print(f"raw consume+decode: {raw:,.0f} events/s")
     joined = joiner_run(cfg, total)

@@ -7,19 +7,21 @@ broker and producer settings, call by call with ``perf_counter_ns``, and prints 
 p99 (and p99.9, max: the GIL makes the encoder thread visible in the far tail) in
 microseconds, then the ratios.
 
-Run: ``python bench/tap.py`` with ``KAFKA_BOOTSTRAP_SERVERS`` set, or with the embedded
-broker available (``streams.broker``). ``--calls`` and ``--features`` change the load.
+Run: ``python bench/tap.py`` with ``KAFKA_BOOTSTRAP_SERVERS`` set, or without it on the
+embedded broker (``streams.broker``): the running one, or one started for the run and
+stopped after it (``--keep-broker`` keeps it). ``--calls`` and ``--features`` change the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from uuid import uuid4
 
@@ -36,17 +38,20 @@ from streams.tap import PRODUCER_DEFAULTS, Tap, TapStats
 _ns = time.perf_counter_ns
 
 
-def bootstrap_servers() -> str:
-    """``KAFKA_BOOTSTRAP_SERVERS``, else the embedded broker (started if need be)."""
+def borrowed_kafka(keep: bool) -> contextlib.AbstractContextManager[str]:
+    """``KAFKA_BOOTSTRAP_SERVERS``, else the embedded broker (started for the run if need be)."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if configured:
-        return configured
-    try:
-        from streams import broker
-    except ImportError:
-        sys.exit("set KAFKA_BOOTSTRAP_SERVERS (no embedded broker module in this checkout)")
-    info = broker.start(progress=lambda message: print(message, file=sys.stderr))
-    return info.bootstrap
+        return contextlib.nullcontext(configured)
+    from streams import broker
+
+    @contextlib.contextmanager
+    def embedded() -> Iterator[str]:
+        progress = lambda message: print(message, file=sys.stderr)  # noqa: E731
+        with broker.borrowed(keep=keep, progress=progress) as info:
+            yield info.bootstrap
+
+    return embedded()
 
 
 def summarize(samples: array[int], overhead_ns: float) -> dict[str, float]:
@@ -141,9 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=20, help="numeric features per request")
     parser.add_argument("--warmup", type=int, default=5_000, help="untimed calls first")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the topics")
+    parser.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
     args = parser.parse_args(argv)
+    with borrowed_kafka(args.keep_broker) as bootstrap:
+        return measure(bootstrap, args)
 
-    bootstrap = bootstrap_servers()
+
+def measure(bootstrap: str, args: argparse.Namespace) -> int:
     cfg = Config(bootstrap_servers=bootstrap, prefix=f"bench-tap-{uuid4().hex[:8]}")
     ensure_topics(cfg)
     try:

@@ -763,6 +763,26 @@ def _wait_ready(
         time.sleep(0.2)
 
 
+@contextmanager
+def borrowed(
+    *, keep: bool = False, home: Path | None = None, progress: Progress | None = None
+) -> Iterator[BrokerInfo]:
+    """The running embedded broker, or one started for the block and stopped after it.
+
+    For tools that need a broker for a while (the benches): a broker the user started is
+    left alone, and one started here does not outlive the tool unless ``keep``.
+    """
+    running = status(home)
+    info = running or start(home=home, progress=progress)
+    try:
+        yield info
+    finally:
+        if running is None and not keep:
+            stop(home)
+            if progress is not None:
+                progress("embedded broker stopped")
+
+
 def stop(home: Path | None = None, timeout: float = 30.0) -> bool:
     """Stop the broker recorded in ``home``; return whether one was running.
 

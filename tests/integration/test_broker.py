@@ -152,3 +152,25 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
         with pytest.raises(BrokerError, match=f"port {port}"):
             broker.start(port=port, home=home)
     assert not (home / "broker.log").exists()
+
+
+def test_a_borrowed_broker_is_left_as_it_was_found(tmp_path: Path) -> None:
+    """What the benches use: start one only if none runs, and stop only the one started."""
+    home = tmp_path / "broker"
+    try:
+        with broker.borrowed(home=home) as started:
+            assert broker.status(home) == started
+        assert broker.status(home) is None  # started for the block, gone after it
+        assert not _pid_alive(started.pid)
+
+        running = broker.start(home=home)
+        with broker.borrowed(home=home) as info:
+            assert info == running
+        assert broker.status(home) == running  # the user's broker is left alone
+
+        broker.stop(home)
+        with broker.borrowed(home=home, keep=True) as kept:
+            pass
+        assert broker.status(home) == kept  # asked to keep it
+    finally:
+        broker.stop(home)
