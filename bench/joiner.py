@@ -17,7 +17,6 @@ stopped after it (``--keep-broker`` keeps it).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -159,11 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
     args = ap.parse_args(argv)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if bootstrap:
+    with broker.bootstrap_for_run(keep=args.keep_broker, progress=_err) as bootstrap:
         return measure(bootstrap, args.requests)
-    with broker.borrowed(keep=args.keep_broker, progress=_err) as info:
-        return measure(info.bootstrap, args.requests)
 
 
 def _err(message: str) -> None:

@@ -15,13 +15,11 @@ stopped after it (``--keep-broker`` keeps it). ``--calls`` and ``--features`` ch
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from uuid import uuid4
 
@@ -30,28 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from streams import broker
 from streams.config import Config
 from streams.kafka import Topics, client_config, ensure_topics, topic_specs
 from streams.schemas import default_codec
 from streams.tap import PRODUCER_DEFAULTS, Tap, TapStats
 
 _ns = time.perf_counter_ns
-
-
-def borrowed_kafka(keep: bool) -> contextlib.AbstractContextManager[str]:
-    """``KAFKA_BOOTSTRAP_SERVERS``, else the embedded broker (started for the run if need be)."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if configured:
-        return contextlib.nullcontext(configured)
-    from streams import broker
-
-    @contextlib.contextmanager
-    def embedded() -> Iterator[str]:
-        progress = lambda message: print(message, file=sys.stderr)  # noqa: E731
-        with broker.borrowed(keep=keep, progress=progress) as info:
-            yield info.bootstrap
-
-    return embedded()
 
 
 def summarize(samples: array[int], overhead_ns: float) -> dict[str, float]:
@@ -148,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the topics")
     parser.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
     args = parser.parse_args(argv)
-    with borrowed_kafka(args.keep_broker) as bootstrap:
+    progress = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    with broker.bootstrap_for_run(keep=args.keep_broker, progress=progress) as bootstrap:
         return measure(bootstrap, args)
 
 

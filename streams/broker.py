@@ -783,6 +783,17 @@ def borrowed(
                 progress("embedded broker stopped")
 
 
+@contextmanager
+def bootstrap_for_run(*, keep: bool = False, progress: Progress | None = None) -> Iterator[str]:
+    """``KAFKA_BOOTSTRAP_SERVERS`` when set, else a :func:`borrowed` embedded broker's address."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if configured:
+        yield configured
+        return
+    with borrowed(keep=keep, progress=progress) as info:
+        yield info.bootstrap
+
+
 def stop(home: Path | None = None, timeout: float = 30.0) -> bool:
     """Stop the broker recorded in ``home``; return whether one was running.
 

@@ -106,6 +106,20 @@ def run(m: WindowMerger, messages: list[bytes]) -> list[dict[str, Any]]:
     return out
 
 
+def fed(data: Data) -> WindowMerger:
+    """A merger that has seen every partial of ``data``, partition after partition."""
+    m = merger()
+    run(m, [v for part in by_partition(data) for v in part])
+    return m
+
+
+def counted(**counts: int) -> PartialStats:
+    s = PartialStats()
+    for name, n in counts.items():
+        s.count(name, n)
+    return s
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_cumulative_equals_numpy_over_all_pairs_whatever_the_interleaving(seed: int) -> None:
     data = Data(seed)
@@ -158,8 +172,7 @@ def test_a_window_waits_for_the_slowest_partition_then_windows_come_oldest_first
 
 def test_a_late_partial_goes_into_the_cumulative_and_is_counted() -> None:
     data = Data(3, windows=2)
-    m = merger()
-    run(m, [v for part in by_partition(data) for v in part])
+    m = fed(data)
     extra = PartialStats()
     extra.add_regression(np.array([10.0, 20.0]), np.array([13.0, 16.0]))
     extra.count("pairs", 2)
@@ -176,10 +189,8 @@ def test_a_late_partial_goes_into_the_cumulative_and_is_counted() -> None:
 
 def test_a_late_shared_partial_updates_every_candidate() -> None:
     data = Data(4, windows=2)
-    m = merger()
-    run(m, [v for part in by_partition(data) for v in part])
-    extra = PartialStats()
-    extra.count("requests", 5)
+    m = fed(data)
+    extra = counted(requests=5)
     out = decode(m.handle(partial(SHARED, 0, 0, extra, watermark=2 * W, seq=1)))
     assert sorted(s["candidate"] for s in out) == ["a@1", "b@1"]
     assert all(s["coverage"]["requests"] == data.n + 5 for s in out)
@@ -202,8 +213,7 @@ def test_state_is_all_in_the_tables_a_copy_resumes_exactly() -> None:
 
 def test_pending_windows_are_removed_once_published() -> None:
     data = Data(5)
-    m = merger()
-    run(m, [v for part in by_partition(data) for v in part])
+    m = fed(data)
     assert dict(m.windows) == {}
     assert not any(b"|" in k for k in m.meta)
 
@@ -219,13 +229,6 @@ def test_an_undecodable_partial_is_dropped_and_changes_nothing(
     assert "undecodable partial" in caplog.text
 
 
-def _requests(n: int) -> PartialStats:
-    s = PartialStats()
-    s.count("requests", n)
-    s.count("primary_predictions", n)
-    return s
-
-
 def test_requests_of_a_window_no_candidate_answered_in_time_still_count() -> None:
     """A cold start: the worker answers late, so window 0 closes with only ``*`` partials.
 
@@ -234,13 +237,11 @@ def test_requests_of_a_window_no_candidate_answered_in_time_still_count() -> Non
     """
     m = merger()
     for p in range(PARTITIONS):  # window 0: requests and primaries only
-        m.handle(partial(SHARED, p, 0, _requests(10), watermark=W))
+        m.handle(partial(SHARED, p, 0, counted(requests=10, primary_predictions=10), watermark=W))
     for p in range(PARTITIONS):  # window 1: everything on time
         m.handle(partial("a@1", p, W, PartialStats()))
-        m.handle(partial(SHARED, p, W, _requests(4), watermark=2 * W))
-    late = PartialStats()
-    late.count("pairs", 30)
-    last = decode(m.handle(partial("a@1", 0, 0, late, seq=1)))[-1]
+        m.handle(partial(SHARED, p, W, counted(requests=4, primary_predictions=4), watermark=2 * W))
+    last = decode(m.handle(partial("a@1", 0, 0, counted(pairs=30), seq=1)))[-1]
     assert last["coverage"]["requests"] == last["coverage"]["primary_predictions"] == 42
     assert last["coverage"]["pairs"] == 30
 
@@ -248,13 +249,10 @@ def test_requests_of_a_window_no_candidate_answered_in_time_still_count() -> Non
 def test_a_window_of_shared_counts_only_reaches_every_candidate_cumulative() -> None:
     """Expiry counts land in the window of the deadline, where candidates may have no data."""
     data = Data(6, windows=2)
-    m = merger()
-    run(m, [v for part in by_partition(data) for v in part])
-    expired = PartialStats()
-    expired.count("expired", 3)
+    m = fed(data)
     out: list[dict[str, Any]] = []
     for p in range(PARTITIONS):
-        out += decode(m.handle(partial(SHARED, p, 2 * W, expired, watermark=3 * W)))
+        out += decode(m.handle(partial(SHARED, p, 2 * W, counted(expired=3), watermark=3 * W)))
     last = {s["candidate"]: s for s in out if s["scope"] == "CUMULATIVE"}
     assert sorted(last) == ["a@1", "b@1"]
     assert all(s["coverage"]["expired"] == 3 * PARTITIONS for s in last.values())
@@ -264,8 +262,7 @@ def test_a_window_of_shared_counts_only_reaches_every_candidate_cumulative() -> 
 
 def test_progress_only_windows_publish_nothing() -> None:
     data = Data(8, windows=2)
-    m = merger()
-    run(m, [v for part in by_partition(data) for v in part])
+    m = fed(data)
     out = []
     for p in range(PARTITIONS):  # idle flushes: empty ``*`` partials that only move progress
         out += m.handle(partial(SHARED, p, 2 * W, PartialStats(), watermark=3 * W))
