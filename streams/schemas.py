@@ -5,10 +5,23 @@ Without a schema registry every message is Avro *single-object encoding*: ``C3 0
 then the Avro binary body. A reader therefore always knows which schema wrote a message,
 and any Avro implementation given the ``.avsc`` files can decode it.
 
+Schema history: ``schemas/<Name>.avsc`` is the current version, the one writers write;
+every released version is kept as ``schemas/history/<Name>/v<N>.avsc``. The codec knows the
+fingerprint of every version and reads a message written with an older one into the
+current schema by Avro schema resolution (fields the writer did not know take their
+defaults), so internal state written before an upgrade (joiner changelog, evaluator
+tables) restores after it. A message of the current version is read with no resolution at
+all: the hot path costs what it cost before there was a history. A fingerprint the codec
+does not know is a :class:`~streams.errors.SchemaError` that says what to do (readers
+upgrade before writers); callers turn it into a dead letter. ``schemas/README.md`` states
+the compatibility rules every new version follows.
+
 Internally the schemas are parsed once with their ``timestamp-millis`` logical types
 removed: the bytes are identical (a long) and the fingerprint too (canonical form drops
 logical types), but fastavro then reads and writes plain integers of milliseconds instead
-of building ``datetime`` objects on the hot path.
+of building ``datetime`` objects on the hot path. Each version is parsed on its own, with
+its own named types (every version defines an ``io.understudy.events.Coverage``, for
+instance), so versions never see each other's definitions.
 """
 
 from __future__ import annotations
@@ -33,15 +46,28 @@ HEADER_LEN = 10
 #: Event names, one ``<name>.avsc`` each.
 EVENTS = ("Request", "Prediction", "Label", "Partial", "MetricSnapshot", "DeadLetter")
 
+#: Where released versions live, under the schema directory: ``history/<name>/v<N>.avsc``.
+HISTORY = "history"
+
 Record = dict[str, Any]
+
+_PACKAGED = Path(__file__).resolve().parent / "_schemas"  # an installed wheel
+_CHECKOUT = Path(__file__).resolve().parent.parent / "schemas"  # a checkout (editable install)
 
 
 def schema_dir() -> Path:
-    """Where the ``.avsc`` files are: ``$UNDERSTUDY_SCHEMA_DIR`` or ``schemas/`` of the repo."""
+    """Where the ``.avsc`` files are.
+
+    ``$UNDERSTUDY_SCHEMA_DIR`` if set; else the copy an installed wheel carries
+    (``streams/_schemas``, built from the top-level ``schemas/``, the one source); else
+    ``schemas/`` of the checkout this module runs from.
+    """
     env = os.environ.get("UNDERSTUDY_SCHEMA_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "schemas"
+    if _PACKAGED.is_dir():
+        return _PACKAGED
+    return _CHECKOUT
 
 
 def _strip_logical(node: Any) -> Any:
@@ -53,15 +79,36 @@ def _strip_logical(node: Any) -> Any:
 
 
 class Schema:
-    """One parsed event schema with its single-object header."""
+    """One parsed version of one event schema, with its single-object header.
 
-    def __init__(self, name: str, raw: dict[str, Any]) -> None:
+    ``version`` is its number in the history (None for a current schema not released
+    yet). A version older than the current one reads its bodies into the current schema:
+    see :meth:`resolve_into`.
+    """
+
+    def __init__(self, name: str, raw: dict[str, Any], version: int | None = None) -> None:
         self.name = name
         self.raw = raw
+        self.version = version
+        # parse_schema gives each call its own named types: versions do not clash
         self.parsed = parse_schema(_strip_logical(copy.deepcopy(raw)))
         fp = fingerprint(to_parsing_canonical_form(parse_schema(copy.deepcopy(raw))), "CRC-64-AVRO")
         self.fingerprint = bytes.fromhex(fp)
         self.header = MAGIC + self.fingerprint
+        self.label = name  # in errors; an older version adds its number
+        self._reader: Any = None  # None: read with this schema, no resolution
+        self._fresh: tuple[tuple[str, ...], ...] = ()
+        self._copy_all = False
+
+    def resolve_into(self, current: Schema) -> None:
+        """Read this version's bodies into ``current`` by Avro schema resolution."""
+        if current.fingerprint == self.fingerprint:
+            return  # same canonical form: same bytes, nothing to resolve
+        self._reader = current.parsed
+        self.label = f"{self.name} v{self.version}"
+        paths = _filled_mutable_defaults(self.raw, current.raw)
+        self._copy_all = paths is None
+        self._fresh = tuple(paths or ())
 
     def encode(self, record: Record) -> bytes:
         buf = io.BytesIO()
@@ -69,35 +116,126 @@ class Schema:
         try:
             schemaless_writer(buf, self.parsed, record, strict_allow_default=True)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise SchemaError(f"cannot encode {self.name}: {exc}") from exc
+            raise SchemaError(f"cannot encode {self.label}: {exc}") from exc
         return buf.getvalue()
 
     def decode_body(self, data: bytes) -> Record:
         try:
-            rec = schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self.parsed, None)
+            rec = schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self.parsed, self._reader)
         except Exception as exc:  # fastavro raises many types on corrupt bodies
-            raise SchemaError(f"cannot decode {self.name} body: {exc!r}") from exc
+            raise SchemaError(f"cannot decode {self.label} body: {exc!r}") from exc
         if not isinstance(rec, dict):
-            raise SchemaError(f"{self.name} body did not decode to a record")
+            raise SchemaError(f"{self.label} body did not decode to a record")
+        if self._reader is not None:
+            self._unshare_defaults(rec)
         return rec
+
+    def _unshare_defaults(self, rec: Record) -> None:
+        # fastavro fills a missing field with the reader schema's own default object: a
+        # caller adding to a decoded map would add to every later record's default
+        if self._copy_all:
+            rec.update(copy.deepcopy(rec))
+            return
+        for path in self._fresh:
+            node = rec
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = copy.deepcopy(node[path[-1]])
+
+
+def _filled_mutable_defaults(writer: Any, reader: Any) -> list[tuple[str, ...]] | None:
+    """Paths of the reader's fields that resolution fills with a map, array or record default.
+
+    Only records nested in records are followed; None when such a default sits inside an
+    array, map or union too (then the whole decoded record is copied).
+    """
+    w_named: dict[str, Any] = {}
+    r_named: dict[str, Any] = {}
+    paths: list[tuple[str, ...]] = []
+
+    def define(node: Any, named: dict[str, Any], ns: str) -> Any:
+        """The definition behind a type, registering every named type on the way."""
+        if isinstance(node, str):
+            return named.get(node) or named.get(f"{ns}.{node}") or node
+        if isinstance(node, dict) and node.get("type") in ("record", "enum", "fixed"):
+            space = node.get("namespace", ns)
+            full = node["name"] if "." in node["name"] else f"{space}.{node['name']}"
+            named.setdefault(full, node)
+        return node
+
+    def deep_defaults(node: Any, named: dict[str, Any], ns: str) -> bool:
+        """Whether a reader type holds a record with a mutable default anywhere inside."""
+        node = define(node, named, ns)
+        if isinstance(node, list):
+            return any(deep_defaults(b, named, ns) for b in node)
+        if not isinstance(node, dict):
+            return False
+        kind = node.get("type")
+        if kind == "record":
+            space = node.get("namespace", ns)
+            return any(
+                isinstance(f.get("default"), dict | list) or deep_defaults(f["type"], named, space)
+                for f in node["fields"]
+            )
+        if kind == "array":
+            return deep_defaults(node["items"], named, ns)
+        if kind == "map":
+            return deep_defaults(node["values"], named, ns)
+        return False
+
+    def walk(w: Any, r: Any, ns_w: str, ns_r: str, where: tuple[str, ...]) -> bool:
+        w = define(w, w_named, ns_w)
+        r = define(r, r_named, ns_r)
+        if isinstance(r, dict) and r.get("type") == "record" and isinstance(w, dict):
+            ns_w, ns_r = w.get("namespace", ns_w), r.get("namespace", ns_r)
+            w_fields = {f["name"]: f for f in w.get("fields", [])}
+            for f in w.get("fields", []):
+                define(f["type"], w_named, ns_w)
+            ok = True
+            for f in r["fields"]:
+                if f["name"] in w_fields:
+                    ok &= walk(
+                        w_fields[f["name"]]["type"], f["type"], ns_w, ns_r, (*where, f["name"])
+                    )
+                else:
+                    if isinstance(f.get("default"), dict | list):
+                        paths.append((*where, f["name"]))
+                    if deep_defaults(f["type"], r_named, ns_r):
+                        ok = False
+            return ok
+        return not deep_defaults(r, r_named, ns_r)
+
+    return paths if walk(writer, reader, "", "", ()) else None
 
 
 class Codec:
-    """Encodes and decodes every event by name; decodes any message by its fingerprint."""
+    """Encodes every event by name; decodes a message written with any known version.
+
+    ``schemas[name]`` is the current version of each event (what :meth:`encode` writes),
+    ``versions[name][n]`` every released version.
+    """
 
     def __init__(self, directory: Path | None = None) -> None:
         directory = directory or schema_dir()
         if not directory.is_dir():
             raise SchemaError(f"schema directory {directory} not found (set UNDERSTUDY_SCHEMA_DIR)")
         self.schemas: dict[str, Schema] = {}
+        self.versions: dict[str, dict[int, Schema]] = {}
+        self._by_fp: dict[bytes, Schema] = {}
         for name in EVENTS:
-            path = directory / f"{name}.avsc"
-            try:
-                raw = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise SchemaError(f"cannot read schema {path}: {exc}") from exc
-            self.schemas[name] = Schema(name, raw)
-        self._by_fp = {s.fingerprint: s for s in self.schemas.values()}
+            raw = _read(directory / f"{name}.avsc")
+            history = {n: _read(p) for n, p in _history_files(directory / HISTORY / name)}
+            released = [n for n, old in history.items() if old == raw]
+            current = Schema(name, raw, released[-1] if released else None)
+            versions = {
+                n: current if n in released else Schema(name, old, n) for n, old in history.items()
+            }
+            for old in versions.values():
+                old.resolve_into(current)
+                self._by_fp[old.fingerprint] = old  # a later version wins an equal fingerprint
+            self._by_fp[current.fingerprint] = current
+            self.schemas[name] = current
+            self.versions[name] = versions
 
     def encoder(self, name: str) -> Callable[[Record], bytes]:
         return self.schemas[name].encode
@@ -106,7 +244,10 @@ class Codec:
         return self.schemas[name].encode(record)
 
     def decode(self, data: bytes | None) -> tuple[str, Record]:
-        """Decode any single-object message; returns the event name and the record."""
+        """Decode any single-object message; returns the event name and the record.
+
+        The record is in the current schema whichever known version wrote it.
+        """
         schema = self._schema_of(data)
         assert data is not None
         return schema.name, schema.decode_body(data)
@@ -126,8 +267,34 @@ class Codec:
             raise SchemaError("not Avro single-object encoded (missing C3 01 header)")
         schema = self._by_fp.get(data[2:HEADER_LEN])
         if schema is None:
-            raise SchemaError(f"unknown writer schema fingerprint {data[2:HEADER_LEN].hex()}")
+            raise SchemaError(
+                f"unknown writer schema fingerprint {data[2:HEADER_LEN].hex()}: written by a "
+                "newer Understudy or another producer; upgrade this reader (readers upgrade "
+                "before writers) or check the producer's schemas"
+            )
         return schema
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"cannot read schema {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SchemaError(f"schema {path} is not a JSON object")
+    return raw
+
+
+def _history_files(directory: Path) -> list[tuple[int, Path]]:
+    """``v<N>.avsc`` files of one event, by version number (none: no history)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.glob("*.avsc"):
+        if not (path.stem.startswith("v") and path.stem[1:].isdigit()):
+            raise SchemaError(f"schema history file {path} is not named v<N>.avsc")
+        found.append((int(path.stem[1:]), path))
+    return sorted(found)
 
 
 @cache

@@ -30,6 +30,10 @@ COVERAGE_FIELDS = (
     "primary_errors",
     "candidate_errors",
     "invalid",
+    "no_prediction",
+    "dead_letters",
+    "dropped_latencies",
+    "evicted",
 )
 
 SHARED = "*"

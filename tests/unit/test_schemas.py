@@ -177,6 +177,10 @@ def sample_partial() -> dict[str, Any]:
         "primary_errors": 1,
         "candidate_errors": 0,
         "invalid": 1,
+        "no_prediction": 2,
+        "dead_letters": 1,
+        "dropped_latencies": 4,
+        "evicted": 5,
     }
     return {
         "joiner_partition": 3,
@@ -209,6 +213,10 @@ def sample_partial() -> dict[str, Any]:
             "max_value": 1e7,
             "indices": [],
             "counts": [],
+        },
+        "ledger": {
+            "*": {"requests": 3, "no_prediction": 3},
+            "cand@2": {"requests": 12, "pairs": 8, "pending": 2, "dead_letters": 2},
         },
     }
 
@@ -248,6 +256,11 @@ def sample_snapshot() -> dict[str, Any]:
         "candidate_latency_p99": None,
         "primary_error_rate": 0.1,
         "candidate_error_rate": 0.0,
+        "conservation": {
+            "requests": 12,
+            "terms": {"pairs": 8, "no_candidate": 1, "pending": 2, "dead_letters": 1},
+            "holds": True,
+        },
     }
 
 
