@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from streams import broker
+from streams.broker import container, jars, node, properties
 from streams.errors import BrokerError, MissingToolError
 
 
@@ -98,7 +99,7 @@ def test_cached_jars_need_no_maven(isolated: Path) -> None:
     ],
 )
 def test_java_version_parsing(output: str, major: int | None) -> None:
-    assert broker._java_major(output) == major
+    assert jars.java_major(output) == major
 
 
 def test_cache_dir_honours_understudy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +125,7 @@ def test_a_stale_record_is_not_a_broker(tmp_path: Path) -> None:
 
 
 def test_server_properties_have_single_node_settings(tmp_path: Path) -> None:
-    text = broker._server_properties(9092, 9093, tmp_path)
+    text = properties.server_properties(9092, 9093, tmp_path)
     settings = dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
     assert settings["process.roles"] == "broker,controller"
     assert settings["controller.quorum.voters"] == "1@127.0.0.1:9093"
@@ -137,7 +138,7 @@ def test_server_properties_have_single_node_settings(tmp_path: Path) -> None:
 
 
 def test_container_env_uses_the_same_settings() -> None:
-    env = broker._container_env(19092, "localhost", "abc")
+    env = container.container_env(19092, "localhost", "abc")
     assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://localhost:19092"
     assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "1"
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
@@ -146,16 +147,18 @@ def test_container_env_uses_the_same_settings() -> None:
 
 def test_fallback_pom_matches_the_shipped_pom() -> None:
     """The copy used by non-editable installs must resolve the same versions."""
-    shipped = (Path(broker.__file__).parent.parent / "deploy" / "kafka" / "pom.xml").read_text()
+    shipped = jars.POM.read_text()
+    in_repository = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
+    assert in_repository == jars.POM
     for name in ("kafka", "log4j", "slf4j"):
         version = re.search(rf"<{name}\.version>([^<]+)<", shipped)
         assert version is not None, name
-        assert version.group(1) in broker._fallback_pom(), name
+        assert version.group(1) in jars.fallback_pom(), name
     assert f"<kafka.version>{broker.KAFKA_VERSION}<" in shipped
 
 
 def test_cluster_ids_are_kafka_uuids() -> None:
-    ids = {broker._new_cluster_id() for _ in range(200)}
+    ids = {node.new_cluster_id() for _ in range(200)}
     assert len(ids) == 200
     assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", i) for i in ids)
 
@@ -164,3 +167,11 @@ def test_docker_probe_is_fast_and_never_raises() -> None:
     started = time.monotonic()
     assert isinstance(broker.docker_available(), bool)
     assert time.monotonic() - started < 10
+
+
+def test_every_public_name_is_importable_from_the_package() -> None:
+    """The split into modules kept ``streams.broker``'s public names where callers find them."""
+    for name in broker.__all__:
+        assert getattr(broker, name) is not None, name
+    image = broker.KAFKA_IMAGE
+    assert image == f"apache/kafka:{broker.KAFKA_VERSION}"  # Docker runs what Maven resolves
