@@ -6,14 +6,20 @@ traffic. What it does with a partial (merge, close windows, late partials) is
 changelog-backed tables and publishes what it returns.
 
 All state is in changelog-backed faust tables and the app runs with
-``processing_guarantee="exactly_once"``, so table changes, published snapshots and input
-offsets commit in one transaction: killed and restarted, it publishes nothing twice and
-ends with the same cumulative numbers.
+``processing_guarantee="exactly_once"``, so table changes, published snapshots, dead letters
+and input offsets commit in one transaction: killed and restarted, it publishes nothing
+twice and ends with the same cumulative numbers.
+
+It runs only against existing topics (``understudy topics create`` makes them): faust may
+create its own changelog topics, never the deployment's. SIGTERM or SIGINT stop it within
+seconds with its work committed, exit code 0, as the other stages do.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +29,9 @@ from confluent_kafka import Consumer, TopicPartition
 from streams import faust_eos
 from streams.config import Config
 from streams.credentials import faust_credentials
-from streams.errors import ConfigError
-from streams.kafka import Topics, committed_reader, read_compacted, read_range
-from streams.merging import WindowMerger
+from streams.errors import ConfigError, TopicLayoutError
+from streams.kafka import Topics, committed_reader, partition_counts, read_compacted, read_range
+from streams.merging import WindowMerger, dead_letter_record
 from streams.schemas import Codec, default_codec
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,13 @@ class Evaluator:
         app_id = f"{cfg.prefix}.evaluator"
         datadir = datadir or Path.home() / ".cache" / "understudy" / "evaluator" / cfg.prefix
         datadir.mkdir(parents=True, exist_ok=True)
-        faust_eos.install({self.topics.metrics: self.topics.partials})
+        # what the evaluator publishes joins the transaction of the partial it came from
+        faust_eos.install(
+            {
+                self.topics.metrics: self.topics.partials,
+                self.topics.deadletter: self.topics.partials,
+            }
+        )
         self.app = faust.App(
             app_id,
             broker=[f"kafka://{h}" for h in cfg.bootstrap_servers.split(",")],
@@ -56,6 +68,9 @@ class Evaluator:
             processing_guarantee="exactly_once",
             topic_partitions=cfg.evaluator_partitions,
             topic_replication_factor=cfg.replication_factor,
+            # faust creates its own topics (table changelogs, the leader topic) through this
+            # one switch; the deployment's topics are checked to exist before the app starts
+            # (check_topics), so a missing one is refused, never created here
             topic_allow_declare=True,
             web_enabled=False,
             datadir=str(datadir),
@@ -75,6 +90,9 @@ class Evaluator:
             key_serializer="raw",
             value_serializer="raw",
             partitions=cfg.evaluator_partitions,
+        )
+        self.deadletter = app.topic(
+            self.topics.deadletter, key_serializer="raw", value_serializer="raw", partitions=1
         )
         table_opts: dict[str, Any] = {
             "on_recover": self._restore_tables,
@@ -99,7 +117,13 @@ class Evaluator:
         self.progress = app.Table("progress", **table_opts)
         self._gaps = GapReader(cfg, self.topics.partials)
         self.merger = WindowMerger(
-            self.windows, self.cumulative, self.meta, self.progress, codec=self.codec
+            self.windows,
+            self.cumulative,
+            self.meta,
+            self.progress,
+            codec=self.codec,
+            # a window closes at the latest when some partition is this far past its end
+            grace_ms=2 * cfg.window_ms,
         )
         app.agent(self.partials, name="merge")(self._agent)
 
@@ -128,9 +152,10 @@ class Evaluator:
 
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
-            self._apply(event.message.partition, event.message.offset, event.value)
+            msg = event.message
+            self._apply(msg.partition, msg.offset, msg.key, event.value)
 
-    def _apply(self, partition: int, offset: int, value: bytes) -> None:
+    def _apply(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Apply one partial exactly once, in offset order, with what the stream skipped.
 
         The applied-offset marker (in the progress table, so it commits with the state) is
@@ -150,14 +175,37 @@ class Evaluator:
         if offset <= last:
             return
         if offset > last + 1:
-            for missed_offset, missed in self._gaps.read(partition, last + 1, offset):
-                self._fold(partition, missed_offset, missed)
-        self._fold(partition, offset, value)
+            for missed_offset, missed_key, missed in self._gaps.read(partition, last + 1, offset):
+                self._fold(partition, missed_offset, missed_key, missed)
+        self._fold(partition, offset, key, value)
 
-    def _fold(self, partition: int, offset: int, value: bytes) -> None:
-        for key, snapshot in self.merger.handle(value):
-            # partition = the source's: faust_eos sends it in that partition's transaction
-            self.metrics.send_soon(key=key, value=snapshot, partition=partition)
+    def _fold(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        handled = self.merger.handle(value)
+        # partition = the source's: faust_eos sends it in that partition's transaction
+        for cand, snapshot in handled.snapshots:
+            self.metrics.send_soon(key=cand, value=snapshot, partition=partition)
+        if handled.error is not None:
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s",
+                self.topics.partials,
+                partition,
+                offset,
+                handled.error,
+            )
+            record = dead_letter_record(
+                handled.error,
+                topic=self.topics.partials,
+                partition=partition,
+                offset=offset,
+                key=key,
+                value=value,
+                now=int(time.time() * 1000),
+            )
+            # the dead-letter topic has one partition, and so has partials for now
+            # (evaluator_partitions == 1): partition 0 is both the source and the target
+            self.deadletter.send_soon(
+                key=key, value=self.codec.encode("DeadLetter", record), partition=partition
+            )
         self.merger.put_json(self.progress, b"o%d" % partition, offset)
 
 
@@ -181,11 +229,13 @@ class GapReader:
         )
         return int(low)
 
-    def read(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
-        """(offset, value) of every committed record with start <= offset < end."""
+    def read(
+        self, partition: int, start: int, end: int
+    ) -> list[tuple[int, bytes | None, bytes | None]]:
+        """(offset, key, value) of every committed record with start <= offset < end."""
         reader = self._reader()
         found = [
-            (m.offset() or 0, m.value() or b"")
+            (m.offset() or 0, m.key(), m.value())
             for m in read_range(reader, self.topic, partition, start, end, self.timeout_s)
         ]
         reader.unassign()
@@ -195,13 +245,53 @@ class GapReader:
                 len(found),
                 self.topic,
                 partition,
-                [o for o, _ in found],
+                [o for o, _, _ in found],
             )
         return found
 
 
+def check_topics(cfg: Config) -> None:
+    """Refuse to start without the deployment's topics (faust would create them itself)."""
+    t = Topics(cfg.prefix)
+    names = [t.partials, t.metrics, t.deadletter]
+    counts = partition_counts(cfg, names)
+    missing = [n for n in names if n not in counts]
+    if missing:
+        raise TopicLayoutError(
+            f"missing topics {', '.join(missing)}: run `understudy topics create` "
+            f"(prefix {cfg.prefix!r})"
+        )
+    if counts[t.partials] != cfg.evaluator_partitions:
+        raise TopicLayoutError(
+            f"{t.partials} has {counts[t.partials]} partitions, the evaluator expects "
+            f"evaluator_partitions={cfg.evaluator_partitions}"
+        )
+
+
+class _Worker(faust.Worker):
+    """faust's worker, which also honours a SIGTERM/SIGINT that came before its handlers.
+
+    mode installs its signal handlers once the app has started; a signal before that used
+    to kill the process with the default action (rc -15) instead of stopping it.
+    """
+
+    early: signal.Signals | None = None
+
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        if self.early is not None:
+            self._schedule_shutdown(self.early)
+
+
 def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None = None) -> None:
     """Run the evaluator until SIGINT/SIGTERM (the CLI's ``understudy evaluator``)."""
+    check_topics(cfg)
+
+    def early(signum: int, _frame: object) -> None:
+        _Worker.early = signal.Signals(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, early)
     ev = Evaluator(cfg, datadir=datadir)
-    worker = faust.Worker(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = _Worker(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -1,10 +1,19 @@
 """Merging partials into window and cumulative snapshots: the evaluator's logic, no faust.
 
-The joiner partitions each publish partials per (candidate, window); a window is complete
-once every joiner partition's progress (carried by its ``*`` partials) has passed the
-window's end. Until then its partials are merged; then one WINDOW snapshot and one
-CUMULATIVE snapshot are published per candidate, oldest window first. A partial for a
-window already published is late: it goes into the cumulative numbers and is counted.
+The joiner partitions each publish partials per (candidate, window); a window closes once
+every joiner partition's progress (carried by its ``*`` partials) has passed the window's
+end, or once the largest progress reported by any partition is ``grace_ms`` past it (so a
+silent or slow partition holds nothing back for long). Until then its partials are merged;
+then one WINDOW snapshot and one CUMULATIVE snapshot are published per candidate, oldest
+window first. A partial for a window already closed is late: it goes into the cumulative
+numbers and is counted. Closing depends on the partials' contents only, never on a clock,
+so a replay of the same partials publishes the same snapshots.
+
+Every CUMULATIVE snapshot also carries the conservation law of its candidate: the latest
+ledger of each joiner partition (carried by its ``*`` partials), summed over partitions.
+
+A partial that cannot be decoded or is inconsistent is not an exception: :meth:`handle`
+returns it as an error (``Handled.error``), which the evaluator dead-letters.
 
 All state lives in four ``MutableMapping[bytes, bytes]`` tables that the caller owns (the
 evaluator passes its changelog-backed faust tables; the unit tests pass dicts), so a
@@ -17,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams.metrics.partial import SHARED, PartialStats
@@ -27,6 +37,41 @@ log = logging.getLogger(__name__)
 Table = MutableMapping[bytes, bytes]
 Message = tuple[bytes, bytes]
 
+#: The terms of a ledger, apart from ``requests`` which they add up to.
+LEDGER_TERMS = ("pairs", "no_candidate", "no_primary", "no_prediction", "pending", "dead_letters")
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What one partial gave: snapshots to publish, or why it was refused (bytewax's errs)."""
+
+    snapshots: list[Message] = field(default_factory=list)
+    #: None for a partial that was folded; else the reason, for a dead letter
+    error: str | None = None
+
+
+def dead_letter_record(
+    reason: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    now: int,
+) -> dict[str, Any]:
+    """A DeadLetter record of the evaluator for one message of ``topic``."""
+    return {
+        "stage": "evaluator",
+        "reason": reason,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "key": key,
+        "value": value,
+        "time": now,
+    }
+
 
 def snapshot_record(
     candidate: str,
@@ -35,6 +80,7 @@ def snapshot_record(
     stats: PartialStats,
     meta: dict[str, Any],
     emitted_at: int,
+    conservation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A MetricSnapshot record from merged statistics and their bookkeeping."""
     rec: dict[str, Any] = {
@@ -48,9 +94,24 @@ def snapshot_record(
         "late_partials": meta.get("late_partials", 0),
         "emitted_at": emitted_at,
         "coverage": dict(stats.coverage),
+        "conservation": conservation,
     }
     rec.update(stats.summary())
     return rec
+
+
+def _check(rec: dict[str, Any]) -> None:
+    """Refuse a partial whose identity fields cannot be right (they key the evaluator's state)."""
+    n, p = rec["partition_count"], rec["joiner_partition"]
+    if n <= 0 or not 0 <= p < n:
+        raise ValueError(f"joiner_partition {p} is not within partition_count {n}")
+    if rec["window_end"] <= rec["window_start"]:
+        raise ValueError(f"window_end {rec['window_end']} <= window_start {rec['window_start']}")
+    if "|" in rec["candidate"] or not rec["candidate"]:
+        raise ValueError(f"candidate {rec['candidate']!r} is empty or contains '|'")
+    for cand, terms in (rec.get("ledger") or {}).items():
+        if any(v < 0 for v in terms.values()):
+            raise ValueError(f"ledger of {cand!r} has a negative count: {terms}")
 
 
 def _now_ms() -> int:
@@ -62,8 +123,13 @@ class WindowMerger:
 
     Tables: ``windows`` (b"cand|ws" -> merged Partial of a pending window), ``cumulative``
     (b"cand" -> Partial of everything published; b"*" -> every shared statistic folded),
-    ``meta`` (JSON bookkeeping of both) and ``progress`` (b"p<partition>" -> watermark,
-    b"n" -> partition count, and whatever markers the caller keeps there).
+    ``meta`` (JSON bookkeeping of both) and ``progress`` (JSON: b"p<partition>" -> watermark,
+    b"n" -> partition count, b"l<partition>" -> the partition's latest ledger, b"h" -> the
+    closing horizon: every window ending at or before it is closed; and whatever markers
+    the caller keeps there).
+
+    ``grace_ms``: a window also closes once any partition's progress is ``grace_ms`` past
+    its end; None means two windows (the length of the partial being folded).
     """
 
     def __init__(
@@ -75,13 +141,17 @@ class WindowMerger:
         *,
         codec: Codec | None = None,
         clock: Callable[[], int] = _now_ms,
+        grace_ms: int | None = None,
     ) -> None:
+        if grace_ms is not None and grace_ms < 0:
+            raise ValueError(f"grace_ms must be >= 0, not {grace_ms}")
         self.windows = windows
         self.cumulative = cumulative
         self.meta = meta
         self.progress = progress
         self.codec = codec or default_codec()
         self.clock = clock
+        self.grace_ms = grace_ms
 
     # -- table access ----------------------------------------------------------------------
 
@@ -90,7 +160,7 @@ class WindowMerger:
         return default if raw is None else json.loads(raw)
 
     def put_json(self, table: Table, key: bytes, value: Any) -> None:
-        table[key] = json.dumps(value).encode()
+        table[key] = json.dumps(value, sort_keys=True).encode()
 
     def _stats(self, table: Table, key: bytes) -> PartialStats | None:
         raw = table.get(key)
@@ -101,29 +171,98 @@ class WindowMerger:
     def _put_stats(self, table: Table, key: bytes, stats: PartialStats) -> None:
         table[key] = self.codec.encode("Partial", stats.to_partial())
 
+    def _marks(self) -> list[int | None]:
+        n = self.get_json(self.progress, b"n", 0)
+        return [self.get_json(self.progress, b"p%d" % p, None) for p in range(n)]
+
     def global_progress(self) -> int | None:
         """The least progress over all joiner partitions, or None until each has reported."""
-        n = self.get_json(self.progress, b"n", None)
-        if n is None:
+        marks = self._marks()
+        if not marks or any(m is None for m in marks):
             return None
-        marks = [self.get_json(self.progress, b"p%d" % p, None) for p in range(n)]
-        if any(m is None for m in marks):
+        return min(m for m in marks if m is not None)
+
+    def horizon(self) -> int | None:
+        """Every window ending at or before this is closed (None: none yet)."""
+        stored = self.get_json(self.progress, b"h", None)
+        # tables written before the grace existed have no b"h": their horizon was this
+        return stored if stored is not None else self.global_progress()
+
+    def _target(self, grace_ms: int) -> int | None:
+        """Where the horizon may move: all partitions past, or the furthest one a grace past."""
+        marks = [m for m in self._marks() if m is not None]
+        candidates = [self.global_progress()]
+        if marks:
+            candidates.append(max(marks) - grace_ms)
+        known = [c for c in candidates if c is not None]
+        return max(known) if known else None
+
+    # -- conservation ----------------------------------------------------------------------
+
+    def conservation(self, cand: str) -> dict[str, Any] | None:
+        """The law for ``cand`` summed over the latest ledger of every joiner partition.
+
+        A partition where ``cand`` never answered contributes its baseline (``*``); None
+        while no partition has sent a ledger.
+        """
+        n = self.get_json(self.progress, b"n", 0)
+        requests, terms, found = 0, dict.fromkeys(LEDGER_TERMS, 0), False
+        for p in range(n):
+            ledger = self.get_json(self.progress, b"l%d" % p, None)
+            if not ledger:
+                continue
+            entry = ledger.get(cand, ledger.get(SHARED))
+            if entry is None:
+                continue
+            found = True
+            for term, count in entry.items():
+                if term == "requests":
+                    requests += count
+                else:
+                    terms[term] = terms.get(term, 0) + count
+        if not found:
             return None
-        return min(marks)
+        return {"requests": requests, "terms": terms, "holds": requests == sum(terms.values())}
+
+    def _keep_ledger(self, rec: dict[str, Any]) -> bool:
+        """Keep the partition's latest ledger; True when it changed."""
+        ledger = rec.get("ledger") or {}
+        if not ledger:  # a writer without ledgers (schema v1) supersedes nothing
+            return False
+        key = b"l%d" % rec["joiner_partition"]
+        if self.get_json(self.progress, key, None) == ledger:
+            return False
+        self.put_json(self.progress, key, ledger)
+        return True
+
+    def _refresh_conservation(self) -> list[Message]:
+        """A CUMULATIVE for each candidate whose law changed since its last snapshot."""
+        out: list[Message] = []
+        for cand in self._known():
+            cmeta = self.get_json(self.meta, cand.encode(), None)
+            if cmeta is None or cmeta.get("conservation") == self.conservation(cand):
+                continue
+            total = self._stats(self.cumulative, cand.encode()) or PartialStats()
+            out.append(self._cumulative_snapshot(cand, total, cmeta))
+        return out
 
     # -- folding ---------------------------------------------------------------------------
 
-    def handle(self, value: bytes) -> list[Message]:
-        """Fold one partial; return the (key, MetricSnapshot) messages to publish."""
+    def handle(self, value: bytes | None) -> Handled:
+        """Fold one partial; return the (key, MetricSnapshot) messages to publish.
+
+        A partial that cannot be decoded or is inconsistent changes nothing and comes back
+        as ``Handled(error=reason)``.
+        """
         try:
             rec = self.codec.decode_as("Partial", value)
             stats = PartialStats.from_record(rec)
-        except Exception as exc:  # a bad partial must not stop the evaluator
-            log.error("dropping undecodable partial: %s", exc)
-            return []
+            _check(rec)
+        except Exception as exc:  # any bad partial: data for a dead letter, never a crash
+            return Handled(error=f"cannot use this partial: {exc}")
         cand: str = rec["candidate"]
         ws, we = rec["window_start"], rec["window_end"]
-        before = self.global_progress()
+        before = self.horizon()
         out: list[Message] = []
         if before is not None and we <= before:
             out += self._late(cand, rec, stats)
@@ -145,10 +284,15 @@ class WindowMerger:
             old = self.get_json(self.progress, pkey, None)
             if old is None or rec["watermark"] > old:
                 self.put_json(self.progress, pkey, rec["watermark"])
-            after = self.global_progress()
+            ledger_changed = self._keep_ledger(rec)
+            grace = self.grace_ms if self.grace_ms is not None else 2 * (we - ws)
+            after = self._target(grace)
             if after is not None and (before is None or after > before):
+                self.put_json(self.progress, b"h", after)
                 out += self._close(after)
-        return out
+            if ledger_changed:
+                out += self._refresh_conservation()
+        return Handled(out)
 
     def _close(self, progress: int) -> list[Message]:
         """Publish every pending window that ends at or before ``progress``, oldest first."""
@@ -256,11 +400,32 @@ class WindowMerger:
         cmeta["late_partials"] += late
         if primary:
             cmeta["primary"] = primary
-        self.put_json(self.meta, key, cmeta)
-        return [self._snapshot(cand, cmeta.get("primary", ""), "CUMULATIVE", total, cmeta)]
+        return [self._cumulative_snapshot(cand, total, cmeta)]
+
+    def _cumulative_snapshot(
+        self, cand: str, total: PartialStats, cmeta: dict[str, Any]
+    ) -> Message:
+        """The CUMULATIVE snapshot of ``cand``, with its law, which its meta then remembers."""
+        cmeta["conservation"] = self.conservation(cand)
+        self.put_json(self.meta, cand.encode(), cmeta)
+        return self._snapshot(
+            cand,
+            cmeta.get("primary", ""),
+            "CUMULATIVE",
+            total,
+            cmeta,
+            conservation=cmeta["conservation"],
+        )
 
     def _snapshot(
-        self, cand: str, primary: str, scope: str, stats: PartialStats, meta: dict[str, Any]
+        self,
+        cand: str,
+        primary: str,
+        scope: str,
+        stats: PartialStats,
+        meta: dict[str, Any],
+        *,
+        conservation: dict[str, Any] | None = None,
     ) -> Message:
-        rec = snapshot_record(cand, primary, scope, stats, meta, self.clock())
+        rec = snapshot_record(cand, primary, scope, stats, meta, self.clock(), conservation)
         return cand.encode(), self.codec.encode("MetricSnapshot", rec)
