@@ -8,6 +8,7 @@ refuses what it cannot map rather than connecting without the security that was 
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -52,23 +53,54 @@ _SECURITY_KEYS = {
     "sasl.username",
     "sasl.password",
     "ssl.ca.location",
+    "ssl.ca.pem",
     "ssl.certificate.location",
     "ssl.key.location",
     "ssl.key.password",
     "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
 }
 
 
 def ssl_context(options: Mapping[str, str]) -> ssl.SSLContext:
-    """A client TLS context from librdkafka's ``ssl.*`` file options."""
-    ctx = ssl.create_default_context(
-        purpose=ssl.Purpose.SERVER_AUTH, cafile=options.get("ssl.ca.location")
-    )
+    """A client TLS context from librdkafka's ``ssl.*`` options, verifying as librdkafka does.
+
+    ``ssl.ca.location`` may be a file or a directory of CA certificates, or ``probe`` (the
+    system's store, as when it is absent); ``ssl.ca.pem`` gives the CA certificates inline.
+    Host names are checked unless ``ssl.endpoint.identification.algorithm=none``; nothing is
+    verified with ``enable.ssl.certificate.verification=false``. A file that cannot be
+    used is a ConfigError naming the option and the path (never the key's password).
+    """
+    ca = options.get("ssl.ca.location") or None
+    if ca is not None and ca.strip().lower() == "probe":
+        ca = None
+    try:
+        if ca is not None and os.path.isdir(ca):
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, capath=ca)
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ssl.ca.location {ca}: cannot load CA certificates ({exc})") from exc
+    if options.get("ssl.ca.pem"):
+        try:
+            ctx.load_verify_locations(cadata=options["ssl.ca.pem"])
+        except (ValueError, ssl.SSLError) as exc:
+            raise ConfigError(f"ssl.ca.pem holds no usable CA certificate ({exc})") from exc
     cert = options.get("ssl.certificate.location")
     if cert:
-        ctx.load_cert_chain(cert, options.get("ssl.key.location"), options.get("ssl.key.password"))
-    if options.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+        key = options.get("ssl.key.location")
+        try:
+            ctx.load_cert_chain(cert, key, options.get("ssl.key.password"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"ssl.certificate.location {cert} / ssl.key.location {key}: cannot load the "
+                f"client certificate ({exc})"
+            ) from exc
+    if options.get("ssl.endpoint.identification.algorithm", "https").strip().lower() == "none":
         ctx.check_hostname = False
+    if options.get("enable.ssl.certificate.verification", "true").strip().lower() == "false":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
@@ -96,6 +128,9 @@ def faust_credentials(options: Mapping[str, str]) -> Any | None:
         mechanism = options.get("sasl.mechanism") or options.get("sasl.mechanisms") or "PLAIN"
         if mechanism.upper() not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             raise ConfigError(f"the evaluator supports SASL PLAIN and SCRAM, not {mechanism}")
+        missing = [k for k in ("sasl.username", "sasl.password") if not options.get(k)]
+        if missing:
+            raise ConfigError(f"security.protocol {protocol} needs {' and '.join(missing)}")
         return faust.SASLCredentials(
             username=options.get("sasl.username"),
             password=options.get("sasl.password"),
