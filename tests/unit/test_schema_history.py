@@ -381,8 +381,9 @@ def test_codec_knows_every_version_and_writes_the_current_one() -> None:
         last = max(history(name))
         assert codec.schemas[name] is codec.versions[name][last]
         assert codec.schemas[name].version == last
-        fps = [s.fingerprint for s in codec.versions[name].values()]
-        assert len(set(fps)) == len(fps), f"two versions of {name} share a fingerprint"
+
+    for name, n in PAIRS:
+        assert history(name)[n] != history(name)[n + 1], f"{name} v{n + 1} changes nothing"
 
 
 @pytest.mark.parametrize(("name", "n"), VERSIONS, ids=VERSION_IDS)
@@ -621,3 +622,20 @@ def snapshot_v2() -> dict[str, Any]:
         "holds": True,
     }
     return rec
+
+
+def test_a_doc_only_release_shares_the_fingerprint_and_reads_without_resolution(
+    tmp_path: Path,
+) -> None:
+    copy_schemas(tmp_path)
+    label = current("Label")
+    (tmp_path / HISTORY / "Label").mkdir(parents=True)
+    (tmp_path / HISTORY / "Label" / "v1.avsc").write_text(json.dumps(label))
+    label["doc"] = label["doc"] + " Reworded."
+    (tmp_path / HISTORY / "Label" / "v2.avsc").write_text(json.dumps(label))
+    (tmp_path / "Label.avsc").write_text(json.dumps(label))
+    codec = Codec(tmp_path)
+    v1, v2 = codec.versions["Label"][1], codec.versions["Label"][2]
+    assert v1.fingerprint == v2.fingerprint and codec.schemas["Label"] is v2
+    rec = {"request_id": "r", "event_time": 5, "value": 2.5, "label": None}
+    assert codec.decode(v1.encode(rec)) == ("Label", rec)
