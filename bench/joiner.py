@@ -50,7 +50,8 @@ def fill(cfg: Config, n: int) -> int:
             "compression.type": "lz4",
         }
     )
-    base = 1_700_000_000_000
+    # recent event times: the joiner refuses ones far from their message's timestamp
+    base = (int(time.time() * 1000) - n - 10_000) // 10_000 * 10_000
     features = {f"f{i}": float(i) for i in range(10)}
     for i in range(n):
         rid = f"b{i}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -29,6 +32,7 @@ from confluent_kafka import (
 
 from streams.config import Config
 from streams.errors import SchemaError, UnderstudyError
+from streams.join.clock import STREAMS
 from streams.joinstate import Emitted, PartitionState
 from streams.kafka import Topics, check_copartitioned, client_config, read_compacted
 from streams.metrics.partial import PartialStats
@@ -53,7 +57,7 @@ class Joiner:
         self,
         cfg: Config,
         *,
-        instance: str = "0",
+        instance: str | None = None,
         batch_size: int = 5000,
         codec: Codec | None = None,
     ) -> None:
@@ -65,35 +69,40 @@ class Joiner:
         self.states: dict[int, PartitionState] = {}
         self.stats = JoinerStats()
         self._last_data = time.monotonic()
-        self._idle_done = True
+        #: wall time of the last event per (partition, stream), and of the last idle tick
+        self._last_seen: dict[tuple[int, str], float] = {}
+        self._last_idle_tick: dict[int, float] = {}
+        self._fatal: str | None = None
         self._encode_partial = self.codec.encoder("Partial")
         self._encode_dead = self.codec.encoder("DeadLetter")
+        static = instance is not None
+        # a fixed id (``--instance``) fences the previous incarnation at once and takes its
+        # partitions back without a rebalance; without one, a unique id per process, so
+        # that two joiners started the same way never fence each other
+        self.instance = instance if static else f"{socket.gethostname()}-{os.getpid()}"
+        consumer_extra: dict[str, object] = {
+            "group.id": f"{cfg.prefix}.joiner",
+            "session.timeout.ms": 15000,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "range",
+            "error_cb": self._on_error,
+        }
+        if static:
+            consumer_extra["group.instance.id"] = f"{cfg.prefix}.joiner.{self.instance}"
         self.producer = Producer(
             client_config(
                 cfg,
                 **{
-                    "transactional.id": f"{cfg.prefix}.joiner.{instance}",
+                    "transactional.id": f"{cfg.prefix}.joiner.{self.instance}",
                     "linger.ms": 5,
                     "transaction.timeout.ms": 30000,
+                    "error_cb": self._on_error,
                 },
             )
         )
-        self.consumer = Consumer(
-            client_config(
-                cfg,
-                **{
-                    "group.id": f"{cfg.prefix}.joiner",
-                    # static membership: a restarted instance takes its partitions back at
-                    # once instead of waiting for the dead member's session to time out
-                    "group.instance.id": f"{cfg.prefix}.joiner.{instance}",
-                    "session.timeout.ms": 15000,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "isolation.level": "read_committed",
-                    "partition.assignment.strategy": "range",
-                },
-            )
-        )
+        self.consumer = Consumer(client_config(cfg, **consumer_extra))
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -117,27 +126,29 @@ class Joiner:
         )
         try:
             while not stop.is_set():
+                if self._fatal is not None:
+                    raise UnderstudyError(f"joiner cannot carry on: {self._fatal}")
                 msgs = self.consumer.consume(num_messages=self.batch_size, timeout=0.5)
                 if msgs:
                     self._process(msgs)
+                if self._idle_ticks() or msgs:
                     if on_batch:
                         on_batch(self.stats)
                     continue
                 idle = time.monotonic() - self._last_data
-                if not self._idle_done and idle * 1000 >= self.cfg.idle_flush_ms:
-                    self._idle_flush()
+                if idle_exit_s is not None and self.states and idle >= idle_exit_s:
+                    self._close_all()  # the end of the input: publish its last windows
                     if on_batch:
                         on_batch(self.stats)
-                if (
-                    idle_exit_s is not None
-                    and self._idle_done
-                    and self.states
-                    and idle >= idle_exit_s
-                ):
                     break
         finally:
             self.close()
         return self.stats
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback: a fatal error ends the loop, with its reason."""
+        if err.fatal():
+            self._fatal = f"fatal Kafka error: {err.str()}"
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # already closed
@@ -152,8 +163,11 @@ class Joiner:
             self.states[p] = self._restore(p)
             self.stats.restored_partitions += 1
         if new:
-            self._idle_done = False
-            self._last_data = time.monotonic()  # idleness counts from a usable assignment
+            now = time.monotonic()
+            self._last_data = now  # idleness counts from a usable assignment
+            for p in new:
+                for stream in STREAMS:
+                    self._last_seen[(p, stream)] = now
             log.info("joiner assigned partitions %s", new)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -174,7 +188,15 @@ class Joiner:
 
     def _new_state(self, p: int) -> PartitionState:
         c = self.cfg
-        return PartitionState(p, c.window_ms, c.lateness_ms, c.join_ttl_ms)
+        return PartitionState(
+            p,
+            c.window_ms,
+            c.lateness_ms,
+            c.join_ttl_ms,
+            max_age_ms=c.max_age_ms,
+            max_skew_ms=c.max_skew_ms,
+            max_pending=c.max_pending,
+        )
 
     def _decode_acc(self, value: bytes) -> PartialStats:
         return PartialStats.from_record(self.codec.decode_as("Partial", value))
@@ -191,6 +213,8 @@ class Joiner:
         touched: set[int] = set()
         dead: list[tuple[Message, str]] = []
         n = 0
+        wall = time.monotonic()
+        last_seen = self._last_seen
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -203,38 +227,57 @@ class Joiner:
             if st is None:  # not ours any more; the new owner will read it
                 continue
             topic = m.topic()
+            stream = "requests" if topic == requests else "predictions"
+            last_seen[(part, stream)] = wall
+            touched.add(part)
+            ts_type, ts = m.timestamp()
+            now = ts if ts_type != TIMESTAMP_NOT_AVAILABLE else int(time.time() * 1000)
             try:
+                if not m.key():
+                    raise SchemaError("message has no key (the request_id must be the key)")
                 name, rec = decode(m.value())
                 if topic == requests and name == "Request":
-                    st.on_request(rec)
+                    reason = st.on_request(rec, now)
                 elif topic == predictions and name == "Prediction":
-                    st.on_prediction(rec)
+                    reason = st.on_prediction(rec, now)
                 else:
                     raise SchemaError(f"a {name} message does not belong on {topic}")
+                if reason is not None:
+                    dead.append((m, reason))  # the state counted it already
             except SchemaError as exc:
+                st.on_dead_letter(stream)
                 dead.append((m, str(exc)))
-                continue
             except (KeyError, TypeError, ValueError) as exc:
+                st.on_dead_letter(stream)
                 dead.append((m, f"cannot join: {exc!r}"))
-                continue
-            touched.add(part)
         self.stats.consumed += n
-        self._last_data = time.monotonic()
-        self._idle_done = False
+        self._last_data = wall
         self._transact(touched, dead)
 
-    def _idle_flush(self) -> None:
-        """Close every open window: the input went quiet, publish what is there."""
-        emitted: dict[int, list[Emitted]] = {}
+    def _idle_ticks(self) -> bool:
+        """Declare idleness: a stream quiet for ``idle_flush_ms`` stops holding its
+        partition's watermark back; a partition with both streams quiet lets processing
+        time move its watermark, once per ``idle_flush_ms``. Committed like a batch."""
+        wall = time.monotonic()
+        limit = self.cfg.idle_flush_ms / 1000
+        touched: set[int] = set()
         for p, st in self.states.items():
-            emitted[p] = st.advance(close_all=True)
-        known = [st.closed_until for st in self.states.values() if st.closed_until is not None]
-        if known:
-            top = max(known)
-            for p, st in self.states.items():
-                emitted[p] += st.align(top)
+            quiet = [s for s in STREAMS if wall - self._last_seen.get((p, s), wall) >= limit]
+            for stream in quiet:
+                if stream not in st.clock.idle:
+                    st.mark_idle(stream)
+                    touched.add(p)
+            if len(quiet) == len(STREAMS) and wall - self._last_idle_tick.get(p, 0.0) >= limit:
+                self._last_idle_tick[p] = wall
+                st.idle_until(int(time.time() * 1000))
+                touched.add(p)
+        if touched:
+            self._transact(touched, [])
+        return bool(touched)
+
+    def _close_all(self) -> None:
+        emitted = {p: st.advance(close_all=True) for p, st in self.states.items()}
         self._transact(set(self.states), [], emitted)
-        self._idle_done = True
 
     def _transact(
         self,
@@ -259,6 +302,7 @@ class Joiner:
                         window_end=e.window_start + self.cfg.window_ms,
                         seq=e.seq,
                         watermark=e.watermark,
+                        ledger=e.ledger or {},
                     )
                     producer.produce(
                         self.topics.partials, self._encode_partial(rec), e.candidate.encode()
@@ -284,6 +328,11 @@ class Joiner:
 
     def _recover_from(self, exc: KafkaException) -> None:
         err = exc.args[0] if exc.args else None
+        if err is not None and getattr(err, "fatal", lambda: False)():
+            raise UnderstudyError(
+                f"joiner transaction failed fatally (fenced by another instance with the same "
+                f"--instance, or the broker lost the transaction): {exc}"
+            ) from exc
         if err is not None and getattr(err, "txn_requires_abort", lambda: False)():
             log.warning("aborting joiner transaction: %s; rewinding to the last commit", err)
             self.producer.abort_transaction(30)
@@ -320,7 +369,7 @@ class Joiner:
 def run_joiner(
     cfg: Config,
     *,
-    instance: str = "0",
+    instance: str | None = None,
     stop: threading.Event | None = None,
     idle_exit_s: float | None = None,
     on_batch: Callable[[JoinerStats], None] | None = None,

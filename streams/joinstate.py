@@ -1,388 +1,422 @@
-"""The joiner's per-partition state: pending joins, open window accumulators, progress.
+"""The joiner's per-partition state, driven one event at a time; no Kafka.
 
-Pure Python and numpy, no Kafka: :mod:`streams.joiner` feeds it decoded events in offset
-order, asks it for the partials to publish and for the state changes to write to the
-changelog, and commits all of that in one transaction. Keeping it apart from the Kafka loop
-keeps the join semantics unit-testable and the loop small.
+:mod:`streams.joiner` feeds it decoded events in offset order, collects the partials it
+emits and the state changes to write to the changelog, and commits both in one transaction.
+The parts (:mod:`streams.join`): an event-time clock, the join table, the window
+accumulators and the conservation ledger.
 
 Semantics, per input partition:
 
-* An entry per request_id collects the request, the primary's prediction and each
-  candidate's prediction. A pair (primary, candidate) is folded into the statistics of the
-  window of the *primary's* event time as soon as both halves are there, exactly once.
-* An event seen again (same request_id, role and model id) is counted as a duplicate and
-  ignored, for as long as its entry lives (the join TTL).
-* The watermark is the smallest, over the request and prediction streams, of the newest
-  event time seen, minus the allowed lateness; windows that
-  end at or before it are closed and published. Data for a closed window is published
-  later as a late addition (``seq`` > 0), so cumulative numbers never lose anything.
-* An entry expires when the watermark passes its deadline (event time + TTL); what never
-  joined is counted by reason in the window of the deadline.
+* An entry per request_id collects the request, the primary's answer and each candidate's.
+  A pair (primary, candidate) is folded into the window of the *primary's* event time as
+  soon as both halves are there, exactly once.
+* Everything that depends on time is a function of the watermark, checked after *every*
+  event: an entry finishes when the watermark passes its deadline (first event time + TTL),
+  a window closes when the watermark passes its end. So the partials are the same however
+  the events are split into batches, and a restore from the changelog at any batch boundary
+  continues exactly.
+* An event seen again (same request_id, role and model id) is a duplicate, whenever it
+  arrives: finished joins are remembered until the watermark is ``max_age`` past them, and
+  older events are refused (:mod:`streams.join.timecheck`).
+* What never joined is counted by reason in the window of its deadline: on ``*``, requests
+  no model answered (``expired``) or only the primary did (``no_candidate``); on a
+  candidate, ``no_candidate`` / ``no_primary`` / ``no_prediction`` when some other
+  candidate answered, ``no_request`` for answers whose request never came. An answer that
+  comes after its join finished is counted ``expired`` on its model. Every request is in
+  the conservation ledger, the exact account (:mod:`streams.join.ledger`).
+* Idleness (declared by the caller from processing time) lets the watermark move without
+  events; the declarations are state changes like any other, committed with the batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
-
+from streams.join.clock import EventClock
+from streams.join.ledger import Ledger
+from streams.join.table import Answer, Entry, JoinTable
+from streams.join.timecheck import check_event_time
+from streams.join.windows import Emitted, Key, Windows
 from streams.metrics.partial import SHARED, PartialStats
 
-# prediction outcome kept in an entry: (value, label, latency_ms, error)
-Outcome = tuple[float | None, str | None, float | None, str | None]
+__all__ = ["Emitted", "PartitionState"]
 
 KEY_ENTRY = b"e"
 KEY_ACC = b"a"
 KEY_META = b"m"
 
-
-class Entry:
-    __slots__ = ("cands", "deadline", "prim", "req", "t")
-
-    def __init__(self, t: int, deadline: int) -> None:
-        self.t = t
-        self.deadline = deadline
-        self.req = False
-        self.prim: Outcome | None = None
-        self.cands: dict[str, Outcome] = {}
-
-    def dump(self) -> bytes:
-        return json.dumps([self.t, self.deadline, self.req, self.prim, self.cands]).encode()
-
-    @classmethod
-    def load(cls, data: bytes) -> Entry:
-        t, deadline, req, prim, cands = json.loads(data)
-        e = cls(t, deadline)
-        e.req = req
-        e.prim = tuple(prim) if prim is not None else None
-        e.cands = {k: tuple(v) for k, v in cands.items()}
-        return e
-
-
-@dataclass
-class _Buffer:
-    """Per-batch columns, folded into a PartialStats with numpy at the end of the batch."""
-
-    reg_p: list[float] = field(default_factory=list)
-    reg_c: list[float] = field(default_factory=list)
-    cls_p: list[str] = field(default_factory=list)
-    cls_c: list[str] = field(default_factory=list)
-    latency: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Emitted:
-    """One partial to publish: identity plus statistics."""
-
-    candidate: str
-    window_start: int
-    seq: int
-    stats: PartialStats
-    #: progress this partial vouches for (the evaluator reads it from '*' partials only)
-    watermark: int = 0
+EncodeAcc = Callable[[Key, PartialStats], bytes]
+DecodeAcc = Callable[[bytes], PartialStats]
 
 
 class PartitionState:
     """Join and accumulate for one input partition; see the module docstring."""
 
-    def __init__(self, partition: int, window_ms: int, lateness_ms: int, ttl_ms: int) -> None:
+    def __init__(
+        self,
+        partition: int,
+        window_ms: int,
+        lateness_ms: int,
+        ttl_ms: int,
+        *,
+        max_age_ms: int = 600_000,
+        max_skew_ms: int = 60_000,
+        max_pending: int = 1_000_000,
+    ) -> None:
         self.partition = partition
         self.window_ms = window_ms
-        self.lateness_ms = lateness_ms
         self.ttl_ms = ttl_ms
-        self.pending: dict[str, Entry] = {}
-        self._expiry: list[tuple[int, str]] = []  # heap by deadline: any arrival order
-        self.acc: dict[tuple[str, int], PartialStats] = {}
-        self.max_time: dict[str, int] = {}
-        self.closed_until: int | None = None
-        #: late partials get 1, 2, ... in emission order: unique within the partition
-        self.late_seq = 0
-        self.candidates: set[str] = set()
+        self.max_age_ms = max_age_ms
+        self.max_skew_ms = max_skew_ms
+        self.clock = EventClock(lateness_ms)
+        self.table = JoinTable(ttl_ms, max_age_ms, max_pending)
+        self.windows = Windows(window_ms)
+        self.ledger = Ledger()
+        #: candidates in the order first seen
+        self.candidates: list[str] = []
         self.primary_id = ""
-        self._buf: dict[tuple[str, int], _Buffer] = {}
-        self._dirty_entries: set[str] = set()
-        self._removed_entries: set[str] = set()
-        self._dirty_acc: set[tuple[str, int]] = set()
-        self._removed_acc: set[tuple[str, int]] = set()
+        #: dead letters seen before any believable event time placed them in a window
+        self._unplaced_dead = 0
+        self._outbox: list[Emitted] = []
         self._meta_dirty = False
+        self._ledger_missing = False
+
+    # -- views kept for callers and tests ----------------------------------------------
+
+    @property
+    def pending(self) -> dict[str, Entry]:
+        return self.table.live
+
+    @property
+    def acc(self) -> dict[Key, PartialStats]:
+        return self.windows.acc
+
+    @property
+    def closed_until(self) -> int | None:
+        return self.windows.closed_until
+
+    @property
+    def max_time(self) -> dict[str, int]:
+        return self.clock.max_time
+
+    def watermark(self) -> int | None:
+        return self.clock.watermark()
 
     # -- events ------------------------------------------------------------------------
 
-    def _window(self, t: int) -> int:
-        return t - t % self.window_ms
+    def _refuse(self, rid: Any, t: Any, now: int | None) -> str | None:
+        if not isinstance(rid, str) or not rid:
+            return "empty request_id"
+        if not isinstance(t, int):
+            return f"event_time {t!r} is not an integer of milliseconds"
+        if now is not None:
+            return check_event_time(
+                t, now=now, max_age_ms=self.max_age_ms, max_skew_ms=self.max_skew_ms
+            )
+        return None
 
-    def _entry(self, rid: str, t: int) -> Entry:
-        e = self.pending.get(rid)
-        if e is None:
-            e = Entry(t, t + self.ttl_ms)
-            self.pending[rid] = e
-            heapq.heappush(self._expiry, (e.deadline, rid))
-        self._dirty_entries.add(rid)
-        return e
+    def on_dead_letter(self, stream: str) -> None:
+        """A message of ``stream`` ('requests' or 'predictions') that went to dead letters."""
+        if stream == "requests":
+            self.ledger.dead_letter()
+        newest = max(self.clock.max_time.values(), default=None)
+        if newest is None:
+            self._unplaced_dead += 1
+        else:
+            self.windows.count(SHARED, newest, "dead_letters")
+        self._meta_dirty = True
 
-    def _acc(self, key: tuple[str, int]) -> PartialStats:
-        s = self.acc.get(key)
-        if s is None:
-            s = self.acc[key] = PartialStats()
-        self._dirty_acc.add(key)
-        return s
+    def on_request(self, rec: dict[str, Any], now: int | None = None) -> str | None:
+        """Apply a decoded Request; returns why it was refused (a dead letter), or None.
 
-    def _buffer(self, key: tuple[str, int]) -> _Buffer:
-        b = self._buf.get(key)
-        if b is None:
-            b = self._buf[key] = _Buffer()
-        self._dirty_acc.add(key)
-        return b
+        ``now``: the Kafka timestamp of the message, to judge its event time by.
+        """
+        rid, t = rec.get("request_id"), rec.get("event_time")
+        reason = self._refuse(rid, t, now)
+        if reason is not None:
+            self.on_dead_letter("requests")
+            return reason
+        assert isinstance(rid, str) and isinstance(t, int)
+        w = self.windows
+        f = self.table.done.get(rid)
+        if f is not None:  # its join is over: a duplicate, or a request after its answers
+            if f.req:
+                w.count(SHARED, t, "duplicates")
+            else:
+                f.req = True
+                self.table.touch(rid)
+                w.count(SHARED, t, "requests")
+                self.ledger.request_after_finish(f.prim, f.models)
+                self._meta_dirty = True
+        else:
+            e = self.table.open(rid, t)
+            if e.req:
+                w.count(SHARED, t, "duplicates")
+            else:
+                e.req = True
+                w.count(SHARED, t, "requests")
+                self.ledger.request(e.cands if e.prim is not None else ())
+                self._meta_dirty = True
+        self._after("requests", t)
+        return None
 
-    def _seen(self, stream: str, t: int) -> None:
-        if t > self.max_time.get(stream, -(2**62)):
-            self.max_time[stream] = t
-            self._meta_dirty = True
-
-    def on_request(self, rec: dict[str, Any]) -> None:
-        rid, t = rec["request_id"], rec["event_time"]
-        self._seen("requests", t)
-        e = self._entry(rid, t)
-        key = (SHARED, self._window(t))
-        if e.req:
-            self._acc(key).count("duplicates")
-            return
-        e.req = True
-        self._acc(key).count("requests")
-
-    def on_prediction(self, rec: dict[str, Any]) -> None:
-        rid, t, model = rec["request_id"], rec["event_time"], rec["model_id"]
-        self._seen("predictions", t)
-        e = self._entry(rid, t)
-        out: Outcome = (rec["value"], rec["label"], rec["latency_ms"], rec["error"])
-        ws = self._window(t)
-        if rec["role"] == "PRIMARY":
-            shared = (SHARED, ws)
-            if e.prim is not None:
-                self._acc(shared).count("duplicates")
-                return
-            e.prim = out
-            e.t = t  # pairs are windowed by the primary's event time
+    def on_prediction(self, rec: dict[str, Any], now: int | None = None) -> str | None:
+        """Apply a decoded Prediction; returns why it was refused (a dead letter), or None."""
+        rid, t = rec.get("request_id"), rec.get("event_time")
+        reason = self._refuse(rid, t, now)
+        model = rec.get("model_id")
+        if reason is None and (not isinstance(model, str) or not model):
+            reason = "empty model_id"
+        if reason is not None:
+            self.on_dead_letter("predictions")
+            return reason
+        assert isinstance(rid, str) and isinstance(t, int) and isinstance(model, str)
+        primary = rec["role"] == "PRIMARY"
+        ans: Answer = (rec["value"], rec["label"], rec["latency_ms"], rec["error"])
+        key = SHARED if primary else model
+        if primary:
             if model != self.primary_id:
                 self.primary_id = model
                 self._meta_dirty = True
-            acc = self._acc(shared)
-            acc.count("primary_predictions")
-            if out[3] is not None:
-                acc.count("primary_errors")
-            if out[2] is not None:
-                self._buffer(shared).latency.append(out[2])
-            for cand, cout in e.cands.items():
-                self._pair(cand, ws, out, cout)
-            return
-        key = (model, ws)
-        if model in e.cands:
-            self._acc(key).count("duplicates")
-            return
-        if model not in self.candidates:
-            self.candidates.add(model)
+        elif model not in self.ledger.book:
+            self.candidates.append(model)
+            self.ledger.add_candidate(model)
             self._meta_dirty = True
-        e.cands[model] = out
-        acc = self._acc(key)
-        acc.count("candidate_predictions")
-        if out[3] is not None:
-            acc.count("candidate_errors")
-        if out[2] is not None:
-            self._buffer(key).latency.append(out[2])
-        if e.prim is not None:
-            self._pair(model, self._window(e.t), e.prim, out)
-
-    def _pair(self, cand: str, ws: int, prim: Outcome, cout: Outcome) -> None:
-        key = (cand, ws)
-        self._acc(key).count("pairs")
-        if prim[3] is not None or cout[3] is not None:
-            return  # a failed side has nothing to compare; its error is counted already
-        if prim[0] is not None and cout[0] is not None:
-            b = self._buffer(key)
-            b.reg_p.append(prim[0])
-            b.reg_c.append(cout[0])
-        elif prim[1] is not None and cout[1] is not None:
-            b = self._buffer(key)
-            b.cls_p.append(prim[1])
-            b.cls_c.append(cout[1])
-        else:
-            self._acc(key).count("invalid")
-
-    # -- end of batch ------------------------------------------------------------------
-
-    def _fold_buffers(self) -> None:
-        for key, b in self._buf.items():
-            s = self._acc(key)
-            if b.reg_p:
-                s.add_regression(np.array(b.reg_p, dtype=np.float64), np.array(b.reg_c))
-            if b.cls_p:
-                s.add_classification(b.cls_p, b.cls_c)
-            if b.latency:
-                lat = np.array(b.latency, dtype=np.float64)
-                if key[0] == SHARED:
-                    s.add_latency(lat, None)
+        f = self.table.done.get(rid)
+        if f is not None:  # its join is over
+            seen = f.prim if primary else model in f.models
+            if seen:
+                self.windows.count(key, t, "duplicates")
+            else:
+                if primary:
+                    f.prim = True
                 else:
-                    s.add_latency(None, lat)
-        self._buf.clear()
-
-    def watermark(self) -> int | None:
-        """None until both requests and predictions have been seen on this partition.
-
-        With a backlog, one topic's data can be fetched long before the other's; a
-        watermark driven by one stream alone would close windows whose other halves are
-        still unread. A stream that never delivers leaves the idle flush to close windows.
-        """
-        if len(self.max_time) < 2:
+                    f.models.add(model)
+                self.table.touch(rid)
+                self._answered(key, t, ans, primary)
+                self.windows.count(key, t, "expired")
+            self._after("predictions", t)
             return None
-        return min(self.max_time.values()) - self.lateness_ms
+        e = self.table.open(rid, t)
+        if primary:
+            if e.prim is not None:
+                self.windows.count(key, t, "duplicates")
+            else:
+                e.prim = ans
+                e.t = t  # pairs are windowed by the primary's event time
+                self._answered(key, t, ans, primary)
+                ws = self.windows.start(t)
+                for cand, cans in e.cands.items():
+                    self._pair(cand, ws, ans, cans)
+                if e.req and e.cands:
+                    self.ledger.pair(e.cands)
+                    self._meta_dirty = True
+        elif model in e.cands:
+            self.windows.count(key, t, "duplicates")
+        else:
+            e.cands[model] = ans
+            self._answered(key, t, ans, primary)
+            if e.prim is not None:
+                self._pair(model, self.windows.start(e.t), e.prim, ans)
+                if e.req:
+                    self.ledger.pair((model,))
+                    self._meta_dirty = True
+        self._after("predictions", t)
+        return None
 
-    def _expire(self, wm: int) -> None:
-        q = self._expiry
-        while q and q[0][0] <= wm:
-            deadline, rid = heapq.heappop(q)
-            e = self.pending.get(rid)
-            if e is None or e.deadline != deadline:
-                continue
-            del self.pending[rid]
-            self._dirty_entries.discard(rid)
-            self._removed_entries.add(rid)
-            ws = self._window(deadline)
-            if e.req and e.prim is None and not e.cands:
-                self._acc((SHARED, ws)).count("expired")
-            for cand in self.candidates:
-                has = cand in e.cands
-                if e.prim is not None and not has:
-                    self._acc((cand, ws)).count("no_candidate")
-                elif has and e.prim is None:
-                    self._acc((cand, ws)).count("no_primary")
-                elif has and not e.req:
-                    self._acc((cand, ws)).count("no_request")
+    def _answered(self, key: str, t: int, ans: Answer, primary: bool) -> None:
+        w = self.windows
+        k = (key, w.start(t))
+        s = w.stats(k)
+        s.count("primary_predictions" if primary else "candidate_predictions")
+        if ans[3] is not None:
+            s.count("primary_errors" if primary else "candidate_errors")
+        lat = ans[2]
+        if lat is not None:
+            if isinstance(lat, float | int) and math.isfinite(lat) and lat >= 0:
+                w.columns(k).latency.append(lat)
+            else:
+                s.count("dropped_latencies")
+
+    def _pair(self, cand: str, ws: int, prim: Answer, cans: Answer) -> None:
+        key = (cand, ws)
+        w = self.windows
+        w.stats(key).count("pairs")
+        if prim[3] is not None or cans[3] is not None:
+            return  # a failed side has nothing to compare; its error is counted already
+        if prim[0] is not None and cans[0] is not None:
+            b = w.columns(key)
+            b.reg_p.append(prim[0])
+            b.reg_c.append(cans[0])
+        elif prim[1] is not None and cans[1] is not None:
+            b = w.columns(key)
+            b.cls_p.append(prim[1])
+            b.cls_c.append(cans[1])
+        else:
+            w.stats(key).count("invalid")
+
+    # -- time --------------------------------------------------------------------------
+
+    def _after(self, stream: str, t: int) -> None:
+        """After each event: its time, then whatever the watermark now finishes or closes."""
+        if self._unplaced_dead:
+            self.windows.count(SHARED, t, "dead_letters", self._unplaced_dead)
+            self._unplaced_dead = 0
+        if self.clock.seen(stream, t):
+            self._meta_dirty = True
+        for rid, e in self.table.pop_over_cap():
+            self._finish(rid, e, evicted=True)
+        self._progress()
+
+    def _progress(self) -> None:
+        wm = self.clock.wm
+        if wm is None:
+            return
+        nd = self.table.next_deadline()
+        if nd is not None and nd <= wm:
+            for rid, e in self.table.pop_due(wm):
+                self._finish(rid, e)
+        self.table.forget(wm)
+        target = wm - wm % self.window_ms
+        closed = self.windows.closed_until
+        if closed is None or target > closed:
+            self._emit(self.windows.close(target))
+
+    def _emit(self, emitted: list[Emitted]) -> None:
+        if not emitted:
+            return
+        snap = self.ledger.snapshot()
+        self._outbox += [
+            dataclasses.replace(e, ledger=snap) if e.candidate == SHARED else e for e in emitted
+        ]
+        self._meta_dirty = True
+
+    def _finish(self, rid: str, e: Entry, *, evicted: bool = False) -> None:
+        w = self.windows
+        at = e.deadline
+        if evicted:
+            w.count(SHARED, at, "evicted")
+        answered = e.cands
+        prim = e.prim is not None
+        if e.req:
+            if not answered:  # '*' counts reach every candidate through the evaluator
+                w.count(SHARED, at, "no_candidate" if prim else "expired")
+            else:
+                for cand in self.candidates:
+                    if cand in answered:
+                        if not prim:
+                            w.count(cand, at, "no_primary")
+                    else:
+                        w.count(cand, at, "no_candidate" if prim else "no_prediction")
+            self.ledger.finish(prim, answered)
+            self._meta_dirty = True
+        else:
+            for cand in answered:
+                w.count(cand, at, "no_request" if prim else "no_primary")
+        self.table.finish(rid, e)
+
+    def mark_idle(self, stream: str) -> None:
+        """``stream`` delivered nothing for the idle timeout: stop waiting for it."""
+        if self.clock.mark_idle(stream):
+            self._meta_dirty = True
+            self._progress()
+
+    def idle_until(self, now: int) -> None:
+        """The whole partition is idle: processing time ``now`` moves its watermark."""
+        if self.clock.idle_until(now):
+            self._meta_dirty = True
+            self._progress()
 
     def advance(self, close_all: bool = False) -> list[Emitted]:
-        """Fold the batch, expire entries, close windows; return the partials to publish.
+        """The partials emitted since the last call, in order.
 
-        ``close_all`` closes every open window whatever the watermark: used when the input
-        has been idle, so that the last windows of a stream are published.
+        ``close_all`` first closes every open window whatever the watermark: the end of the
+        input (``understudy joiner --idle-exit``), so that its last windows are published.
         """
-        self._fold_buffers()
-        wm = self.watermark()
-        if wm is not None:
-            self._expire(wm)
-        target = self.closed_until
-        if close_all and self.acc:
-            target = max(ws for _, ws in self.acc) + self.window_ms
-        elif wm is not None:
-            target = wm - wm % self.window_ms
-        if target is None:
-            return []
-        if self.closed_until is not None:
-            target = max(target, self.closed_until)
-        return self._close(target)
-
-    def _close(self, target: int) -> list[Emitted]:
-        advanced = self.closed_until is None or target > self.closed_until
-        due = [k for k in self.acc if k[1] + self.window_ms <= target]
-        if not due and not advanced:
-            return []
-        due.sort(key=lambda k: (k[0] == SHARED, k[1], k[0]))
-        out: list[Emitted] = []
-        previous = self.closed_until
-        for key in due:
-            stats = self.acc.pop(key)
-            self._dirty_acc.discard(key)
-            self._removed_acc.add(key)
-            seq = 0
-            if previous is not None and key[1] + self.window_ms <= previous:
-                self.late_seq += 1  # this window was published before: a late addition
-                seq = self.late_seq
-            out.append(Emitted(key[0], key[1], seq, stats))
-        if advanced:
-            self.closed_until = target
-            if not any(e.candidate == SHARED for e in out):
-                # progress must be announced even across windows without data
-                out.append(Emitted(SHARED, target - self.window_ms, 0, PartialStats()))
-        # each '*' partial vouches only for its own window, the last one for all: the
-        # evaluator must not close a window before that window's '*' partial is merged
-        closed = self.closed_until if self.closed_until is not None else 0
-        last = max((i for i, e in enumerate(out) if e.candidate == SHARED), default=-1)
-        self._meta_dirty = True
-        return [
-            dataclasses.replace(
-                e, watermark=closed if i == last else min(e.window_start + self.window_ms, closed)
-            )
-            for i, e in enumerate(out)
-        ]
-
-    def align(self, closed_until: int) -> list[Emitted]:
-        """Move progress to ``closed_until`` (idle partitions catching up with the others)."""
-        self._fold_buffers()
-        if self.closed_until is not None and closed_until <= self.closed_until:
-            return []
-        return self._close(closed_until)
+        if close_all:
+            target = self.windows.end_of_data()
+            if target is not None:
+                self._emit(self.windows.close(target))
+        out, self._outbox = self._outbox, []
+        return out
 
     # -- changelog ---------------------------------------------------------------------
 
-    def changes(self, encode_acc: Any) -> Iterator[tuple[bytes, bytes | None]]:
+    def changes(self, encode_acc: EncodeAcc) -> Iterator[tuple[bytes, bytes | None]]:
         """State changes since the last call, as changelog (key, value or tombstone)."""
-        for rid in self._removed_entries:
-            yield KEY_ENTRY + rid.encode(), None
-        for rid in self._dirty_entries:
-            yield KEY_ENTRY + rid.encode(), self.pending[rid].dump()
-        for key in self._removed_acc - self._dirty_acc:
+        w = self.windows
+        w.fold()
+        table = self.table
+        for rid in table.dirty:
+            value = table.record(rid)
+            yield KEY_ENTRY + rid.encode(), None if value is None else json.dumps(value).encode()
+        for key in w.removed - w.dirty:
             yield _acc_key(key), None
-        for key in self._dirty_acc:
-            if key in self.acc:
-                yield _acc_key(key), encode_acc(key, self.acc[key])
+        for key in w.dirty:
+            if key in w.acc:
+                yield _acc_key(key), encode_acc(key, w.acc[key])
+            else:
+                yield _acc_key(key), None
         if self._meta_dirty:
             yield KEY_META, json.dumps(self._meta()).encode()
-        self._removed_entries.clear()
-        self._dirty_entries.clear()
-        self._removed_acc.clear()
-        self._dirty_acc.clear()
+        table.dirty.clear()
+        w.removed.clear()
+        w.dirty.clear()
         self._meta_dirty = False
 
     def _meta(self) -> dict[str, Any]:
         return {
-            "max_time": self.max_time,
-            "closed_until": self.closed_until,
-            "late_seq": self.late_seq,
-            "candidates": sorted(self.candidates),
+            **self.clock.dump(),
+            **self.windows.dump_meta(),
+            "candidates": self.candidates,
             "primary_id": self.primary_id,
+            "ledger": self.ledger.dump(),
+            "unplaced_dead": self._unplaced_dead,
         }
 
-    def restore(self, key: bytes | None, value: bytes | None, decode_acc: Any) -> None:
-        """Apply one changelog record (in log order) while rebuilding after a restart."""
+    def restore(self, key: bytes | None, value: bytes | None, decode_acc: DecodeAcc) -> None:
+        """Apply one changelog record (in log order) while rebuilding after a restart.
+
+        Records of the previous release read too: entries were lists (open joins), the
+        meta had no ledger, and accumulators are Avro Partials of any known schema version.
+        """
         if not key:
             return
         kind, rest = key[:1], key[1:]
         if kind == KEY_ENTRY:
-            rid = rest.decode()
-            if value is None:
-                self.pending.pop(rid, None)
-            else:
-                self.pending[rid] = Entry.load(value)
+            self.table.restore(rest.decode(), None if value is None else json.loads(value))
         elif kind == KEY_ACC:
             c, ws = json.loads(rest)
             if value is None:
-                self.acc.pop((c, ws), None)
+                self.windows.acc.pop((c, ws), None)
             else:
-                self.acc[(c, ws)] = decode_acc(value)
+                self.windows.acc[(c, ws)] = decode_acc(value)
         elif kind == KEY_META and value is not None:
             m = json.loads(value)
-            self.max_time = m["max_time"]
-            self.closed_until = m["closed_until"]
-            self.late_seq = m.get("late_seq", 0)
-            self.candidates = set(m["candidates"])
-            self.primary_id = m["primary_id"]
+            self.clock.load(m)
+            self.windows.load_meta(m)
+            self.candidates = list(m.get("candidates", []))
+            self.primary_id = m.get("primary_id", "")
+            self._ledger_missing = "ledger" not in m
+            self.ledger = Ledger.load(m.get("ledger"))
+            for cand in self.candidates:
+                self.ledger.add_candidate(cand)
+            self._unplaced_dead = int(m.get("unplaced_dead", 0))
 
     def finish_restore(self) -> None:
-        self._expiry = sorted((e.deadline, rid) for rid, e in self.pending.items())
+        self.table.finish_restore()
+        if self._ledger_missing:
+            # state of a release without a ledger: its open joins are the pending requests
+            for e in self.table.live.values():
+                if e.req:
+                    self.ledger.request(e.cands if e.prim is not None else ())
+            self._ledger_missing = False
+            self._meta_dirty = True
 
 
-def _acc_key(key: tuple[str, int]) -> bytes:
+def _acc_key(key: Key) -> bytes:
     return KEY_ACC + json.dumps([key[0], key[1]]).encode()

@@ -21,6 +21,14 @@ from streams.metrics.partial import PartialStats
 from streams.schemas import default_codec
 
 BASE_TIME = 1_700_000_000_000
+"""A fixed event time, for tests that only check it is carried through unchanged."""
+
+
+def recent_base(n: int, step_ms: int = 10) -> int:
+    """An event time for ``n`` events ``step_ms`` apart that all end 10 s ago, on a window
+    boundary: the joiner refuses event times far from their message's Kafka timestamp."""
+    now = int(time.time() * 1000)
+    return (now - n * step_ms - 10_000) // 10_000 * 10_000
 
 
 def stage(cfg: Config, role: str, *argv: str, log: Path) -> subprocess.Popen[bytes]:
@@ -159,9 +167,10 @@ def produce_dataset(cfg: Config, n: int, seed: int = 3) -> dict[str, np.ndarray]
     )
     enc_req = codec.encoder("Request")
     enc_pred = codec.encoder("Prediction")
+    base = recent_base(n)
     for i in range(n):
         rid = f"req-{i}"
-        ts = BASE_TIME + i * 10
+        ts = base + i * 10
         key = rid.encode()
         req = enc_req({"request_id": rid, "event_time": ts, "numeric_features": {"x": float(i)}})
         send(p, t.requests, req, key)

@@ -41,8 +41,8 @@ def _cfg(bootstrap: str, prefix: str) -> Config:
     )
 
 
-def _run_joiner_to_end(cfg: Config, log: Path) -> None:
-    proc = stage(cfg, "joiner", "--idle-exit", "4", log=log)
+def _run_joiner_to_end(cfg: Config, log: Path, *argv: str) -> None:
+    proc = stage(cfg, "joiner", "--idle-exit", "4", *argv, log=log)
     assert proc.wait(300) == 0, log.read_text()[-3000:]
 
 
@@ -58,7 +58,8 @@ def test_joiner_killed_mid_run_ends_with_the_same_numbers(
     inputs = [t.requests, t.predictions]
     total = end_total(killed, inputs, killed.partitions)
     group = f"{killed.prefix}.joiner"
-    proc = stage(killed, "joiner", log=tmp_path / "killed.log")
+    # the same --instance after the kill: it fences the dead one's open transaction at once
+    proc = stage(killed, "joiner", "--instance", "k", log=tmp_path / "killed.log")
     progress = wait_for(
         lambda: committed_total(killed, group, inputs, killed.partitions),
         timeout=120,
@@ -68,7 +69,7 @@ def test_joiner_killed_mid_run_ends_with_the_same_numbers(
     kill(proc)
     at_kill = committed_total(killed, group, inputs, killed.partitions)
     assert 0 < progress <= at_kill < total, "the kill must land mid-run"
-    _run_joiner_to_end(killed, tmp_path / "restarted.log")
+    _run_joiner_to_end(killed, tmp_path / "restarted.log", "--instance", "k")
 
     a, b = fold_partials(clean), fold_partials(killed)
     assert sorted(a) == ["*", "c1@1", "c2@1"]

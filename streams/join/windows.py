@@ -1,0 +1,154 @@
+"""Open window accumulators of one partition, and how they close into partials.
+
+Statistics are kept per (candidate or ``*``, event-time window). Values arrive one event at
+a time but are folded with numpy: each accumulator keeps column buffers that are folded
+into its :class:`PartialStats` before it is closed or written to the changelog. The sums
+are exact and the sketches fixed-bucket, so *when* a buffer is folded changes no bit.
+
+A window closes when the partition's progress (``closed_until``) passes its end. Data that
+arrives for a window already closed goes into a fresh accumulator that is published, as a
+late addition with ``seq`` > 0, the next time progress moves: late data is never lost,
+and when it is published depends on the event sequence alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streams.metrics.partial import SHARED, PartialStats
+
+Key = tuple[str, int]
+
+
+@dataclass
+class Columns:
+    """Per-accumulator values not yet folded."""
+
+    reg_p: list[float] = field(default_factory=list)
+    reg_c: list[float] = field(default_factory=list)
+    cls_p: list[str] = field(default_factory=list)
+    cls_c: list[str] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """One partial to publish: identity plus statistics."""
+
+    candidate: str
+    window_start: int
+    seq: int
+    stats: PartialStats
+    #: progress this partial vouches for (the evaluator reads it from '*' partials only)
+    watermark: int = 0
+    #: the partition's conservation ledger at emission ('*' partials only)
+    ledger: dict[str, dict[str, int]] | None = None
+
+
+class Windows:
+    """Accumulators by (candidate, window start), the closing horizon and late numbering."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self.acc: dict[Key, PartialStats] = {}
+        self.cols: dict[Key, Columns] = {}
+        self.closed_until: int | None = None
+        #: late partials get 1, 2, ... in emission order: unique within the partition
+        self.late_seq = 0
+        self.dirty: set[Key] = set()
+        self.removed: set[Key] = set()
+
+    def start(self, t: int) -> int:
+        return t - t % self.window_ms
+
+    def stats(self, key: Key) -> PartialStats:
+        s = self.acc.get(key)
+        if s is None:
+            s = self.acc[key] = PartialStats()
+        self.dirty.add(key)
+        return s
+
+    def count(self, cand: str, t: int, name: str, n: int = 1) -> None:
+        self.stats((cand, self.start(t))).count(name, n)
+
+    def columns(self, key: Key) -> Columns:
+        c = self.cols.get(key)
+        if c is None:
+            c = self.cols[key] = Columns()
+            self.stats(key)
+        self.dirty.add(key)
+        return c
+
+    def fold(self) -> None:
+        """Fold every column buffer into its accumulator."""
+        for key, b in self.cols.items():
+            s = self.stats(key)
+            if b.reg_p:
+                s.add_regression(np.array(b.reg_p, dtype=np.float64), np.array(b.reg_c))
+            if b.cls_p:
+                s.add_classification(b.cls_p, b.cls_c)
+            if b.latency:
+                lat = np.array(b.latency, dtype=np.float64)
+                if key[0] == SHARED:
+                    s.add_latency(lat, None)
+                else:
+                    s.add_latency(None, lat)
+        self.cols.clear()
+
+    def close(self, target: int) -> list[Emitted]:
+        """Publish every accumulator of a window ending at or before ``target``.
+
+        Candidates' partials come first, ``*`` ones last; when progress moves, a ``*``
+        partial is emitted even without data, since only ``*`` partials carry progress.
+        """
+        advanced = self.closed_until is None or target > self.closed_until
+        due = [k for k in self.acc if k[1] + self.window_ms <= target]
+        if not due and not advanced:
+            return []
+        self.fold()
+        due.sort(key=lambda k: (k[0] == SHARED, k[1], k[0]))
+        out: list[Emitted] = []
+        previous = self.closed_until
+        for key in due:
+            stats = self.acc.pop(key)
+            self.dirty.discard(key)
+            self.removed.add(key)
+            seq = 0
+            if previous is not None and key[1] + self.window_ms <= previous:
+                self.late_seq += 1  # this window was published before: a late addition
+                seq = self.late_seq
+            out.append(Emitted(key[0], key[1], seq, stats))
+        if advanced:
+            self.closed_until = target
+            if not any(e.candidate == SHARED for e in out):
+                out.append(Emitted(SHARED, target - self.window_ms, 0, PartialStats()))
+        # each '*' partial vouches only for its own window, the last one for all: the
+        # evaluator must not close a window before that window's '*' partial is merged
+        closed = self.closed_until if self.closed_until is not None else 0
+        last = max((i for i, e in enumerate(out) if e.candidate == SHARED), default=-1)
+        return [
+            dataclasses.replace(
+                e, watermark=closed if i == last else min(e.window_start + self.window_ms, closed)
+            )
+            for i, e in enumerate(out)
+        ]
+
+    def end_of_data(self) -> int | None:
+        """A horizon that closes every open accumulator (None when there is none)."""
+        if not self.acc and not self.cols:
+            return None
+        ends = [ws + self.window_ms for _, ws in (*self.acc, *self.cols)]
+        return max(max(ends), self.closed_until or ends[0])
+
+    # -- changelog ---------------------------------------------------------------------
+
+    def dump_meta(self) -> dict[str, Any]:
+        return {"closed_until": self.closed_until, "late_seq": self.late_seq}
+
+    def load_meta(self, meta: dict[str, Any]) -> None:
+        self.closed_until = meta.get("closed_until")
+        self.late_seq = int(meta.get("late_seq", 0))

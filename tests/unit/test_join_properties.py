@@ -1,0 +1,226 @@
+"""Properties of the join state that must hold for every event sequence (hypothesis).
+
+* The partials do not depend on how the events are split into batches, nor on where the
+  state is restored from its changelog: the list of emitted partials is identical.
+* The conservation law holds after every event, for every candidate, and its ``pending``
+  term is the number of open joins that have a request, counted independently.
+* With every answer on time, the ledger's terms equal the ground truth of the sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.join.ledger import BASELINE, TERMS
+from streams.joinstate import Emitted, PartitionState
+from streams.metrics.partial import PartialStats
+from streams.schemas import default_codec
+
+W = 1_000
+TTL = 3_000
+LATENESS = 200
+PRIMARY = "prim@1"
+CANDS = ("cand-a@1", "cand-b@1")
+NOW = 1_800_000_000_000  # message timestamps, to judge event times by
+T0 = NOW - 100_000
+
+Event = tuple[str, dict[str, Any], int]  # (stream, record, message timestamp)
+
+
+def req(rid: str, t: int) -> dict[str, Any]:
+    return {"request_id": rid, "event_time": t}
+
+
+def pred(rid: str, t: int, model: str, value: float | None = 1.0) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "event_time": t,
+        "model_id": model,
+        "role": "PRIMARY" if model == PRIMARY else "CANDIDATE",
+        "value": value,
+        "label": None,
+        "latency_ms": 3.0,
+        "error": None,
+    }
+
+
+def encode_acc(key: tuple[str, int], stats: PartialStats) -> bytes:
+    return default_codec().encode("Partial", stats.to_partial(candidate=key[0]))
+
+
+def decode_acc(data: bytes) -> PartialStats:
+    return PartialStats.from_record(default_codec().decode_as("Partial", data))
+
+
+def new_state(max_pending: int = 1_000_000) -> PartitionState:
+    return PartitionState(
+        0, W, LATENESS, TTL, max_age_ms=200_000, max_skew_ms=5_000, max_pending=max_pending
+    )
+
+
+def apply(s: PartitionState, ev: Event) -> str | None:
+    stream, rec, now = ev
+    if stream == "requests":
+        return s.on_request(rec, now)
+    if stream == "predictions":
+        return s.on_prediction(rec, now)
+    s.on_dead_letter(rec["stream"])  # undecodable bytes: the joiner never saw a record
+    return "undecodable"
+
+
+@st.composite
+def sequences(draw: st.DrawFn, on_time: bool = False) -> list[Event]:
+    """Requests with halves missing, duplicated, delayed, late beyond the TTL, invalid."""
+    n = draw(st.integers(1, 40))
+    events: list[tuple[int, int, Event]] = []
+    t = T0
+    for i in range(n):
+        t += draw(st.integers(0, 700))
+        rid = f"r{i}"
+        parts: list[Event] = []
+        if draw(st.booleans()) or on_time:
+            parts.append(("requests", req(rid, t), NOW))
+        if draw(st.integers(0, 9)) < 8:
+            parts.append(("predictions", pred(rid, t, PRIMARY), NOW))
+        for c in CANDS:
+            if draw(st.integers(0, 9)) < 7:
+                value = draw(st.sampled_from([1.5, -2.0, math.nan, None]))
+                parts.append(("predictions", pred(rid, t, c, value), NOW))
+        for part in parts:
+            max_delay = TTL // 2 if on_time else 3 * TTL
+            arrival = t + draw(st.integers(0, max_delay))
+            for _ in range(draw(st.sampled_from([1, 1, 1, 2]))):  # at-least-once copies
+                events.append((arrival, len(events), part))
+        if not on_time:
+            bad = draw(st.sampled_from(["", "", "", "empty", "micro", "zero", "year", "bytes"]))
+            if bad == "empty":
+                events.append((t, len(events), ("requests", req("", t), NOW)))
+            elif bad == "micro":
+                events.append((t, len(events), ("requests", req(rid + "u", t * 1000), NOW)))
+            elif bad == "zero":
+                events.append((t, len(events), ("predictions", pred(rid, 0, CANDS[0]), NOW)))
+            elif bad == "year":
+                later = t + 365 * 86_400_000
+                events.append((t, len(events), ("requests", req(rid + "y", later), NOW)))
+            elif bad == "bytes":
+                events.append((t, len(events), ("undecodable", {"stream": "requests"}, NOW)))
+    events.sort(key=lambda e: (e[0], e[1]))
+    return [e for _, _, e in events]
+
+
+def partials(out: list[Emitted]) -> list[Any]:
+    return [
+        (
+            e.candidate,
+            e.window_start,
+            e.seq,
+            e.watermark,
+            json.dumps(e.ledger, sort_keys=True),
+            json.dumps(e.stats.to_record(), sort_keys=True, default=str),
+        )
+        for e in out
+    ]
+
+
+def run(events: list[Event], cuts: list[int], restores: set[int]) -> list[Any]:
+    """Feed in batches ending at ``cuts``; rebuild from the changelog after ``restores``."""
+    s = new_state()
+    log: list[tuple[bytes, bytes | None]] = []
+    out: list[Emitted] = []
+    bounds = sorted({c for c in cuts if 0 < c < len(events)} | {len(events)})
+    start = 0
+    for i, end in enumerate(bounds):
+        for ev in events[start:end]:
+            apply(s, ev)
+        start = end
+        out += s.advance()
+        log += list(s.changes(encode_acc))
+        if i in restores:
+            s = new_state()
+            for key, value in log:
+                s.restore(key, value, decode_acc)
+            s.finish_restore()
+    s.idle_until(NOW + 10 * TTL)  # the input went quiet: time moves on, joins finish
+    out += s.advance(close_all=True)
+    return partials(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=sequences(),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+    restores=st.sets(st.integers(0, 8), max_size=3),
+)
+def test_partials_do_not_depend_on_batches_or_restores(
+    events: list[Event], cuts: list[int], restores: set[int]
+) -> None:
+    one_batch = run(events, [], set())
+    assert run(events, cuts, set()) == one_batch
+    assert run(events, cuts, restores) == one_batch
+
+
+def open_requests(s: PartitionState, cand: str) -> int:
+    """Open joins that have a request and are not paired for ``cand``: counted directly."""
+    return sum(
+        1 for e in s.table.live.values() if e.req and not (e.prim is not None and cand in e.cands)
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=sequences(), max_pending=st.sampled_from([3, 10, 1_000_000]))
+def test_the_conservation_law_holds_after_every_event(
+    events: list[Event], max_pending: int
+) -> None:
+    s = new_state(max_pending)
+    refused_requests = 0
+    for ev in events:
+        reason = apply(s, ev)
+        if reason is not None and (ev[0] == "requests" or ev[0] == "undecodable"):
+            refused_requests += 1
+        assert s.ledger.holds()
+        for cand in (BASELINE, *s.ledger.book):
+            assert s.ledger.terms(cand)["pending"] == open_requests(s, cand)
+        assert len(s.table.live) <= max_pending
+    assert s.ledger.terms(BASELINE)["dead_letters"] == refused_requests
+    s.idle_until(NOW + 10 * TTL)
+    assert all(t["pending"] == 0 for t in s.ledger.book.values())
+    assert s.ledger.holds()
+    if max_pending < 1_000_000:
+        evicted = sum(e.stats.coverage["evicted"] for e in s.advance(close_all=True))
+        assert evicted >= 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=sequences(on_time=True))
+def test_with_every_answer_on_time_the_ledger_is_the_ground_truth(events: list[Event]) -> None:
+    s = new_state()
+    seen: dict[str, set[str]] = defaultdict(set)
+    for ev in events:
+        assert apply(s, ev) is None
+        rec = ev[1]
+        seen[rec["request_id"]].add(rec.get("model_id", "request"))
+    s.idle_until(NOW + 10 * TTL)
+    book = s.ledger.book
+    truth_requests = [who for who in seen.values() if "request" in who]
+    for cand in (BASELINE, *CANDS):
+        if cand != BASELINE and cand not in book:
+            continue
+        expect = dict.fromkeys(("requests", *TERMS), 0)
+        for who in truth_requests:
+            expect["requests"] += 1
+            has_p, has_c = PRIMARY in who, cand in who
+            if has_p and has_c:
+                expect["pairs"] += 1
+            elif has_p:
+                expect["no_candidate"] += 1
+            elif has_c:
+                expect["no_primary"] += 1
+            else:
+                expect["no_prediction"] += 1
+        assert s.ledger.terms(cand) == expect, cand
