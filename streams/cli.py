@@ -3,6 +3,12 @@
 Each stage runs alone (``worker``, ``joiner``, ``evaluator``) and talks to the others only
 through topics, so any of them can be restarted, scaled or moved. Progress and logs go to
 stderr; only what a command is asked to print (``--json``) goes to stdout.
+
+Exit codes: 0 done, 1 an error this package reports on purpose (bad configuration, no
+broker, missing topics, a fatal client error: one ``understudy: error: ...`` line on
+stderr, no traceback), 2 a usage error, 130 interrupted. Every command that talks to Kafka
+first checks its ``kafka:`` options and that a broker answers (within
+:data:`streams.kafka.REACH_TIMEOUT_S`), so a supervisor sees a failed start at once.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from streams.config import Config
 from streams.errors import BrokerError, UnderstudyError
@@ -31,6 +39,16 @@ def _stop_on_signals() -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def connect(args: argparse.Namespace) -> Config:
+    """:func:`resolve_config`, then refuse bad client options and an unreachable broker."""
+    from streams.kafka import check_reachable, validate_client_options
+
+    cfg = resolve_config(args)
+    validate_client_options(cfg)
+    check_reachable(cfg)
+    return cfg
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -87,7 +105,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.kafka import check_copartitioned, ensure_topics
 
-    cfg = resolve_config(args)
+    cfg = connect(args)
     if args.partitions:
         cfg = cfg.replace(partitions=args.partitions)
     if args.action == "create":
@@ -108,10 +126,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.models import load_candidate
     from streams.worker import run_worker
 
-    cfg = resolve_config(args)
     if not args.candidate:
         raise UnderstudyError("give at least one --candidate ID=package.module:attr")
     candidates = [load_candidate(spec) for spec in args.candidate]
+    cfg = connect(args)
     _err(f"worker: scoring {', '.join(c.model_id for c in candidates)} on {cfg.prefix}.requests")
     stats = run_worker(
         cfg,
@@ -127,8 +145,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_joiner(args: argparse.Namespace) -> int:
     from streams.joiner import run_joiner
 
-    cfg = resolve_config(args)
-    _err(f"joiner {args.instance}: joining {cfg.prefix}.requests + {cfg.prefix}.predictions")
+    cfg = connect(args)
+    who = args.instance or "(unique instance, no static membership)"
+    _err(f"joiner {who}: joining {cfg.prefix}.requests + {cfg.prefix}.predictions")
+    # instance=None: the joiner picks a unique id, so joiners started without --instance
+    # never fence each other (see the flag's help)
     stats = run_joiner(
         cfg, instance=args.instance, idle_exit_s=args.idle_exit, stop=_stop_on_signals()
     )
@@ -139,7 +160,7 @@ def cmd_joiner(args: argparse.Namespace) -> int:
 def cmd_evaluator(args: argparse.Namespace) -> int:
     from streams.evaluator import run_evaluator
 
-    cfg = resolve_config(args)
+    cfg = connect(args)
     _err(f"evaluator: merging {cfg.prefix}.partials into {cfg.prefix}.metrics")
     run_evaluator(cfg, loglevel=args.loglevel)
     return 0
@@ -148,7 +169,7 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
 def cmd_demo_service(args: argparse.Namespace) -> int:
     from streams.simulation import run_service
 
-    cfg = resolve_config(args)
+    cfg = connect(args)
     stats = run_service(
         cfg, events=args.events, rate=args.rate, seed=args.seed, stop=_stop_on_signals()
     )
@@ -159,6 +180,8 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
+    if Config.load(args.config, bootstrap_servers=args.bootstrap).bootstrap_servers:
+        connect(args)  # a broker was named: refuse at once if it does not answer
     return run_demo(args)
 
 
@@ -204,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("joiner", help="join events and accumulate partial statistics")
-    p.add_argument("--instance", default=os.environ.get("UNDERSTUDY_INSTANCE", "0"))
+    p.add_argument(
+        "--instance",
+        default=os.environ.get("UNDERSTUDY_INSTANCE") or None,
+        help="stable id of this instance: enables static membership and a fixed "
+        "transactional id, so a restart with the same id resumes at once; omit for a "
+        "unique one (also UNDERSTUDY_INSTANCE)",
+    )
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_joiner)
@@ -244,10 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UnderstudyError as exc:
-        _err(f"understudy: error: {exc}")
-        return 2
+        _err(f"understudy: error: {_one_line(exc)}")
+        return 1
+    except KafkaException as exc:  # a client error no stage wrapped: still one line
+        _err(f"understudy: Kafka error: {_one_line(exc)}")
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

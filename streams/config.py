@@ -6,18 +6,37 @@ a production config that silently falls back to a default is worse than a refusa
 librdkafka options (SASL, TLS, ...) pass through unchanged under ``kafka:`` in the file or
 as ``UNDERSTUDY_KAFKA_<OPTION>`` (``_`` for ``.``); values whose names look secret are
 redacted from ``repr`` and :meth:`Config.redacted`, so they never reach logs.
+
+A misspelled ``UNDERSTUDY_*`` variable is refused like a misspelled file key: every such
+variable is a setting, a ``UNDERSTUDY_KAFKA_*`` client option, or one of the few read by
+other parts (:data:`OTHER_VARIABLES`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from streams.errors import ConfigError
+
+#: ``UNDERSTUDY_*`` environment variables that are not settings of :class:`Config` but are
+#: read elsewhere: the config file's path, the broker's cache directory (streams.broker),
+#: the schema directory (streams.schemas) and the joiner's instance id (streams.cli).
+OTHER_VARIABLES: Final = frozenset(
+    {"UNDERSTUDY_CONFIG", "UNDERSTUDY_HOME", "UNDERSTUDY_SCHEMA_DIR", "UNDERSTUDY_INSTANCE"}
+)
+
+#: Keys that once existed, and why they are gone: named in the "unknown key" error.
+_REMOVED: Final = {
+    "schema_registry_url": (
+        "schema registries are not supported yet: messages use Avro single-object encoding"
+    ),
+}
 
 _SECRET_MARKERS = ("password", "secret", "key", "token", "credential")
 
@@ -53,8 +72,6 @@ class Config:
     idle_flush_ms: int = 3_000
     #: librdkafka options passed unchanged to every client (SASL, TLS, ...).
     kafka: Mapping[str, str] = field(default_factory=dict)
-    #: Confluent schema registry URL; empty means Avro single-object encoding.
-    schema_registry_url: str = ""
 
     def __post_init__(self) -> None:
         for name in ("partitions", "evaluator_partitions", "replication_factor"):
@@ -115,7 +132,9 @@ class Config:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+            raise ConfigError(
+                "unknown configuration keys: " + "; ".join(_explain(k, known) for k in unknown)
+            )
         typed: dict[str, Any] = {}
         for name, value in values.items():
             typed[name] = _coerce(name, known[name].type, value)
@@ -134,21 +153,42 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _explain(name: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """``prefix + name`` and why it is unknown: removed (and why), or the closest name."""
+    shown = prefix + name
+    if name.lower() in _REMOVED:
+        return f"{shown} ({_REMOVED[name.lower()]})"
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"{shown} (did you mean {prefix}{close[0]}?)" if close else shown
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     kafka: dict[str, str] = {}
     if env.get("KAFKA_BOOTSTRAP_SERVERS"):
         out["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-    names = {f.name for f in fields(Config)}
+    names = {f.name for f in fields(Config)} - {"kafka"}
+    unknown: list[str] = []
     for key, value in env.items():
-        if not key.startswith("UNDERSTUDY_") or key == "UNDERSTUDY_CONFIG":
+        if not key.startswith("UNDERSTUDY_") or key in OTHER_VARIABLES:
             continue
         rest = key[len("UNDERSTUDY_") :]
-        if rest.startswith("KAFKA_"):
+        if rest.startswith("KAFKA_") and len(rest) > len("KAFKA_"):
             kafka[rest[len("KAFKA_") :].lower().replace("_", ".")] = value
-        elif rest.lower() in names and rest.lower() != "kafka":
+        elif rest.lower() in names:
             out[rest.lower()] = value
-        # other UNDERSTUDY_* variables (HOME, SCHEMA_DIR) belong to other parts
+        else:
+            unknown.append(rest)
+    if unknown:
+        candidates = [n.upper() for n in names]
+        candidates += [v[len("UNDERSTUDY_") :] for v in OTHER_VARIABLES]
+        candidates.append("KAFKA_<OPTION>")
+        explained = "; ".join(
+            # "KAFAK_SASL_PASSWORD" is closest to the client option it was meant to be
+            _explain(r, [*candidates, "KAFKA_" + r.partition("_")[2]], "UNDERSTUDY_")
+            for r in sorted(unknown)
+        )
+        raise ConfigError(f"unknown environment variables: {explained}")
     if kafka:
         out["kafka"] = kafka
     return out

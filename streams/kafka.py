@@ -12,13 +12,22 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.config import Config
-from streams.errors import BrokerError, TopicLayoutError, UnderstudyError
+from streams.clientlog import CLIENT_LOG
+from streams.config import Config, is_secret
+from streams.errors import BrokerError, ConfigError, TopicLayoutError, UnderstudyError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +81,12 @@ class Topics:
 
 
 def client_config(cfg: Config, **extra: Any) -> dict[str, Any]:
-    """librdkafka settings: bootstrap, the user's pass-through options, then ``extra``."""
+    """librdkafka settings: bootstrap, the user's pass-through options, then ``extra``.
+
+    librdkafka's log lines and client errors go to the shared rate-limited
+    :data:`streams.clientlog.CLIENT_LOG` (``logger`` and ``error_cb``; ``extra`` may
+    replace either), so an outage is not a flood of lines on stderr.
+    """
     if not cfg.bootstrap_servers:
         raise BrokerError(
             "no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS, or start the embedded "
@@ -80,8 +94,124 @@ def client_config(cfg: Config, **extra: Any) -> dict[str, Any]:
         )
     conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers}
     conf.update(cfg.kafka)
+    conf["logger"] = CLIENT_LOG
+    conf["error_cb"] = CLIENT_LOG.error_cb
     conf.update(extra)
     return conf
+
+
+#: Seconds a command waits for the first answer of a broker before it gives up.
+REACH_TIMEOUT_S: Final = 10.0
+
+#: Client errors that no retry will cure: credentials or TLS refused.
+_REFUSED: Final = frozenset(
+    {
+        KafkaError._AUTHENTICATION,
+        KafkaError._SSL,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
+
+#: librdkafka configuration warnings that mean "this option of yours is ignored".
+_IGNORED_OPTION_WARNINGS: Final = ("only applies when", "is not configured for")
+
+
+class _Captured:
+    """A librdkafka ``logger`` that keeps the lines instead of printing them."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        try:
+            self.lines.append((level, msg % args if args else msg))
+        except (TypeError, ValueError):
+            self.lines.append((level, msg))
+
+
+def scrub(text: str, cfg: Config) -> str:
+    """``text`` with the value of every secret client option masked."""
+    for option, value in cfg.kafka.items():
+        if value and is_secret(option):
+            text = text.replace(value, "***")
+    return text
+
+
+def validate_client_options(cfg: Config) -> None:
+    """Refuse a bad ``kafka:`` option at start, with a message that names it.
+
+    librdkafka checks names and values when a client is constructed, without connecting:
+    a throwaway producer and consumer (no bootstrap servers, so they never connect) are
+    built from the user's options. A typo (``sasl.mechanismz``), an invalid value, an
+    unreadable certificate, or an option that librdkafka would accept and then ignore
+    (``sasl.username`` without a SASL ``security.protocol``) is a :class:`ConfigError`.
+    The value of a secret option never appears in the message.
+    """
+    if not cfg.kafka:
+        return
+    for kind in ("producer", "consumer"):
+        captured = _Captured()
+        conf: dict[str, Any] = {**cfg.kafka, "logger": captured}
+        try:
+            if kind == "producer":
+                Producer(conf).flush(0)
+            else:
+                conf["group.id"] = "understudy-validate"
+                Consumer(conf).close()
+        except (KafkaException, ValueError, TypeError) as exc:
+            detail = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc
+            raise ConfigError(
+                f"invalid Kafka client option in `kafka:` (or UNDERSTUDY_KAFKA_*): "
+                f"{scrub(str(detail), cfg)}"
+            ) from None
+        for _level, line in captured.lines:
+            if "CONFWARN" not in line:
+                continue
+            text = line.split("]: ", 1)[-1]
+            if any(marker in text for marker in _IGNORED_OPTION_WARNINGS):
+                raise ConfigError(
+                    f"Kafka client option would be ignored: {scrub(text, cfg)}; "
+                    "remove it or set what it depends on"
+                )
+
+
+def check_reachable(cfg: Config, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Raise a one-line :class:`BrokerError` unless a broker answers within ``timeout``.
+
+    Every command calls this before it builds its stage, so that with no broker it fails
+    in seconds with the cause (``Connection refused``, a DNS failure, refused credentials)
+    instead of retrying for minutes or printing librdkafka's connection attempts: this
+    client's log lines are kept, not printed. Refused credentials or TLS end the wait at
+    once, since no retry cures them.
+    """
+    captured = _Captured()
+    errors: list[KafkaError] = []
+    client = AdminClient(client_config(cfg, logger=captured, error_cb=errors.append))
+    deadline = time.monotonic() + timeout
+    failure: object = "no answer"
+    while True:
+        try:
+            client.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            failure = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc
+        client.poll(0)
+        causes = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+        refused = [e for e in causes if e.code() in _REFUSED or e.fatal()]
+        if refused:
+            raise BrokerError(
+                f"Kafka at {cfg.bootstrap_servers} refused the client: "
+                f"{scrub(refused[-1].str(), cfg)}"
+            )
+        if causes:
+            failure = causes[-1].str()
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"cannot reach Kafka at {cfg.bootstrap_servers} within {timeout:.0f} s: "
+                f"{scrub(str(failure), cfg)}"
+            )
 
 
 def admin(cfg: Config) -> AdminClient:

@@ -50,9 +50,10 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streams.clientlog import CLIENT_LOG
 from streams.config import Config
 from streams.errors import ConfigError
-from streams.kafka import Topics, client_config
+from streams.kafka import Topics, client_config, scrub, validate_client_options
 from streams.schemas import default_codec
 
 __all__ = ["PRODUCER_DEFAULTS", "Tap", "TapStats", "producer_config"]
@@ -125,7 +126,8 @@ def producer_config(config: Config) -> dict[str, Any]:
     """The tap producer's librdkafka settings: the user's ``config.kafka`` over the defaults.
 
     The user's options win, so SASL, TLS and tuning pass through unchanged, and any of
-    :data:`PRODUCER_DEFAULTS` can be changed where a deployment needs to.
+    :data:`PRODUCER_DEFAULTS` can be changed where a deployment needs to. librdkafka's log
+    lines and errors go to the rate-limited :data:`streams.clientlog.CLIENT_LOG`.
     """
     conf = client_config(config)
     for option, value in PRODUCER_DEFAULTS.items():
@@ -203,16 +205,20 @@ class Tap:
         self._done = threading.Event()
         self._reported = (0, 0, 0)
         self._next_report = _monotonic() + _REPORT_EVERY
-        self._error_logged: dict[int, float] = {}
 
+        # A bad option is refused here, naming it (never a secret's value). librdkafka's log
+        # lines and client errors go to the shared rate-limited CLIENT_LOG (see
+        # producer_config), so an outage costs the service a line per 30 s, not 3 a second.
+        validate_client_options(self.config)
         conf = producer_config(self.config)
         conf["on_delivery"] = self._on_delivery
         conf["error_cb"] = self._on_error
-        conf["logger"] = log.getChild("librdkafka")
         try:
             self._producer: Producer | None = Producer(conf)
         except (KafkaException, ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid producer configuration for the tap: {exc}") from exc
+            raise ConfigError(
+                f"invalid producer configuration for the tap: {scrub(str(exc), self.config)}"
+            ) from None
 
         self._thread = threading.Thread(target=self._run, name="understudy-tap", daemon=True)
         self._thread.start()
@@ -520,12 +526,11 @@ class Tap:
             self._last_error = f"delivery failed: {err.str()}"
 
     def _on_error(self, err: KafkaError) -> None:
-        """librdkafka client-level errors (brokers down, auth): log each kind now and then."""
-        now = _monotonic()
-        code = err.code()
-        if now - self._error_logged.get(code, -math.inf) >= _REPORT_EVERY or err.fatal():
-            self._error_logged[code] = now
-            log.warning("tap: Kafka client error: %s", err.str())
+        """librdkafka client-level errors (brokers down, auth): kept as the last error for
+        the tap's own loss reports, and logged (rate-limited) by the shared CLIENT_LOG."""
+        if err.fatal():
+            self._last_error = f"fatal Kafka client error: {err.str()}"
+        CLIENT_LOG.error_cb(err)
 
     def _report(self) -> None:
         """Warn, at most every few seconds, that records are being lost, and why."""

@@ -12,8 +12,10 @@ candidate on ``<prefix>.predictions``:
 - with the candidate's own latency, and its error if it failed: a model exception is an
   error prediction, never a crash.
 
-Messages that are not Request events go to ``<prefix>.deadletter`` with the reason and
-their coordinates, and the batch goes on.
+Messages that are not Request events, or whose request_id is empty or whose key is null
+or empty (the key must be the request_id, or the request cannot be co-partitioned with its
+predictions), go to ``<prefix>.deadletter`` with the reason and their coordinates, and the
+batch goes on.
 
 Delivery guarantee: at-least-once. The batch's offsets are committed only after every
 prediction and dead letter of the batch has been acknowledged by the broker; failed
@@ -22,6 +24,14 @@ restarted worker scores that batch again (the joiner recognises the duplicates).
 the commit is synchronous and happens before the next ``consume()``, a rebalance (whose
 callbacks run inside ``consume()``) never finds uncommitted work: nothing needs doing on
 revoke but forgetting the partitions.
+
+Stopping: ``stop`` ends the loop after the current batch, whose predictions are delivered
+and offsets committed before :meth:`ShadowWorker.run` returns. When the broker is away, the
+worker waits at most :data:`STOP_GRACE_S` for that batch, then leaves it uncommitted (a
+restarted worker scores it again) rather than holding a supervisor's SIGTERM for minutes.
+A fatal client error (librdkafka's ``error_cb`` with ``fatal()``: the client can never work
+again) raises :class:`~streams.errors.BrokerError` at once, so the process exits non-zero
+and a supervisor restarts it instead of it lingering idle.
 
 The features a model sees are ``{**numeric_features, **categorical_features}``: one flat
 dict, river style; a categorical feature shadows a numeric one of the same name.
@@ -38,9 +48,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from streams.clientlog import CLIENT_LOG
 from streams.config import Config
 from streams.errors import BrokerError, ConfigError, SchemaError
-from streams.kafka import Topics, check_copartitioned, client_config
+from streams.kafka import Topics, check_copartitioned, client_config, validate_client_options
 from streams.models import Candidate
 from streams.schemas import Codec, default_codec
 
@@ -63,8 +74,15 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     "message.timeout.ms": 60_000,
 }
 
-#: Minimum seconds between two warnings about the same consumer error code.
-_REPORT_EVERY = 10.0
+#: Extra seconds ``idle_exit_s`` waits for the group's first partition assignment.
+JOIN_GRACE_S = 30.0
+
+#: Seconds a stopping worker waits for its last batch's acknowledgements (broker away).
+STOP_GRACE_S = 5.0
+
+
+class _Abandoned(Exception):
+    """The worker was stopped while its batch could not be delivered."""
 
 
 @dataclass
@@ -119,7 +137,10 @@ class ShadowWorker:
         self._assigned: set[tuple[str, int]] = set()
         self._assigned_at = 0.0
         self._failed: list[tuple[KafkaError, Message]] = []
-        self._error_logged: dict[int, float] = {}
+        self._fatal: KafkaError | None = None
+        self._stop: threading.Event | None = None
+        self._stop_deadline = float("inf")
+        self._abandoned = False
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -135,10 +156,14 @@ class ShadowWorker:
         """Consume, score, produce, commit, until ``stop`` is set or the input is idle.
 
         ``idle_exit_s``: return after that many seconds without a message (counted from the
-        latest partition assignment or message, so a slow group join is not "idle").
+        latest partition assignment or message, so a slow group join is not "idle"; before
+        the first assignment, :data:`JOIN_GRACE_S` more: a fresh broker's group coordinator
+        can take seconds to load).
         ``on_batch`` gets the number of messages of each batch, for progress displays.
         """
+        validate_client_options(self.cfg)
         check_copartitioned(self.cfg)
+        self._stop = stop
         log.info(
             "shadow worker %s on %s: candidates %s",
             self.group_id,
@@ -150,23 +175,51 @@ class ShadowWorker:
             last_activity = time.monotonic()
             while stop is None or not stop.is_set():
                 messages = self._consumer.consume(num_messages=self.batch_size, timeout=0.5)
+                self._raise_if_fatal()
                 now = time.monotonic()
                 if not messages:
                     since = max(last_activity, self._assigned_at)
+                    if not self._assigned_at:  # the group has not answered yet
+                        since += JOIN_GRACE_S
                     if idle_exit_s is not None and now - since >= idle_exit_s:
                         log.info("shadow worker idle for %.1f s: stopping", now - since)
                         break
                     continue
                 last_activity = now
-                self._process(messages)
+                try:
+                    self._process(messages)
+                except _Abandoned:
+                    self._abandoned = True
+                    break
                 if on_batch is not None:
                     on_batch(len(messages))
         finally:
             self.close()
         return self.stats
 
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise BrokerError(
+                f"fatal Kafka client error, the worker cannot go on: {self._fatal.str()}"
+            )
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        """Both clients' ``error_cb``: remember a fatal error, log the rest rarely."""
+        if err.fatal() and self._fatal is None:
+            self._fatal = err
+        CLIENT_LOG.error_cb(err)
+
+    def _stopping(self) -> bool:
+        """Whether a stop was asked for more than :data:`STOP_GRACE_S` ago."""
+        if self._stop is None or not self._stop.is_set():
+            return False
+        now = time.monotonic()
+        if self._stop_deadline == float("inf"):
+            self._stop_deadline = now + STOP_GRACE_S
+        return now >= self._stop_deadline
+
     def _open(self) -> None:
-        consumer_conf = client_config(self.cfg)
+        consumer_conf = client_config(self.cfg, error_cb=self._on_client_error)
         consumer_conf.update(
             {
                 "group.id": self.group_id,
@@ -176,7 +229,7 @@ class ShadowWorker:
                 "isolation.level": "read_committed",
             }
         )
-        producer_conf = client_config(self.cfg)
+        producer_conf = client_config(self.cfg, error_cb=self._on_client_error)
         for key, value in _PRODUCER_DEFAULTS.items():
             producer_conf.setdefault(key, value)
         try:
@@ -198,7 +251,11 @@ class ShadowWorker:
         producer, self._producer = self._producer, None
         try:
             if producer is not None:
-                producer.flush(10.0)
+                # Left-overs of an abandoned or failed batch, whose offsets were not committed:
+                # dropped at once when the stop already waited (or the client is dead).
+                gone = self._abandoned or self._fatal is not None
+                if gone or producer.flush(STOP_GRACE_S):
+                    producer.purge(in_queue=True, in_flight=True, blocking=False)
         finally:
             if consumer is not None:
                 consumer.close()
@@ -227,7 +284,7 @@ class ShadowWorker:
             if err is not None:
                 if err.fatal():
                     raise BrokerError(f"fatal consumer error on {self.topics.requests}: {err}")
-                self._report_consumer_error(err)
+                CLIENT_LOG.error_cb(err)  # rate-limited: repeated on every poll in an outage
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             if topic is None or partition is None or offset is None:
@@ -242,6 +299,11 @@ class ShadowWorker:
             if not record["request_id"]:
                 self._dead_letter(msg, "request has an empty request_id")
                 continue
+            if not msg.key():
+                self._dead_letter(
+                    msg, "request has a null or empty key (it must be the request_id)"
+                )
+                continue
             requests.append(record)
             partitions.append(partition)
         self.stats.requests += len(requests)
@@ -250,14 +312,6 @@ class ShadowWorker:
         self._await_deliveries()
         self._commit(offsets)
         self.stats.batches += 1
-
-    def _report_consumer_error(self, err: KafkaError) -> None:
-        """Warn about a non-fatal consumer error, once per error code every few seconds
-        (librdkafka repeats them on every poll while a broker is away)."""
-        now = time.monotonic()
-        if now - self._error_logged.get(err.code(), float("-inf")) >= _REPORT_EVERY:
-            self._error_logged[err.code()] = now
-            log.warning("consumer error on %s: %s", self.topics.requests, err)
 
     def _score(self, requests: list[dict[str, Any]], partitions: list[int]) -> None:
         features = [{**r["numeric_features"], **r["categorical_features"]} for r in requests]
@@ -320,6 +374,9 @@ class ShadowWorker:
                 return
             except BufferError:
                 producer.poll(0.1)  # local queue full: let deliveries drain
+                self._raise_if_fatal()
+                if self._stopping():
+                    raise _Abandoned from None
             except KafkaException as exc:
                 raise BrokerError(f"cannot produce to {topic}: {exc}") from exc
 
@@ -333,13 +390,20 @@ class ShadowWorker:
         """Wait until the broker acknowledged everything produced; retry the failures.
 
         Raises :class:`BrokerError` when some messages still fail after
-        :data:`DELIVERY_ATTEMPTS`, and the caller then does not commit.
+        :data:`DELIVERY_ATTEMPTS`, and the caller then does not commit; raises
+        :class:`_Abandoned` (no commit either) when a stop waited :data:`STOP_GRACE_S`.
         """
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             # Every produced message gets exactly one delivery report within
             # message.timeout.ms, so this ends; flush in slices to stay responsive.
-            while self._producer.flush(1.0) > 0:
-                pass
+            while self._producer.flush(0.5) > 0:
+                self._raise_if_fatal()
+                if self._stopping():
+                    log.warning(
+                        "stopped while Kafka does not acknowledge the batch: its offsets are "
+                        "not committed, a restarted worker scores it again"
+                    )
+                    raise _Abandoned
             if not self._failed:
                 return
             failed, self._failed = self._failed, []
@@ -358,6 +422,8 @@ class ShadowWorker:
                     "scored again after a restart"
                 )
             time.sleep(min(0.5 * attempt, 2.0))
+            if self._stopping():
+                raise _Abandoned
             self.stats.redelivered += len(failed)
             for _, msg in failed:
                 topic, value, partition = msg.topic(), msg.value(), msg.partition()

@@ -4,16 +4,19 @@ delivery and respected on restart."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from support import stage
 
 from streams.config import Config
 from streams.errors import BrokerError
@@ -360,3 +363,160 @@ def test_undeliverable_batch_raises_without_commit(kafka_bootstrap: str, prefix:
     # At-least-once: a healthy restart scores everything.
     stats = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S)
     assert stats.consumed == 200
+
+
+# ---------------------------------------------------------------------------------------
+# Keys, stopping and fatal errors
+
+
+def test_null_key_empty_key_and_empty_request_id_are_dead_letters(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    codec = default_codec()
+    request = codec.encode("Request", {"request_id": "r-1", "event_time": 1})
+    nameless = codec.encode("Request", {"request_id": "", "event_time": 1})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topics.requests, request, None, partition=0)  # null key
+    producer.produce(topics.requests, request, b"", partition=1)  # empty key
+    producer.produce(topics.requests, nameless, b"x", partition=0)  # empty request_id
+    producer.produce(topics.requests, request, b"r-1", partition=1)  # fine
+    assert producer.flush(10) == 0
+
+    stats = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S)
+    assert (stats.consumed, stats.requests, stats.dead_letters) == (4, 1, 3)
+    reasons = sorted(
+        codec.decode_as("DeadLetter", rec.value)["reason"]
+        for rec in read_all(kafka_bootstrap, topics.deadletter)
+    )
+    assert reasons == [
+        "request has a null or empty key (it must be the request_id)",
+        "request has a null or empty key (it must be the request_id)",
+        "request has an empty request_id",
+    ]
+    assert [p["request_id"] for _, p in candidate_predictions(kafka_bootstrap, topics.predictions)]
+    assert len(candidate_predictions(kafka_bootstrap, topics.predictions)) == 1
+
+
+def test_sigterm_stops_the_worker_within_10_s_with_its_work_committed(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    proc = stage(cfg, "worker", "--candidate", RIDGE, log=tmp_path / "worker.log")
+    try:
+        run_service(cfg, events=300, rate=0)
+        deadline = time.monotonic() + 60
+        while len(candidate_predictions(kafka_bootstrap, topics.predictions)) < 300:
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.5)
+        run_service(cfg, events=2000, rate=0, seed=8)  # work in hand when the signal comes
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    log = (tmp_path / "worker.log").read_text()
+    assert rc == 0, log
+    assert took < 10.0, log
+    assert "Traceback" not in log
+    # What it consumed it delivered and committed: a restart scores exactly the rest.
+    committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    done = sum(max(c, 0) for c in committed)
+    scored = len(candidate_predictions(kafka_bootstrap, topics.predictions))
+    assert done == scored
+    rest = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S)
+    assert rest.consumed == sum(ends) - done
+    assert len(candidate_predictions(kafka_bootstrap, topics.predictions)) == 2300
+
+
+class Unacknowledged:
+    """A producer whose messages the broker never acknowledges (Kafka away)."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.purged = False
+
+    def produce(self, topic: str, value: bytes, key: Any, partition: int, on_delivery: Any) -> None:
+        self.pending += 1
+
+    def flush(self, timeout: float) -> int:
+        time.sleep(timeout)
+        return self.pending
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def purge(self, **_: Any) -> None:
+        self.purged = True
+        self.pending = 0
+
+
+def test_stop_while_kafka_does_not_acknowledge_ends_within_10_s_without_commit(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    run_service(cfg, events=100, rate=0)
+    worker = ShadowWorker(cfg, [load_candidate(RIDGE)])
+    real_open = worker._open
+    blackhole = Unacknowledged()
+
+    def open_blackhole() -> None:
+        real_open()
+        worker._producer.flush(5)
+        worker._producer = blackhole
+
+    worker._open = open_blackhole  # type: ignore[method-assign]
+    stop = threading.Event()
+    result: list[WorkerStats] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run(stop=stop)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while blackhole.pending == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    started = time.monotonic()
+    stop.set()
+    thread.join(15)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 10.0
+    assert blackhole.purged
+    assert result and result[0].consumed > 0
+    committed, _ = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    assert all(offset < 0 for offset in committed)  # at-least-once: scored again later
+
+
+def test_fatal_client_error_ends_the_worker_with_a_clear_error(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    ensure_topics(cfg)
+    worker = ShadowWorker(cfg, [load_candidate(RIDGE)])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(stop=stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(2.0)
+    # What librdkafka's error_cb reports when, say, the idempotent producer is fenced.
+    worker._on_client_error(KafkaError(KafkaError._FENCED, "producer fenced", fatal=True))
+    thread.join(10)
+    stop.set()
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], BrokerError)
+    assert "fatal Kafka client error" in str(errors[0])
+    assert "producer fenced" in str(errors[0])

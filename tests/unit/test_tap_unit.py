@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from streams.clientlog import CLIENT_LOG, RateLimiter
 from streams.config import Config
 from streams.errors import ConfigError
 from streams.tap import PRODUCER_DEFAULTS, Tap, TapStats, producer_config
@@ -110,6 +112,13 @@ def test_rate_bounds_sample_none_or_all(rate: float, expected: bool) -> None:
 def test_unknown_client_options_are_refused_at_once() -> None:
     with pytest.raises(ConfigError, match=r"no\.such\.option"):
         Tap(away(**{"no.such.option": "1"}))
+
+
+def test_an_option_librdkafka_would_ignore_is_refused_without_leaking_secrets() -> None:
+    secret = "hunter2-secret"
+    with pytest.raises(ConfigError, match=r"sasl\.username") as info:
+        Tap(away(**{"sasl.username": "svc", "sasl.password": secret}))  # no SASL protocol
+    assert secret not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -284,6 +293,22 @@ def test_kafka_away_full_client_queue_counts_dropped() -> None:
     assert stats.failed + stats.dropped == 1_000
 
 
+def test_kafka_away_logs_a_line_or_two_not_a_flood(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librdkafka reports a refused connection ~4 times a second; the service sees one line
+    per 30 s of each kind (streams.clientlog), whatever the tap does meanwhile."""
+    monkeypatch.setattr(CLIENT_LOG, "limiter", RateLimiter())  # a fresh budget
+    caplog.set_level(logging.DEBUG)
+    with Tap(away(**{"message.timeout.ms": "1000"})) as tap:
+        for i in range(4):
+            tap.record_request(f"r-{i}", {"x": 1.0})
+            time.sleep(1.0)
+    librdkafka = [r for r in caplog.records if r.name.startswith("streams.librdkafka")]
+    assert 1 <= len(librdkafka) <= 2, [r.getMessage() for r in librdkafka]
+    assert any("Connection refused" in r.getMessage() for r in librdkafka)
+
+
 def test_concurrent_callers_are_counted_exactly() -> None:
     tap = Tap(away(), buffer_size=5_000, sample_rate=0.8)
     per_thread, threads = 5_000, 4
@@ -324,7 +349,13 @@ def test_producer_defaults_and_user_overrides() -> None:
 def test_secrets_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     cfg = away(
-        **{"sasl.password": "hunter2-secret", "sasl.username": "svc", "message.timeout.ms": "100"}
+        **{
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.password": "hunter2-secret",
+            "sasl.username": "svc",
+            "message.timeout.ms": "100",
+        }
     )
     with Tap(cfg) as tap:
         tap.record_request("a")

@@ -1,0 +1,116 @@
+"""Every command fails fast and in one line when Kafka is not there or a setting is wrong.
+
+No broker needed: the commands point at a closed port on 127.0.0.1, so every connection is
+refused as it is when Kafka is down. Each command runs as a real subprocess (as a
+supervisor would start it); they run side by side, since each mostly waits.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.kafka import REACH_TIMEOUT_S
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMIT_S = 15.0
+SECRET = "hunter2-s3cr3t"
+
+COMMANDS = [
+    ["topics", "create"],
+    ["topics", "check"],
+    ["worker", "--candidate", "ridge@2=streams.demo_models:ridge_candidate"],
+    ["joiner"],
+    ["evaluator"],
+    ["demo-service", "--events", "10"],
+    ["demo", "--events", "10"],
+]
+
+
+def closed_port() -> str:
+    """An address where nothing listens: bound once to get a free port, then released."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("UNDERSTUDY_", "KAFKA_"))}
+    out["PYTHONPATH"] = str(ROOT)
+    out["UNDERSTUDY_HOME"] = "/nonexistent-understudy-home"  # never an embedded broker
+    out.update(extra)
+    return out
+
+
+def start(args: list[str], environ: dict[str, str]) -> tuple[subprocess.Popen[str], float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=environ,
+    )
+    return proc, time.monotonic()
+
+
+def finish(proc: subprocess.Popen[str], started: float) -> tuple[int, float, list[str]]:
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, time.monotonic() - started, err.splitlines()
+
+
+def assert_one_clear_line(args: list[str], rc: int, took: float, lines: list[str]) -> str:
+    assert rc == 1, (args, rc, lines)
+    assert took < LIMIT_S, (args, took)
+    assert len(lines) == 1 and lines[0].strip(), (args, lines)
+    assert "Traceback" not in lines[0]
+    assert lines[0].startswith("understudy: error: ")
+    return lines[0]
+
+
+def test_every_command_fails_within_15_s_in_one_line_without_a_broker() -> None:
+    bootstrap = closed_port()
+    environ = env(KAFKA_BOOTSTRAP_SERVERS=bootstrap)
+    running = [(args, *start(args, environ)) for args in COMMANDS]
+    for args, proc, started in running:
+        rc, took, lines = finish(proc, started)
+        line = assert_one_clear_line(args, rc, took, lines)
+        assert f"cannot reach Kafka at {bootstrap} within {REACH_TIMEOUT_S:.0f} s" in line
+        assert "Connection refused" in line
+
+
+@pytest.mark.parametrize(
+    ("variables", "named", "closest"),
+    [
+        ({"UNDERSTUDY_KAFKA_SASL_MECHANISMZ": "PLAIN"}, "sasl.mechanismz", None),
+        ({"UNDERSTUDY_KAFKA_SECURITY_PROTOCOL": "PLAINTXT"}, "security.protocol", None),
+        ({"UNDERSTUDY_PARTITONS": "3"}, "UNDERSTUDY_PARTITONS", "UNDERSTUDY_PARTITIONS"),
+        (
+            {"UNDERSTUDY_KAFAK_SASL_PASSWORD": SECRET},
+            "UNDERSTUDY_KAFAK_SASL_PASSWORD",
+            "UNDERSTUDY_KAFKA_SASL_PASSWORD",
+        ),
+        ({"UNDERSTUDY_SCHEMA_REGISTRY_URL": "http://r:8081"}, "not supported", None),
+    ],
+)
+def test_a_wrong_setting_is_refused_at_once_naming_it(
+    variables: dict[str, str], named: str, closest: str | None
+) -> None:
+    environ = env(
+        KAFKA_BOOTSTRAP_SERVERS=closed_port(), UNDERSTUDY_KAFKA_SASL_PASSWORD=SECRET, **variables
+    )
+    args = ["topics", "check"]
+    rc, took, lines = finish(*start(args, environ))
+    line = assert_one_clear_line(args, rc, took, lines)
+    assert took < REACH_TIMEOUT_S  # refused before any connection attempt
+    assert named in line
+    if closest:
+        assert f"did you mean {closest}?" in line
+    assert SECRET not in line
