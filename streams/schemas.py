@@ -50,6 +50,8 @@ EVENTS = ("Request", "Prediction", "Label", "Partial", "MetricSnapshot", "DeadLe
 HISTORY = "history"
 
 Record = dict[str, Any]
+#: A field resolution fills in: its path, its default in Python, whether that is mutable.
+Fill = tuple[tuple[str, ...], Any, bool]
 
 _PACKAGED = Path(__file__).resolve().parent / "_schemas"  # an installed wheel
 _CHECKOUT = Path(__file__).resolve().parent.parent / "schemas"  # a checkout (editable install)
@@ -97,7 +99,7 @@ class Schema:
         self.header = MAGIC + self.fingerprint
         self.label = name  # in errors; an older version adds its number
         self._reader: Any = None  # None: read with this schema, no resolution
-        self._fresh: tuple[tuple[str, ...], ...] = ()
+        self._fills: tuple[Fill, ...] = ()
         self._copy_all = False
 
     def resolve_into(self, current: Schema) -> None:
@@ -106,9 +108,9 @@ class Schema:
             return  # same canonical form: same bytes, nothing to resolve
         self._reader = current.parsed
         self.label = f"{self.name} v{self.version}"
-        paths = _filled_mutable_defaults(self.raw, current.raw)
-        self._copy_all = paths is None
-        self._fresh = tuple(paths or ())
+        fills = _filled_defaults(self.raw, current.raw)
+        self._copy_all = fills is None
+        self._fills = tuple(fills or ())
 
     def encode(self, record: Record) -> bytes:
         buf = io.BytesIO()
@@ -127,31 +129,34 @@ class Schema:
         if not isinstance(rec, dict):
             raise SchemaError(f"{self.label} body did not decode to a record")
         if self._reader is not None:
-            self._unshare_defaults(rec)
+            self._fill_defaults(rec)
         return rec
 
-    def _unshare_defaults(self, rec: Record) -> None:
-        # fastavro fills a missing field with the reader schema's own default object: a
-        # caller adding to a decoded map would add to every later record's default
+    def _fill_defaults(self, rec: Record) -> None:
+        # see _filled_defaults: what fastavro filled in is shared or mistyped
         if self._copy_all:
             rec.update(copy.deepcopy(rec))
             return
-        for path in self._fresh:
+        for path, value, mutable in self._fills:
             node = rec
             for key in path[:-1]:
                 node = node[key]
-            node[path[-1]] = copy.deepcopy(node[path[-1]])
+            node[path[-1]] = copy.deepcopy(value) if mutable else value
 
 
-def _filled_mutable_defaults(writer: Any, reader: Any) -> list[tuple[str, ...]] | None:
-    """Paths of the reader's fields that resolution fills with a map, array or record default.
+def _filled_defaults(writer: Any, reader: Any) -> list[Fill] | None:
+    """The reader's fields that resolution fills with a default the codec must replace.
 
-    Only records nested in records are followed; None when such a default sits inside an
-    array, map or union too (then the whole decoded record is copied).
+    fastavro sets a field the writer lacked to the reader schema's default object itself:
+    the same map or list for every record (a caller adding to it would add to every later
+    record's default), and a ``bytes`` or ``fixed`` default as the JSON string the schema
+    writes it as. The codec puts a fresh, correctly typed value there instead. Records
+    nested in records are followed; None when such a field sits inside an array, map or
+    union (then the whole decoded record is copied, and such a bytes default stays a str).
     """
     w_named: dict[str, Any] = {}
     r_named: dict[str, Any] = {}
-    paths: list[tuple[str, ...]] = []
+    fills: list[Fill] = []
 
     def define(node: Any, named: dict[str, Any], ns: str) -> Any:
         """The definition behind a type, registering every named type on the way."""
@@ -163,49 +168,71 @@ def _filled_mutable_defaults(writer: Any, reader: Any) -> list[tuple[str, ...]] 
             named.setdefault(full, node)
         return node
 
-    def deep_defaults(node: Any, named: dict[str, Any], ns: str) -> bool:
-        """Whether a reader type holds a record with a mutable default anywhere inside."""
-        node = define(node, named, ns)
+    def python(node: Any, value: Any, ns: str) -> Any:
+        """A JSON default as the Python value a reader gets (bytes from their string form)."""
+        node = define(node, r_named, ns)
+        if isinstance(node, list):  # a union's default is of its first branch
+            return python(node[0], value, ns) if node else value
+        kind = node.get("type") if isinstance(node, dict) else node
+        if kind in ("bytes", "fixed") and isinstance(value, str):
+            return value.encode("latin-1")
+        if kind == "record" and isinstance(value, dict):
+            space = node.get("namespace", ns)
+            return {
+                f["name"]: python(f["type"], value.get(f["name"], f.get("default")), space)
+                for f in node["fields"]
+            }
+        if kind == "array" and isinstance(value, list):
+            return [python(node["items"], v, ns) for v in value]
+        if kind == "map" and isinstance(value, dict):
+            return {k: python(node["values"], v, ns) for k, v in value.items()}
+        return value
+
+    def needs_fill(field: dict[str, Any], ns: str) -> bool:
+        default = field.get("default")
+        return isinstance(default, dict | list) or python(field["type"], default, ns) != default
+
+    def deep(node: Any, ns: str) -> bool:
+        """Whether a reader type holds a record with such a field anywhere inside."""
+        node = define(node, r_named, ns)
         if isinstance(node, list):
-            return any(deep_defaults(b, named, ns) for b in node)
+            return any(deep(b, ns) for b in node)
         if not isinstance(node, dict):
             return False
         kind = node.get("type")
         if kind == "record":
             space = node.get("namespace", ns)
             return any(
-                isinstance(f.get("default"), dict | list) or deep_defaults(f["type"], named, space)
+                ("default" in f and needs_fill(f, space)) or deep(f["type"], space)
                 for f in node["fields"]
             )
         if kind == "array":
-            return deep_defaults(node["items"], named, ns)
+            return deep(node["items"], ns)
         if kind == "map":
-            return deep_defaults(node["values"], named, ns)
+            return deep(node["values"], ns)
         return False
 
     def walk(w: Any, r: Any, ns_w: str, ns_r: str, where: tuple[str, ...]) -> bool:
         w = define(w, w_named, ns_w)
         r = define(r, r_named, ns_r)
-        if isinstance(r, dict) and r.get("type") == "record" and isinstance(w, dict):
-            ns_w, ns_r = w.get("namespace", ns_w), r.get("namespace", ns_r)
-            w_fields = {f["name"]: f for f in w.get("fields", [])}
-            for f in w.get("fields", []):
-                define(f["type"], w_named, ns_w)
-            ok = True
-            for f in r["fields"]:
-                if f["name"] in w_fields:
-                    ok &= walk(
-                        w_fields[f["name"]]["type"], f["type"], ns_w, ns_r, (*where, f["name"])
-                    )
-                else:
-                    if isinstance(f.get("default"), dict | list):
-                        paths.append((*where, f["name"]))
-                    if deep_defaults(f["type"], r_named, ns_r):
-                        ok = False
-            return ok
-        return not deep_defaults(r, r_named, ns_r)
+        if not (isinstance(r, dict) and r.get("type") == "record" and isinstance(w, dict)):
+            return not deep(r, ns_r)
+        ns_w, ns_r = w.get("namespace", ns_w), r.get("namespace", ns_r)
+        w_fields = {f["name"]: f for f in w.get("fields", [])}
+        for f in w.get("fields", []):
+            define(f["type"], w_named, ns_w)
+        ok = True
+        for f in r["fields"]:
+            if f["name"] in w_fields:
+                ok &= walk(w_fields[f["name"]]["type"], f["type"], ns_w, ns_r, (*where, f["name"]))
+            elif "default" in f:
+                if needs_fill(f, ns_r):
+                    value = python(f["type"], f["default"], ns_r)
+                    fills.append(((*where, f["name"]), value, isinstance(value, dict | list)))
+                ok &= not deep(f["type"], ns_r)
+        return ok
 
-    return paths if walk(writer, reader, "", "", ()) else None
+    return fills if walk(writer, reader, "", "", ()) else None
 
 
 class Codec:

@@ -639,3 +639,60 @@ def test_a_doc_only_release_shares_the_fingerprint_and_reads_without_resolution(
     assert v1.fingerprint == v2.fingerprint and codec.schemas["Label"] is v2
     rec = {"request_id": "r", "event_time": 5, "value": 2.5, "label": None}
     assert codec.decode(v1.encode(rec)) == ("Label", rec)
+
+
+def release_label(tmp_path: Path, *versions: Raw) -> Codec:
+    """A schema directory whose Label history is ``versions`` (the last one current)."""
+    copy_schemas(tmp_path)
+    (tmp_path / HISTORY / "Label").mkdir(parents=True)
+    for n, raw in enumerate(versions, 1):
+        (tmp_path / HISTORY / "Label" / f"v{n}.avsc").write_text(json.dumps(raw))
+    (tmp_path / "Label.avsc").write_text(json.dumps(versions[-1]))
+    return Codec(tmp_path)
+
+
+def test_defaults_filled_by_resolution_are_typed_and_fresh(tmp_path: Path) -> None:
+    """bytes defaults become bytes (fastavro leaves their JSON string); containers are new."""
+    v1 = current("Label")
+    v2 = copy.deepcopy(v1)
+    v2["fields"] += [
+        {"name": "blob", "type": "bytes", "default": "\u00ff\u0000", "doc": "b"},
+        {"name": "maybe", "type": ["bytes", "null"], "default": "a", "doc": "u"},
+        {
+            "name": "tags",
+            "type": {"type": "array", "items": "string"},
+            "default": ["x"],
+            "doc": "t",
+        },
+        {"name": "n", "type": "long", "default": 7, "doc": "n"},
+    ]
+    codec = release_label(tmp_path, v1, v2)
+    old = {"request_id": "r", "event_time": 5, "value": None, "label": "y"}
+    message = codec.versions["Label"][1].encode(old)
+    got = codec.decode_as("Label", message)
+    assert got == {**old, "blob": b"\xff\x00", "maybe": b"a", "tags": ["x"], "n": 7}
+    # Apache avro (Python) agrees, apart from a non-ASCII bytes default: it encodes it as
+    # UTF-8, where the specification maps code points 0-255 to single bytes (as Java does)
+    apache_got = apache_resolve(message[HEADER_LEN:], v1, v2)
+    assert apache_got == {**got, "blob": "\u00ff\u0000".encode()}
+    got["tags"].append("z")
+    assert codec.decode_as("Label", message)["tags"] == ["x"]
+
+
+def test_a_new_field_inside_an_array_of_records_is_not_shared_either(tmp_path: Path) -> None:
+    item: Raw = {"type": "record", "name": "Item", "fields": [{"name": "a", "type": "int"}]}
+    v1 = current("Label")
+    v1["fields"].append(
+        {"name": "items", "type": {"type": "array", "items": item}, "default": [], "doc": "i"}
+    )
+    v2 = copy.deepcopy(v1)
+    v2["fields"][-1]["type"]["items"]["fields"].append(
+        {"name": "m", "type": {"type": "map", "values": "long"}, "default": {}}
+    )
+    codec = release_label(tmp_path, v1, v2)
+    old = {"request_id": "r", "event_time": 5, "value": None, "label": "y", "items": [{"a": 1}]}
+    message = codec.versions["Label"][1].encode(old)
+    got = codec.decode_as("Label", message)
+    assert got["items"] == [{"a": 1, "m": {}}]
+    got["items"][0]["m"]["k"] = 1
+    assert codec.decode_as("Label", message)["items"] == [{"a": 1, "m": {}}]
