@@ -6,6 +6,11 @@ processes, exactly as a deployment would run them, runs the simulated house-pric
 in this process, and shows the evaluator's cumulative snapshots as they arrive. It stops
 after ``--events`` requests (once every candidate's final snapshot is in) or ``--duration``
 seconds, or on Ctrl-C, and leaves no process behind but a broker it was asked to keep.
+
+With ``--json`` it prints each candidate's final CUMULATIVE snapshot as one JSON line, as
+the evaluator published it; its ``conservation`` is the law over every joiner partition:
+``{"requests": N, "terms": {name: count, ...}, "holds": true|false}``, where ``holds``
+says whether the terms add up to ``requests``.
 """
 
 from __future__ import annotations
@@ -168,7 +173,7 @@ class MetricsView:
     def table(self) -> str:
         head = (
             f"{'candidate':<13} {'requests':>8} {'pairs':>7} {'MAE':>9} {'RMSE':>9} "
-            f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6}"
+            f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6} {'law':>6}"
         )
         lines = [head, "-" * len(head)]
         for cand in sorted(self.cumulative):
@@ -178,13 +183,39 @@ class MetricsView:
                 f"{cand:<13} {r['coverage']['requests']:>8} {r['coverage']['pairs']:>7} "
                 f"{_num(r['mae'])} {_num(r['rmse'])} {_num(r['mean_signed_diff'], 8)} "
                 f"{_num(r['candidate_latency_p50'], 7)} {_num(r['candidate_latency_p99'], 7)} "
-                f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)}"
+                f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)} "
+                f"{_law(r.get('conservation')):>6}"
             )
         return "\n".join(lines)
 
 
+#: coverage counters that settle a request for one candidate: joined, or why not
+_SETTLED = ("pairs", "no_candidate", "no_primary", "no_prediction")
+
+
+def _settled(snapshot: dict[str, Any], total: int) -> bool:
+    """Whether a CUMULATIVE snapshot is final: every request settled and in the law.
+
+    The law (``conservation``) comes from the joiners' ledgers; its ``requests`` reach
+    ``total`` once every joiner partition has published a ledger after its last request.
+    """
+    cov = snapshot["coverage"]
+    law = snapshot.get("conservation")
+    return (
+        sum(cov.get(name, 0) for name in _SETTLED) >= total
+        and law is not None
+        and law["requests"] >= total
+    )
+
+
 def _num(v: float | None, width: int = 9) -> str:
     return f"{'-':>{width}}" if v is None else f"{v:>{width}.3f}"
+
+
+def _law(law: dict[str, Any] | None) -> str:
+    if law is None:
+        return "-"
+    return "holds" if law["holds"] else "BROKEN"
 
 
 def _pct(v: float | None) -> float | None:
@@ -303,11 +334,7 @@ def _drive(
         if done_at is None:
             done_at = now
             _err(f"service done: {total} requests; waiting for the final snapshots")
-        final = [
-            r
-            for r in view.cumulative.values()
-            if r["coverage"]["pairs"] + r["coverage"]["no_candidate"] >= total
-        ]
+        final = [r for r in view.cumulative.values() if _settled(r, total)]
         if len(final) >= len(CANDIDATES) and total > 0:
             print("\nfinal cumulative metrics", file=out)
             print(view.table(), file=out, flush=True)

@@ -17,11 +17,15 @@ seconds with its work committed, exit code 0, as the other stages do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from confluent_kafka import Consumer, TopicPartition
@@ -29,7 +33,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streams import faust_eos
 from streams.config import Config
 from streams.credentials import faust_credentials
-from streams.errors import ConfigError, TopicLayoutError
+from streams.errors import ConfigError, TopicLayoutError, UnderstudyError
 from streams.kafka import Topics, committed_reader, partition_counts, read_compacted, read_range
 from streams.merging import WindowMerger, dead_letter_record
 from streams.schemas import Codec, default_codec
@@ -152,6 +156,8 @@ class Evaluator:
 
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
+            # not while a commit drains: it would wait for what this event sends too
+            await faust_eos.until_committed()
             msg = event.message
             self._apply(msg.partition, msg.offset, msg.key, event.value)
 
@@ -268,11 +274,19 @@ def check_topics(cfg: Config) -> None:
         )
 
 
-class _Worker(faust.Worker):
-    """faust's worker, which also honours a SIGTERM/SIGINT that came before its handlers.
+#: after SIGTERM/SIGINT, the process exits at the latest this much later (rc 1 if forced)
+STOP_DEADLINE_S = 8.0
 
-    mode installs its signal handlers once the app has started; a signal before that used
-    to kill the process with the default action (rc -15) instead of stopping it.
+
+class _Worker(faust.Worker):
+    """faust's worker, with a stop that always ends.
+
+    - A SIGTERM/SIGINT that came before mode installed its handlers (once the app has
+      started) used to kill the process with the default action (rc -15): it is kept and
+      honoured once the handlers are in.
+    - A stop that has not finished :data:`STOP_DEADLINE_S` after the signal ends the
+      process with rc 1 and says so: everything committed stays committed, the rest is
+      redone by the next run (exactly-once), and a supervisor sees a failed stop.
     """
 
     early: signal.Signals | None = None
@@ -282,9 +296,39 @@ class _Worker(faust.Worker):
         if self.early is not None:
             self._schedule_shutdown(self.early)
 
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            threading.Thread(
+                target=_deadline, args=(signum,), name="stop-deadline", daemon=True
+            ).start()
+        super()._schedule_shutdown(signum)
+
+
+def _deadline(signum: signal.Signals) -> None:
+    time.sleep(STOP_DEADLINE_S)
+    log.error(
+        "evaluator: not stopped %.0f s after %s; exiting now (what was not committed is "
+        "redone by the next run)",
+        STOP_DEADLINE_S,
+        signum.name,
+    )
+    _exit_now(1)
+
+
+def _exit_now(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
 
 def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None = None) -> None:
-    """Run the evaluator until SIGINT/SIGTERM (the CLI's ``understudy evaluator``)."""
+    """Run the evaluator until SIGINT/SIGTERM (the CLI's ``understudy evaluator``).
+
+    Returns once stopped with its work committed. Raises UnderstudyError when the closing
+    commit failed (the next run redoes that work).
+    """
     check_topics(cfg)
 
     def early(signum: int, _frame: object) -> None:
@@ -294,4 +338,28 @@ def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None =
         signal.signal(sig, early)
     ev = Evaluator(cfg, datadir=datadir)
     worker = _Worker(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    code = 1
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        # a faust service that failed to stop can leave a non-daemon thread (the consumer's)
+        # that Python would wait for at exit, for ever
+        lingering = [
+            t
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon
+        ]
+        if lingering:
+            log.warning("faust left threads running (%s); exiting without them", lingering)
+            failed = faust_eos.closing_commit_failed()
+            _exit_now(code or (1 if failed else 0))
+    failed = faust_eos.closing_commit_failed()
+    if failed is not None:
+        raise UnderstudyError(
+            f"the evaluator's closing commit failed ({failed!r}); the next run redoes the "
+            "work since its last commit"
+        )
+    if code:
+        raise UnderstudyError(f"the evaluator stopped with exit code {code}")

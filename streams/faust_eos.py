@@ -20,6 +20,20 @@ test_recovery.py), then reading faust's source for why:
    #221 describe the family). That part cannot be fixed from outside the stream; the
    evaluator keeps its own applied-offset marker and fills gaps itself (see
    :mod:`streams.evaluator`).
+4. The drain of point 1 waits for a moving target while the agent keeps processing: under
+   a steady input the commit ran for a minute ("Timer commit is overlapping runtime=57 s")
+   and the producer buffer passed 10,000 sends. :func:`until_committed` is the agent's
+   gate: a commit closes it for its duration, so the drain only waits for what was sent
+   before it started.
+5. On stop, faust commits with ``start_new_transaction=False`` twice (``App._stop_consumer``
+   and then ``Consumer.on_stop``, both through ``wait_empty``). An event the agent applied
+   in between made the second one send offsets with no transaction open: ``IllegalOperation:
+   Not in the middle of a transaction``, raised out of ``Consumer.on_stop``, so the
+   consumer's thread was never stopped and the process, its event loop closed, waited for
+   that thread for ever (5 of 11 stops did not finish within 30 s). The closing commit
+   now shuts the gate for good, and a commit after it is a no-op: nothing was applied since,
+   and whatever faust acked meanwhile is replayed and skipped by the applied-offset marker
+   of the next run.
 
 These are installed process-wide (they patch faust classes), once, by :func:`install`.
 """
@@ -38,6 +52,31 @@ _in_flight = 0
 
 class _Installed:
     done = False
+
+
+class _Gate:
+    """Open (set) except while a commit drains and commits; created in the running loop."""
+
+    event: asyncio.Event | None = None
+    #: the closing commit (``start_new_transaction=False``) has started: shut for good
+    closed = False
+    #: what the closing commit raised, if it did (the work since the last commit is lost
+    #: to this run, and replayed by the next)
+    failed: BaseException | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.Event:
+        if cls.event is None:
+            cls.event = asyncio.Event()
+            cls.event.set()
+        return cls.event
+
+
+async def until_committed() -> None:
+    """Wait while a commit is under way (the agent calls this before applying an event)."""
+    gate = _Gate.get()
+    if not gate.is_set():
+        await gate.wait()
 
 
 def _transactions_class() -> type:
@@ -70,22 +109,43 @@ def _transactions_class() -> type:
             )
 
         async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-            producer = self.app.producer
-            buffer = producer.buffer
-            started, warned = time.monotonic(), False
-            while buffer.size or _in_flight:
-                await buffer.flush()
-                await asyncio.sleep(0.001)
-                if not warned and time.monotonic() - started > 30:
-                    warned = True
-                    log.warning("commit waiting for %d buffered sends (broker slow?)", buffer.size)
-            await producer.flush()
-            result: bool = await super().commit(
-                offsets, start_new_transaction=start_new_transaction
-            )
-            return result
+            if _Gate.closed:
+                return False  # the closing commit ran; nothing was applied since
+            gate = _Gate.get()
+            gate.clear()
+            if not start_new_transaction:
+                _Gate.closed = True
+            try:
+                producer = self.app.producer
+                buffer = producer.buffer
+                started, warned = time.monotonic(), False
+                while buffer.size or _in_flight:
+                    await buffer.flush()
+                    await asyncio.sleep(0.001)
+                    if not warned and time.monotonic() - started > 30:
+                        warned = True
+                        log.warning(
+                            "commit waiting for %d buffered sends (broker slow?)", buffer.size
+                        )
+                await producer.flush()
+                result: bool = await super().commit(
+                    offsets, start_new_transaction=start_new_transaction
+                )
+                return result
+            except BaseException as exc:
+                if _Gate.closed:
+                    _Gate.failed = exc
+                raise
+            finally:
+                if not _Gate.closed:
+                    gate.set()
 
     return ExactTransactions
+
+
+def closing_commit_failed() -> BaseException | None:
+    """What the closing commit of this process raised, or None (not failed, or not run)."""
+    return _Gate.failed
 
 
 def install(routes: dict[str, str]) -> None:

@@ -47,6 +47,11 @@ def test_demo_prints_one_final_json_line_per_candidate(kafka_bootstrap: str, pre
         assert s["coverage"]["pairs"] == 2000
         assert s["coverage"]["requests"] == 2000
         assert s["mae"] is not None and s["mae"] > 0
+        law = s["conservation"]
+        assert law["requests"] == 2000, law
+        assert sum(law["terms"].values()) == law["requests"], law
+        assert law["holds"] is True
+        assert "requests" not in law["terms"]
     assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []  # no stage left behind
 
 
