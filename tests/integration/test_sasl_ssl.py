@@ -270,9 +270,10 @@ def _warm_up_evaluator(secured: Secured, cfg: Config) -> None:
     A workaround, not part of what is tested: faust creates its changelog topics at start
     and its consumer may join the group before its metadata lists them. Its snapshot then
     says 0 partitions, and every partial crashes the agent with PartitionsMismatch until
-    the next metadata refresh (5 min) while the process stays up (seen in 2 of 5 runs here,
-    plain or SASL alike). Until ``topics create`` makes those topics or the evaluator waits
-    for them, a first run creates them and the second does the work.
+    the next metadata refresh (5 min) while the process stays up (seen in 2 of 5 SASL_SSL
+    runs here; nothing in that race is specific to SASL, but it was not seen on a plain
+    broker). Until ``topics create`` makes those topics or the evaluator waits for them, a
+    first run creates them and the second does the work.
     """
     log_file = secured.workdir / "ok-evaluator-warmup.log"
     warmup = _cli(secured, cfg, "ok-evaluator-warmup", "evaluator", "--loglevel", "info")
