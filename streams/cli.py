@@ -122,14 +122,18 @@ def cmd_topics(args: argparse.Namespace) -> int:
 # -- stages ------------------------------------------------------------------------------
 
 
+# Each stage checks its settings and the broker before it imports its (heavy) module, so a
+# failed start is reported in about REACH_TIMEOUT_S, not that plus seconds of imports.
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    if not args.candidate:
+        raise UnderstudyError("give at least one --candidate ID=package.module:attr")
+    cfg = connect(args)
     from streams.models import load_candidate
     from streams.worker import run_worker
 
-    if not args.candidate:
-        raise UnderstudyError("give at least one --candidate ID=package.module:attr")
     candidates = [load_candidate(spec) for spec in args.candidate]
-    cfg = connect(args)
     _err(f"worker: scoring {', '.join(c.model_id for c in candidates)} on {cfg.prefix}.requests")
     stats = run_worker(
         cfg,
@@ -143,9 +147,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_joiner(args: argparse.Namespace) -> int:
+    cfg = connect(args)
     from streams.joiner import run_joiner
 
-    cfg = connect(args)
     who = args.instance or "(unique instance, no static membership)"
     _err(f"joiner {who}: joining {cfg.prefix}.requests + {cfg.prefix}.predictions")
     # instance=None: the joiner picks a unique id, so joiners started without --instance
@@ -158,18 +162,18 @@ def cmd_joiner(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluator(args: argparse.Namespace) -> int:
+    cfg = connect(args)
     from streams.evaluator import run_evaluator
 
-    cfg = connect(args)
     _err(f"evaluator: merging {cfg.prefix}.partials into {cfg.prefix}.metrics")
     run_evaluator(cfg, loglevel=args.loglevel)
     return 0
 
 
 def cmd_demo_service(args: argparse.Namespace) -> int:
+    cfg = connect(args)
     from streams.simulation import run_service
 
-    cfg = connect(args)
     stats = run_service(
         cfg, events=args.events, rate=args.rate, seed=args.seed, stop=_stop_on_signals()
     )
@@ -178,10 +182,10 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
-
     if Config.load(args.config, bootstrap_servers=args.bootstrap).bootstrap_servers:
         connect(args)  # a broker was named: refuse at once if it does not answer
+    from streams.demo import run_demo
+
     return run_demo(args)
 
 

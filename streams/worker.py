@@ -51,7 +51,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from streams.clientlog import CLIENT_LOG
 from streams.config import Config
 from streams.errors import BrokerError, ConfigError, SchemaError
-from streams.kafka import Topics, check_copartitioned, client_config, validate_client_options
+from streams.kafka import (
+    Topics,
+    check_copartitioned,
+    client_config,
+    scrub,
+    validate_client_options,
+)
 from streams.models import Candidate
 from streams.schemas import Codec, default_codec
 
@@ -178,6 +184,7 @@ class ShadowWorker:
                 self._raise_if_fatal()
                 now = time.monotonic()
                 if not messages:
+                    self._producer.poll(0)  # serves error_cb: a fatal error ends an idle worker
                     since = max(last_activity, self._assigned_at)
                     if not self._assigned_at:  # the group has not answered yet
                         since += JOIN_GRACE_S
@@ -236,7 +243,9 @@ class ShadowWorker:
             self._producer = Producer(producer_conf)
             self._consumer = Consumer(consumer_conf)
         except (KafkaException, ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid Kafka client configuration for the worker: {exc}") from exc
+            raise ConfigError(
+                f"invalid Kafka client configuration for the worker: {scrub(str(exc), self.cfg)}"
+            ) from None
         self._consumer.subscribe(
             [self.topics.requests],
             on_assign=self._on_assign,
