@@ -71,7 +71,7 @@ class Joiner:
         self._last_data = time.monotonic()
         #: wall time of the last event per (partition, stream), and of the last idle tick
         self._last_seen: dict[tuple[int, str], float] = {}
-        self._last_idle_tick: dict[int, float] = {}
+        self._last_idle_tick = 0.0
         self._fatal: str | None = None
         self._encode_partial = self.codec.encoder("Partial")
         self._encode_dead = self.codec.encoder("DeadLetter")
@@ -131,9 +131,10 @@ class Joiner:
                 msgs = self.consumer.consume(num_messages=self.batch_size, timeout=0.5)
                 if msgs:
                     self._process(msgs)
-                if self._idle_ticks() or msgs:
-                    if on_batch:
-                        on_batch(self.stats)
+                ticked = self._idle_ticks()  # always: idleness is judged every round
+                if (ticked or msgs) and on_batch:
+                    on_batch(self.stats)
+                if msgs:
                     continue
                 idle = time.monotonic() - self._last_data
                 if idle_exit_s is not None and self.states and idle >= idle_exit_s:
@@ -260,22 +261,49 @@ class Joiner:
         time move its watermark, once per ``idle_flush_ms``. Committed like a batch."""
         wall = time.monotonic()
         limit = self.cfg.idle_flush_ms / 1000
+        tick = wall - self._last_idle_tick >= limit  # all partitions together: one transaction
         touched: set[int] = set()
         for p, st in self.states.items():
-            quiet = [s for s in STREAMS if wall - self._last_seen.get((p, s), wall) >= limit]
+            quiet = [
+                s
+                for s in STREAMS
+                if wall - self._last_seen.get((p, s), wall) >= limit and self._caught_up(p, s)
+            ]
             for stream in quiet:
                 if stream not in st.clock.idle:
                     st.mark_idle(stream)
                     touched.add(p)
-            if len(quiet) == len(STREAMS) and wall - self._last_idle_tick.get(p, 0.0) >= limit:
-                self._last_idle_tick[p] = wall
+            if tick and len(quiet) == len(STREAMS):
                 st.idle_until(int(time.time() * 1000))
                 touched.add(p)
+        if tick and touched:
+            self._last_idle_tick = wall
         if touched:
             self._transact(touched, [])
         return bool(touched)
 
+    def _caught_up(self, p: int, stream: str) -> bool:
+        """Whether we have read all there is of ``stream`` on partition ``p``.
+
+        A partition is idle when its log has nothing more, not when this process has been
+        busy with other partitions for a while (a backlog): librdkafka's cached high
+        watermark from the last fetch says which.
+        """
+        topic = self.topics.requests if stream == "requests" else self.topics.predictions
+        tp = TopicPartition(topic, p)
+        try:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            pos = self.consumer.position([tp])[0].offset
+        except KafkaException:
+            return False
+        if high < 0:
+            return False  # no fetch answered yet: we do not know
+        return high == 0 or pos >= high
+
     def _close_all(self) -> None:
+        """The end of the input: classify every open join, publish every open window."""
+        for st in self.states.values():
+            st.finish_open()
         emitted = {p: st.advance(close_all=True) for p, st in self.states.items()}
         self._transact(set(self.states), [], emitted)
 

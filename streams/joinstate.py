@@ -331,6 +331,11 @@ class PartitionState:
             self._meta_dirty = True
             self._progress()
 
+    def finish_open(self) -> None:
+        """Finish every open join now: the input has ended, no answer can come any more."""
+        for rid, e in self.table.pop_due(2**62):
+            self._finish(rid, e)
+
     def advance(self, close_all: bool = False) -> list[Emitted]:
         """The partials emitted since the last call, in order.
 

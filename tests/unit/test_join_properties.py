@@ -224,3 +224,56 @@ def test_with_every_answer_on_time_the_ledger_is_the_ground_truth(events: list[E
             else:
                 expect["no_prediction"] += 1
         assert s.ledger.terms(cand) == expect, cand
+
+
+def test_the_end_of_input_classifies_every_open_join() -> None:
+    s = new_state()
+    s.on_request(req("a", T0), NOW)
+    s.on_prediction(pred("a", T0, PRIMARY), NOW)
+    s.on_request(req("b", T0 + 10), NOW)
+    assert s.ledger.terms(BASELINE)["pending"] == 2
+    s.finish_open()
+    assert s.ledger.terms(BASELINE) == {
+        "requests": 2,
+        "pairs": 0,
+        "no_candidate": 1,
+        "no_primary": 0,
+        "no_prediction": 1,
+        "pending": 0,
+        "dead_letters": 0,
+    }
+    assert not s.pending
+
+
+def test_an_unbelievable_time_is_refused_and_moves_no_watermark() -> None:
+    s = new_state()
+    s.on_request(req("a", T0), NOW)
+    s.on_prediction(pred("a", T0, PRIMARY), NOW)
+    wm = s.watermark()
+    for bad in (T0 * 1000, 0, NOW + 365 * 86_400_000):
+        reason = s.on_request(req("x", bad), NOW)
+        assert reason is not None and "event_time" in reason
+        reason = s.on_prediction(pred("x", bad, CANDS[0]), NOW)
+        assert reason is not None
+    assert s.watermark() == wm
+    assert s.ledger.terms(BASELINE)["dead_letters"] == 3
+    assert s.ledger.holds()
+
+
+def test_a_duplicate_after_its_join_finished_is_still_a_duplicate() -> None:
+    s = new_state()
+    s.on_request(req("a", T0), NOW)
+    s.on_prediction(pred("a", T0, PRIMARY), NOW)
+    s.on_prediction(pred("a", T0, CANDS[0]), NOW)
+    # later traffic pushes the watermark past a's deadline: its join finishes
+    s.on_request(req("b", T0 + 2 * TTL), NOW)
+    s.on_prediction(pred("b", T0 + 2 * TTL, PRIMARY), NOW)
+    assert "a" not in s.pending
+    s.on_prediction(pred("a", T0, CANDS[0]), NOW)  # an at-least-once copy, long after
+    s.on_request(req("a", T0), NOW)
+    s.idle_until(NOW + 10 * TTL)
+    out = s.advance(close_all=True)
+    cov = {k: sum(e.stats.coverage[k] for e in out) for k in ("duplicates", "no_primary")}
+    assert cov == {"duplicates": 2, "no_primary": 0}
+    assert s.ledger.terms(CANDS[0])["requests"] == 2
+    assert s.ledger.holds()
