@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import faust
 from confluent_kafka import Consumer, TopicPartition
 
 from streams import faust_eos
@@ -45,6 +44,8 @@ class Evaluator:
     """Builds the faust app; state lives in its tables, logic in :meth:`handle`."""
 
     def __init__(self, cfg: Config, *, codec: Codec | None = None, datadir: Path | None = None):
+        import faust  # here, not at import: faust takes seconds to import (see run_evaluator)
+
         if cfg.evaluator_partitions != 1:
             # the joiners' progress (``*`` partials) lands in one partition; an evaluator
             # instance on another would never see a window complete
@@ -278,30 +279,48 @@ def check_topics(cfg: Config) -> None:
 STOP_DEADLINE_S = 8.0
 
 
-class _Worker(faust.Worker):
-    """faust's worker, with a stop that always ends.
+def _worker_class() -> type:
+    import faust
 
-    - A SIGTERM/SIGINT that came before mode installed its handlers (once the app has
-      started) used to kill the process with the default action (rc -15): it is kept and
-      honoured once the handlers are in.
-    - A stop that has not finished :data:`STOP_DEADLINE_S` after the signal ends the
-      process with rc 1 and says so: everything committed stays committed, the rest is
-      redone by the next run (exactly-once), and a supervisor sees a failed stop.
-    """
+    class _Worker(faust.Worker):
+        """faust's worker, with a stop that always ends.
 
-    early: signal.Signals | None = None
+        - A SIGTERM/SIGINT that came before mode installed its handlers (once the app has
+          started) used to kill the process with the default action (rc -15): it is kept
+          (see run_evaluator) and honoured once the handlers are in.
+        - A stop that has not finished :data:`STOP_DEADLINE_S` after the signal ends the
+          process with rc 1 and says so: everything committed stays committed, the rest is
+          redone by the next run (exactly-once), and a supervisor sees a failed stop.
+        """
 
-    def install_signal_handlers(self) -> None:
-        super().install_signal_handlers()
-        if self.early is not None:
-            self._schedule_shutdown(self.early)
+        def install_signal_handlers(self) -> None:
+            super().install_signal_handlers()
+            if _Early.signum is not None:
+                self._schedule_shutdown(_Early.signum)
 
-    def _schedule_shutdown(self, signum: signal.Signals) -> None:
-        if not self._signal_stop_time:
-            threading.Thread(
-                target=_deadline, args=(signum,), name="stop-deadline", daemon=True
-            ).start()
-        super()._schedule_shutdown(signum)
+        def _schedule_shutdown(self, signum: signal.Signals) -> None:
+            _start_deadline(signum)
+            super()._schedule_shutdown(signum)
+
+    return _Worker
+
+
+class _Early:
+    """A stop signal that came before faust's handlers were installed."""
+
+    signum: signal.Signals | None = None
+
+
+_deadline_started = threading.Event()
+
+
+def _start_deadline(signum: signal.Signals) -> None:
+    """From the first stop signal on, the process has STOP_DEADLINE_S to end."""
+    if not _deadline_started.is_set():
+        _deadline_started.set()
+        threading.Thread(
+            target=_deadline, args=(signum,), name="stop-deadline", daemon=True
+        ).start()
 
 
 def _deadline(signum: signal.Signals) -> None:
@@ -329,15 +348,17 @@ def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None =
     Returns once stopped with its work committed. Raises UnderstudyError when the closing
     commit failed (the next run redoes that work).
     """
-    check_topics(cfg)
 
     def early(signum: int, _frame: object) -> None:
-        _Worker.early = signal.Signals(signum)
+        _Early.signum = signal.Signals(signum)
+        _start_deadline(_Early.signum)
 
+    # before faust is imported (seconds): a stop signal from here on stops, never kills
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, early)
+    check_topics(cfg)
     ev = Evaluator(cfg, datadir=datadir)
-    worker = _Worker(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = _worker_class()(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     code = 1
     try:
         worker.execute_from_commandline()

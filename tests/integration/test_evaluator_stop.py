@@ -27,7 +27,7 @@ from streams.schemas import default_codec
 W = 1000
 PARTITIONS = 3
 CANDIDATES = ("a@1", "b@1")
-WINDOWS = 600
+WINDOWS = 400
 STOP_WITHIN_S = 10.0
 CODEC = default_codec()
 
