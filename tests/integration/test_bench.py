@@ -1,4 +1,4 @@
-"""The benches run to the end on a small load and print their ratio lines (no timing checks)."""
+"""The benches run to the end on a small load and print their ratio or report lines."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("worker", "joiner", "evaluator")
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,28 @@ def test_bench_prints_its_ratio(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(ratio, done.stdout, re.MULTILINE), done.stdout
+
+
+def test_soak_prints_its_report_lines(kafka_bootstrap: str) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    args = ["--minutes", "0.3", "--rate", "50", "--lag-every", "5", "--drain-s", "60"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    for line in (
+        *(rf"^rss {s}: [\d.]+ MiB -> [\d.]+ MiB growth [+-][\d.]+%" for s in STAGES),
+        *(rf"^cpu {s}: \d+%$" for s in STAGES),
+        r"^lag t=\d+s worker=-?\d+ joiner=-?\d+$",
+        r"^lag joiner: at end -?\d+",
+        r"^freshness: (p50 [\d.]+ s, p99 [\d.]+ s|n/a)",
+        *(rf"^{name}: [\d,.]+ events/s$" for name in ("tap", "worker", "joiner", "partials")),
+        r"^tap dropped: \d+ ",
+        r"^drained: ",
+    ):
+        assert re.search(line, done.stdout, re.MULTILINE), (line, done.stdout)
