@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,37 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _stop_on_signals() -> threading.Event:
-    """SIGTERM and SIGINT end the loop after the current batch, never inside a commit."""
+STOP_GRACE_S = 8.0
+"""How long a stage may take to stop after SIGTERM before it exits anyway."""
+
+
+def _stop_on_signals(grace_s: float | None = None) -> threading.Event:
+    """SIGTERM and SIGINT end the loop after the current batch, never inside a commit.
+
+    With ``grace_s``, a stage still running that long after the signal (a Kafka call
+    waiting on a broker that went away) exits with status 1 anyway. Only for stages whose
+    work is transactional: what they had not committed is aborted by the broker and done
+    again by the next incarnation, as after a SIGKILL.
+    """
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        if grace_s is not None and not stop.is_set():
+            threading.Thread(target=_exit_after, args=(grace_s,), daemon=True).start()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     return stop
+
+
+def _exit_after(grace_s: float) -> None:
+    time.sleep(grace_s)
+    _err(
+        f"understudy: did not stop within {grace_s:.0f} s of the signal; exiting (uncommitted "
+        "work is aborted by the broker and redone on restart)"
+    )
+    os._exit(1)
 
 
 def connect(args: argparse.Namespace) -> Config:
@@ -155,7 +181,10 @@ def cmd_joiner(args: argparse.Namespace) -> int:
     # instance=None: the joiner picks a unique id, so joiners started without --instance
     # never fence each other (see the flag's help)
     stats = run_joiner(
-        cfg, instance=args.instance, idle_exit_s=args.idle_exit, stop=_stop_on_signals()
+        cfg,
+        instance=args.instance,
+        idle_exit_s=args.idle_exit,
+        stop=_stop_on_signals(grace_s=STOP_GRACE_S),
     )
     _err(f"joiner stopped: {stats}")
     return 0

@@ -70,6 +70,15 @@ class Config:
     join_ttl_ms: int = 60_000
     #: Wall-clock idleness after which a joiner partition closes its open windows.
     idle_flush_ms: int = 3_000
+    #: Event times older than their message's Kafka timestamp by more than this are dead
+    #: letters; finished joins are remembered this long to recognise late duplicates.
+    max_age_ms: int = 600_000
+    #: Event times newer than their message's Kafka timestamp by more than this are dead
+    #: letters (a timestamp in microseconds, a clock set a year ahead).
+    max_skew_ms: int = 60_000
+    #: Open joins kept per joiner partition; beyond it the oldest are finished early and
+    #: counted ``evicted``.
+    max_pending: int = 1_000_000
     #: librdkafka options passed unchanged to every client (SASL, TLS, ...).
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -77,7 +86,14 @@ class Config:
         for name in ("partitions", "evaluator_partitions", "replication_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("window_ms", "join_ttl_ms", "idle_flush_ms"):
+        for name in (
+            "window_ms",
+            "join_ttl_ms",
+            "idle_flush_ms",
+            "max_age_ms",
+            "max_skew_ms",
+            "max_pending",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.lateness_ms < 0:

@@ -40,6 +40,10 @@ from streams.schemas import Codec, default_codec
 
 log = logging.getLogger(__name__)
 
+RECOVERY_TIMEOUT_S = 20.0
+"""Bound on each Kafka call while rewinding after an aborted transaction: past it the
+joiner exits non-zero (a supervisor restarts it) rather than waiting on a broker."""
+
 
 @dataclass
 class JoinerStats:
@@ -176,11 +180,15 @@ class Joiner:
         for p in {tp.partition for tp in partitions}:
             self.states.pop(p, None)
 
-    def _restore(self, p: int) -> PartitionState:
+    def _restore(self, p: int, timeout: float = 120.0) -> PartitionState:
         """Rebuild partition ``p``'s state from its changelog, to the last committed batch."""
         st = self._new_state(p)
         changelog = read_compacted(
-            self.cfg, self.topics.joiner_state, p, group=f"{self.cfg.prefix}.joiner-restore"
+            self.cfg,
+            self.topics.joiner_state,
+            p,
+            group=f"{self.cfg.prefix}.joiner-restore",
+            timeout=timeout,
         )
         for key, value in changelog.items():
             st.restore(key, value, self._decode_acc)
@@ -363,17 +371,26 @@ class Joiner:
             ) from exc
         if err is not None and getattr(err, "txn_requires_abort", lambda: False)():
             log.warning("aborting joiner transaction: %s; rewinding to the last commit", err)
-            self.producer.abort_transaction(30)
-            self._rewind()
+            try:
+                self.producer.abort_transaction(RECOVERY_TIMEOUT_S)
+                self._rewind()
+            except (KafkaException, UnderstudyError) as again:
+                raise UnderstudyError(
+                    f"joiner could not rewind to its last commit after {err}: {again}; "
+                    "exiting so that a restart resumes from it"
+                ) from again
             return
-        raise UnderstudyError(f"joiner transaction failed: {exc}") from exc
+        raise UnderstudyError(
+            f"joiner transaction failed: {exc}; exiting so that a restart resumes from the "
+            "last commit"
+        ) from exc
 
     def _rewind(self) -> None:
         """After an abort: state and positions go back to the last committed batch."""
         assignment = self.consumer.assignment()
-        committed = self.consumer.committed(assignment, timeout=30)
+        committed = self.consumer.committed(assignment, timeout=RECOVERY_TIMEOUT_S)
         for p in {tp.partition for tp in assignment}:
-            self.states[p] = self._restore(p)
+            self.states[p] = self._restore(p, timeout=RECOVERY_TIMEOUT_S)
         for tp in committed:
             if tp.offset < 0:
                 tp.offset = OFFSET_BEGINNING
