@@ -27,13 +27,21 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import NewTopic
 
 from streams import faust_eos
 from streams.config import Config
 from streams.credentials import faust_credentials
-from streams.errors import ConfigError, TopicLayoutError, UnderstudyError
-from streams.kafka import Topics, committed_reader, partition_counts, read_compacted, read_range
+from streams.errors import BrokerError, ConfigError, TopicLayoutError, UnderstudyError
+from streams.kafka import (
+    Topics,
+    admin,
+    committed_reader,
+    partition_counts,
+    read_compacted,
+    read_range,
+)
 from streams.merging import WindowMerger, dead_letter_record
 from streams.schemas import Codec, default_codec
 
@@ -131,6 +139,45 @@ class Evaluator:
             grace_ms=2 * cfg.window_ms,
         )
         app.agent(self.partials, name="merge")(self._agent)
+
+    def ensure_internal_topics(self, timeout: float = 30.0) -> list[str]:
+        """Create faust's own topics (table changelogs, leader) and wait until listed.
+
+        faust declares them at start and its consumer could join the group before the
+        broker's metadata listed them: its snapshot then said 0 partitions and every partial
+        crashed the agent with PartitionsMismatch until the next metadata refresh (5 min),
+        the process up all the while (seen in 2 of 5 SASL_SSL runs of test_sasl_ssl). Made
+        here, before faust starts, they exist and are listed when it looks. Returns the names
+        created.
+        """
+        rf = self.cfg.replication_factor
+        specs = [
+            NewTopic(
+                t.changelog_topic.get_topic_name(),
+                self.cfg.evaluator_partitions,
+                rf,
+                config={"cleanup.policy": "compact"},
+            )
+            for t in (self.windows, self.cumulative, self.meta, self.progress)
+        ]
+        # faust's LeaderAssignor topic (faust.assignor.leader_assignor), one partition
+        specs.append(NewTopic(f"{self.app.conf.id}-__assignor-__leader", 1, rf))
+        names = [s.topic for s in specs]
+        missing = [s for s in specs if s.topic not in partition_counts(self.cfg, names)]
+        if missing:
+            client = admin(self.cfg)
+            for name, fut in client.create_topics(missing, operation_timeout=timeout).items():
+                try:
+                    fut.result(timeout=timeout)
+                except KafkaException as exc:
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        while len(partition_counts(self.cfg, names)) < len(names):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"topics {names} not listed by the broker after {timeout:.0f} s")
+            time.sleep(0.1)
+        return [s.topic for s in missing]
 
     async def _restore_tables(self) -> None:
         """Load every table from its changelog (read_committed) once recovery reports done.
@@ -358,6 +405,7 @@ def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None =
         signal.signal(sig, early)
     check_topics(cfg)
     ev = Evaluator(cfg, datadir=datadir)
+    ev.ensure_internal_topics()
     worker = _worker_class()(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     code = 1
     try:
