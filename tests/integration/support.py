@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from hypothesis import strategies as st
 
 from streams.config import Config
 from streams.kafka import Topics, ensure_topics
@@ -244,3 +248,384 @@ def end_total(cfg: Config, topics: list[str], partitions: int) -> int:
         )
     finally:
         c.close()
+
+
+# -- fuzzing the stages with hostile input (errors are data) -----------------------------
+
+#: Floats every fuzz pool holds, whatever hypothesis draws besides.
+SPECIAL_FLOATS = (math.nan, math.inf, -math.inf, 1e308, -1e308, -0.0, 5e-324, -1.0)
+
+#: Strings every fuzz pool holds: emoji (a ZWJ sequence too), right-to-left text and an
+#: override, NUL, a byte-order mark, a lone combining mark, and very long ones.
+HOSTILE_TEXT = (
+    "😀🙃👩‍👩‍👧‍👦",
+    "שלום עולם",
+    "مرحبا بالعالم",
+    "\u202eevil\u202c",
+    "a\x00b",
+    "\x00",
+    "\ufeff",
+    "\u0301",
+    "x" * 5000,
+    "🦄" * 2500,
+)
+
+#: Event times no joiner may believe: microseconds, zero, next year, too old, the extremes.
+YEAR_MS = 366 * 86_400_000
+
+FUZZ_PRIMARY = "prim@1"
+FUZZ_CANDIDATE = "cand@1"
+
+
+@dataclass(frozen=True)
+class FuzzPool:
+    """What hypothesis draws for one batch: strings, floats and blobs to build events from."""
+
+    texts: tuple[str, ...]
+    floats: tuple[float, ...]
+    blobs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class FuzzMessage:
+    """One message of a fuzz batch and what the stage under test must make of it."""
+
+    kind: str
+    #: "requests" or "predictions": the Topics attribute it goes to
+    stream: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    #: the stage must turn it into exactly one dead letter
+    dead: bool
+    #: the event as encoded (None for bytes that are no event)
+    record: dict[str, Any] | None = None
+    #: the request group it belongs to (a request and its answers), -1 for none
+    group: int = -1
+
+
+def fuzz_pools() -> Any:
+    """Hypothesis strategy of :class:`FuzzPool`: drawn values plus the hostile constants."""
+    return st.builds(
+        FuzzPool,
+        texts=st.lists(st.text(min_size=1, max_size=30), min_size=6, max_size=6).map(
+            lambda xs: (*xs, *HOSTILE_TEXT)
+        ),
+        floats=st.lists(st.floats(), min_size=6, max_size=6).map(lambda xs: (*xs, *SPECIAL_FLOATS)),
+        blobs=st.lists(st.binary(max_size=64), min_size=4, max_size=4),
+    )
+
+
+def fuzz_plans(kinds: tuple[str, ...], n: int) -> Any:
+    """Hypothesis strategy of ``n`` (kind, seed) pairs: the mix of one batch.
+
+    Each message's kind comes from its seed and its index, so even hypothesis's simplest
+    example (every seed 0, always tried first) is a full mix, not 300 messages of one kind.
+    """
+    return st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n).map(
+        lambda seeds: [
+            (random.Random(f"{i}/{seed}").choice(kinds), seed) for i, seed in enumerate(seeds)
+        ]
+    )
+
+
+class FuzzBuilder:
+    """Turns a drawn plan into messages, good and bad, for ``stage`` ("worker"/"joiner").
+
+    Kinds (the worker reads requests only, so its kinds stay on that topic):
+
+    - ``request``: a good request (unicode id and feature names, NaN, inf, 1e308 features);
+      for the joiner with a primary and/or candidate answer or none, whose values and
+      latencies come from the same pool (NaN, inf, negative: counted, not dead letters);
+    - ``wide``: a good request with 10,000 feature names;
+    - ``bad_time``: event time in microseconds, 0, next year, too old, the long extremes:
+      a dead letter in the joiner, scored as usual by the worker;
+    - ``random_bytes``, ``truncated``, ``unknown_fingerprint``, ``wrong_type`` (a
+      Prediction or Label on the requests topic, a Request on the predictions topic),
+      ``tombstone``, ``empty_request_id``, ``null_key``, ``empty_key``, ``empty_model_id``,
+      ``invalid_utf8`` (Avro strings that are not UTF-8, as a foreign producer could write):
+      always dead letters.
+    """
+
+    GOOD = ("request", "request", "request", "request", "request", "wide")
+    BAD = (
+        "bad_time",
+        "random_bytes",
+        "truncated",
+        "unknown_fingerprint",
+        "wrong_type",
+        "tombstone",
+        "empty_request_id",
+        "null_key",
+        "empty_key",
+        "invalid_utf8",
+    )
+    WORKER_KINDS = GOOD + BAD
+    JOINER_KINDS = GOOD + BAD + ("empty_model_id",)
+
+    def __init__(self, stage: str, partitions: int, pool: FuzzPool, t0: int) -> None:
+        self.stage = stage
+        self.partitions = partitions
+        self.pool = pool
+        self.t0 = t0
+        self.codec = default_codec()
+        self.short = tuple(t[:12] for t in pool.texts)
+        self.out: list[FuzzMessage] = []
+
+    # -- pieces ------------------------------------------------------------------------
+
+    def _float(self, rng: random.Random) -> float:
+        if rng.random() < 0.5:
+            return rng.uniform(-1e3, 1e3)
+        return rng.choice(self.pool.floats)
+
+    def _rid(self, rng: random.Random, i: int) -> str:
+        return f"{i}:{rng.choice(self.pool.texts)}"  # the index keeps ids unique
+
+    def _time(self, rng: random.Random) -> int:
+        return self.t0 + rng.randrange(0, 5000)
+
+    def _bad_time(self, rng: random.Random) -> int:
+        return rng.choice(
+            (
+                self.t0 * 1000,
+                0,
+                self.t0 + YEAR_MS,
+                self.t0 - 15 * 60_000,
+                self.t0 + 15 * 60_000,
+                -1,
+                2**63 - 1,
+                -(2**63),
+            )
+        )
+
+    def _request(self, rng: random.Random, rid: str, t: int, wide: bool = False) -> dict[str, Any]:
+        texts = self.pool.texts
+        numeric = {rng.choice(texts): self._float(rng) for _ in range(rng.randint(0, 4))}
+        if rng.random() < 0.5:  # what the demo's models read, so some of them succeed
+            for name in ("sqft", "bedrooms", "bathrooms", "age_years", "distance_km"):
+                numeric[name] = self._float(rng)
+            numeric["lot_size"] = rng.uniform(0, 900)
+        if wide:
+            for j in range(10_000):
+                numeric[f"f{j}{rng.choice(self.short)}"] = self._float(rng)
+        categorical = {rng.choice(texts): rng.choice(texts) for _ in range(rng.randint(0, 3))}
+        context = {rng.choice(self.short): rng.choice(self.short) for _ in range(rng.randint(0, 2))}
+        return {
+            "request_id": rid,
+            "event_time": t,
+            "use_case": rng.choice(self.short),
+            "numeric_features": numeric,
+            "categorical_features": categorical,
+            "context": context,
+        }
+
+    def _prediction(
+        self, rng: random.Random, rid: str, t: int, primary: bool, model: str | None = None
+    ) -> dict[str, Any]:
+        failed = rng.random() < 0.1
+        latency = rng.choice((None, rng.uniform(0, 50), rng.uniform(0, 50), *self.pool.floats))
+        return {
+            "request_id": rid,
+            "event_time": t,
+            "model_id": model if model is not None else FUZZ_PRIMARY if primary else FUZZ_CANDIDATE,
+            "role": "PRIMARY" if primary else "CANDIDATE",
+            "value": None if failed else self._float(rng),
+            "latency_ms": latency,
+            "error": rng.choice(self.pool.texts)[:200] if failed else None,
+            "use_case": rng.choice(self.short),
+        }
+
+    def _emit(
+        self,
+        kind: str,
+        stream: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        dead: bool,
+        record: dict[str, Any] | None = None,
+        group: int = -1,
+    ) -> None:
+        self.out.append(FuzzMessage(kind, stream, partition, key, value, dead, record, group))
+
+    def _some_event(self, rng: random.Random, rid: str, t: int) -> tuple[str, str, dict[str, Any]]:
+        """A valid (stream, event name, record) the stage reads: a request or, for the
+        joiner, sometimes an answer."""
+        if self.stage == "joiner" and rng.random() < 0.4:
+            return "predictions", "Prediction", self._prediction(rng, rid, t, rng.random() < 0.5)
+        return "requests", "Request", self._request(rng, rid, t)
+
+    # -- the plan ------------------------------------------------------------------------
+
+    def build(self, plan: list[tuple[str, int]]) -> list[FuzzMessage]:
+        for i, (kind, seed) in enumerate(plan):
+            rng = random.Random(f"{kind}/{i}/{seed}")
+            getattr(self, f"_kind_{kind}")(rng, i, kind, rng.randrange(self.partitions))
+        return self.out
+
+    def _kind_request(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        rid, t = self._rid(rng, i), self._time(rng)
+        rec = self._request(rng, rid, t, wide=kind == "wide")
+        key = rid.encode()
+        self._emit(kind, "requests", p, key, self.codec.encode("Request", rec), False, rec, i)
+        if self.stage != "joiner":
+            return
+        for primary in (True, False):
+            if rng.random() < 0.8:
+                ans = self._prediction(rng, rid, t + rng.randrange(0, 50), primary)
+                value = self.codec.encode("Prediction", ans)
+                self._emit(kind, "predictions", p, key, value, False, ans, i)
+
+    _kind_wide = _kind_request
+
+    def _kind_bad_time(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        rid = self._rid(rng, i)
+        stream, name, rec = self._some_event(rng, rid, self._bad_time(rng))
+        dead = self.stage == "joiner"
+        value = self.codec.encode(name, rec)
+        self._emit(kind, stream, p, rid.encode(), value, dead, rec, -1 if dead else i)
+
+    def _kind_random_bytes(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        value = rng.choice((*self.pool.blobs, rng.randbytes(rng.randrange(0, 200))))
+        self._emit(kind, self._stream(rng), p, self._rid(rng, i).encode(), value, True)
+
+    def _kind_truncated(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        rid = self._rid(rng, i)
+        stream, name, rec = self._some_event(rng, rid, self._time(rng))
+        whole = self.codec.encode(name, rec)
+        self._emit(kind, stream, p, rid.encode(), whole[: rng.randrange(0, len(whole))], True)
+
+    def _kind_unknown_fingerprint(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        rid = self._rid(rng, i)
+        stream, name, rec = self._some_event(rng, rid, self._time(rng))
+        known = {
+            s.fingerprint for versions in self.codec.versions.values() for s in versions.values()
+        }
+        known |= {s.fingerprint for s in self.codec.schemas.values()}
+        fp = rng.randbytes(8)
+        while fp in known:
+            fp = rng.randbytes(8)
+        body = self.codec.encode(name, rec)[10:]
+        self._emit(kind, stream, p, rid.encode(), b"\xc3\x01" + fp + body, True)
+
+    def _kind_wrong_type(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        rid, t = self._rid(rng, i), self._time(rng)
+        if self.stage == "joiner" and rng.random() < 0.3:
+            value = self.codec.encode("Request", self._request(rng, rid, t))
+            self._emit(kind, "predictions", p, rid.encode(), value, True)
+        elif rng.random() < 0.7:
+            value = self.codec.encode("Prediction", self._prediction(rng, rid, t, True))
+            self._emit(kind, "requests", p, rid.encode(), value, True)
+        else:
+            label = {"request_id": rid, "event_time": t}
+            self._emit(kind, "requests", p, rid.encode(), self.codec.encode("Label", label), True)
+
+    def _kind_tombstone(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        self._emit(kind, self._stream(rng), p, self._rid(rng, i).encode(), None, True)
+
+    def _kind_empty_request_id(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        stream, name, rec = self._some_event(rng, "", self._time(rng))
+        key = rng.choice((b"x", self._rid(rng, i).encode()))
+        self._emit(kind, stream, p, key, self.codec.encode(name, rec), True, rec)
+
+    def _kind_null_key(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        stream, name, rec = self._some_event(rng, self._rid(rng, i), self._time(rng))
+        key = b"" if kind == "empty_key" else None
+        self._emit(kind, stream, p, key, self.codec.encode(name, rec), True, rec)
+
+    _kind_empty_key = _kind_null_key
+
+    def _kind_invalid_utf8(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        rid = f"{i}:@@@@"
+        stream, name, rec = self._some_event(rng, rid, self._time(rng))
+        value = self.codec.encode(name, rec)
+        bad = value.replace(
+            b"@@@@", rng.choice((b"\xff\xfe\xfd\xfc", b"\xed\xa0\x80!", b"a\xc3(b"))
+        )
+        self._emit(kind, stream, p, rid.encode(), bad, True)
+
+    def _kind_empty_model_id(self, rng: random.Random, i: int, kind: str, p: int) -> None:
+        rid, t = self._rid(rng, i), self._time(rng)
+        rec = self._prediction(rng, rid, t, rng.random() < 0.5, model="")
+        value = self.codec.encode("Prediction", rec)
+        self._emit(kind, "predictions", p, rid.encode(), value, True, rec)
+
+    def _stream(self, rng: random.Random) -> str:
+        if self.stage == "joiner" and rng.random() < 0.4:
+            return "predictions"
+        return "requests"
+
+
+def produce_fuzz(cfg: Config, messages: list[FuzzMessage]) -> list[tuple[str, int, int]]:
+    """Produce ``messages`` in order, each to its chosen partition; their (topic, partition,
+    offset), in the same order, once the broker acknowledged every one."""
+    topics = Topics(cfg.prefix)
+    p = Producer({"bootstrap.servers": cfg.bootstrap_servers, "enable.idempotence": True})
+    coords: list[tuple[str, int, int] | None] = [None] * len(messages)
+    errors: list[str] = []
+
+    def report(i: int) -> Callable[[Any, Any], None]:
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(f"message {i}: {err}")
+            else:
+                coords[i] = (msg.topic(), msg.partition(), msg.offset())
+
+        return on_delivery
+
+    for i, m in enumerate(messages):
+        topic = getattr(topics, m.stream)
+        send(p, topic, m.value, m.key, partition=m.partition, on_delivery=report(i))
+        p.poll(0)
+    assert p.flush(60) == 0
+    assert not errors, errors[:5]
+    assert all(c is not None for c in coords)
+    return [c for c in coords if c is not None]
+
+
+def dead_letters(cfg: Config, idle_s: float = 3.0) -> list[dict[str, Any]]:
+    """Every committed DeadLetter of ``<prefix>.deadletter``, decoded."""
+    codec = default_codec()
+    return [
+        codec.decode_as("DeadLetter", v)
+        for _, v, _ in read_all(cfg, Topics(cfg.prefix).deadletter, idle_s=idle_s)
+    ]
+
+
+def latest_ledgers(cfg: Config) -> dict[int, dict[str, dict[str, int]]]:
+    """The conservation ledger of each joiner partition, from its last '*' partial."""
+    codec = default_codec()
+    out: dict[int, dict[str, dict[str, int]]] = {}
+    for _, v, _ in read_all(cfg, Topics(cfg.prefix).partials):
+        rec = codec.decode_as("Partial", v)
+        if rec["candidate"] == "*" and rec.get("ledger"):
+            out[rec["joiner_partition"]] = rec["ledger"]
+    return out
+
+
+# -- fault tests (test_chaos.py) ------------------------------------------------------------
+
+
+#: What a producer with librdkafka's default ``message.max.bytes`` (1,000,000, which counts
+#: 36 bytes of record overhead too) lets through: key plus value. The broker's own default
+#: limit, 1,048,588 bytes a batch, is a little higher.
+KAFKA_MAX_MESSAGE = 1_000_000 - 36
+
+
+def biggest_messages(codec_name: str = "Request") -> dict[str, tuple[bytes, bytes]]:
+    """(key, value) pairs as large as a default producer sends, 10 bytes to spare:
+    ``garbage`` (random bytes under a one-byte key) and ``long_request_id`` (a valid
+    request whose request_id, and so its key, is half the limit)."""
+    codec = default_codec()
+    room = KAFKA_MAX_MESSAGE - 10
+    garbage = random.Random(7).randbytes(room - 1)
+    t = recent_base(0)
+    size = room // 2
+    while True:  # the varint length prefix makes the size a step function: search down
+        rid = "r" * size
+        value = codec.encode(codec_name, {"request_id": rid, "event_time": t})
+        if len(rid) + len(value) <= room:
+            break
+        size -= 1
+    return {"garbage": (b"g", garbage), "long_request_id": (rid.encode(), value)}
