@@ -6,15 +6,22 @@ demo candidates), the joiner and the evaluator run as their own processes, exact
 ``understudy worker/joiner/evaluator`` would. For ``--minutes`` (default 10) it prints:
 
 * the RSS of each stage (its whole process group) after the warm-up and at the end, with
-  the growth in % (goal: < 10%), and each stage's CPU % over the measured span;
+  the growth in % (goal: < 10%), and each stage's CPU % (of one core) over the measured
+  span, and this process's;
 * the consumer lag of the worker's and the joiner's group every ``--lag-every`` seconds
   (sum over partitions of end offset - committed offset; goal: not growing);
 * freshness of WINDOW snapshots on ``<prefix>.metrics``: emitted_at - window_end, p50 and
   p99 (goal: p99 within lateness + 1 s), over windows that ended after the warm-up and
-  before the traffic stopped;
+  before the traffic stopped, split into the joiner's part (until the window's last
+  partial was produced) and the rest (transaction commit, evaluator);
 * rates as ``name: N events/s`` lines, and whether the tap dropped anything;
 * after the traffic stops, whether the pipeline drained to a cumulative snapshot per
   candidate that counts every request sent, with the conservation law holding.
+
+The joiner's memory grows by design until join_ttl + max_age of traffic has passed: it
+keeps open joins for the join TTL and remembers finished ones for max_age (10 min by
+default) to recognise late duplicates, so with the defaults a 10-minute soak measures that
+fill, not a leak. ``--max-age-ms 120000 --warmup 180`` measures the plateau instead.
 
 Not a CI test (tests/integration/test_bench.py runs it once at a tiny load). Usage:
 ``python bench/soak.py [--minutes 10] [--rate 1000]``; uses KAFKA_BOOTSTRAP_SERVERS, else
@@ -192,16 +199,23 @@ class Offsets:
 
 @dataclass
 class MetricsWatch:
-    """Reads ``<prefix>.metrics`` in a thread: window freshness and the last cumulatives."""
+    """Reads ``<prefix>.metrics`` and ``<prefix>.partials`` in a thread.
+
+    From the metrics: each window snapshot's (window_end, emitted_at) and the last
+    cumulative per candidate. From the partials: when the last partial of each window was
+    produced (its Kafka timestamp), which splits a snapshot's delay into the joiner's part
+    and the part after it (transaction commit, evaluator consume, merge and publish).
+    """
 
     cfg: Config
     windows: list[tuple[int, int]] = field(default_factory=list)  # (window_end, emitted_at)
     cumulative: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_partial: dict[int, int] = field(default_factory=dict)  # window_end -> produced ms
     errors: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        topic = Topics(self.cfg.prefix).metrics
+        t = Topics(self.cfg.prefix)
         decode = default_codec().decode_as
         c = Consumer(
             {
@@ -211,14 +225,22 @@ class MetricsWatch:
                 "isolation.level": "read_committed",
             }
         )
-        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(parts)])
+        tps = []
+        for topic in (t.metrics, t.partials):
+            parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+            tps += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(parts)]
+        c.assign(tps)
         try:
             while not self.stop.is_set():
                 for m in c.consume(num_messages=1000, timeout=0.5):
                     if m.error() is not None:
                         continue
                     try:
+                        if m.topic() == t.partials:
+                            end = decode("Partial", m.value())["window_end"]
+                            ts = m.timestamp()[1]
+                            self.last_partial[end] = max(ts, self.last_partial.get(end, ts))
+                            continue
                         s = decode("MetricSnapshot", m.value())
                     except Exception:
                         self.errors += 1
@@ -229,6 +251,12 @@ class MetricsWatch:
                         self.cumulative[s["candidate"]] = s
         finally:
             c.close()
+
+
+def _percentiles(values: list[int]) -> str:
+    a = np.array(values, dtype=float) / 1000.0
+    p50, p99 = np.percentile(a, [50, 99])
+    return f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {a.max():.2f} s"
 
 
 def _wait_groups_stable(cfg: Config, groups: list[str], timeout: float) -> list[str]:
@@ -332,6 +360,7 @@ def soak(bootstrap: str, args: argparse.Namespace) -> int:
         }
         rss_warm = {s.name: s.rss() for s in stages}
         cpu_warm = {s.name: s.cpu_s() for s in stages}
+        cpu_self_warm = sum(os.times()[:2])
         for s in stages:
             _out(f"rss after warm-up {s.name}: {_mib(rss_warm[s.name])}")
 
@@ -369,6 +398,7 @@ def soak(bootstrap: str, args: argparse.Namespace) -> int:
         end_ms = int(time.time() * 1000)
         rss_end = {s.name: s.rss() for s in stages}
         cpu_end = {s.name: s.cpu_s() for s in stages}
+        cpu_self = sum(os.times()[:2]) - cpu_self_warm
         tap_sent = tap.stats().sent
         requests_end = offsets.end_total([t.requests])
         predictions_end = offsets.end_total([t.predictions])
@@ -387,6 +417,7 @@ def soak(bootstrap: str, args: argparse.Namespace) -> int:
         for s in stages:
             cpu = 100.0 * (cpu_end[s.name] - cpu_warm[s.name]) / span
             _out(f"cpu {s.name}: {cpu:.0f}%")
+        _out(f"cpu bench (service + tap + these readers): {100.0 * cpu_self / span:.0f}%")
         for g, series in lags.items():
             name = g.rsplit(".", 1)[1]
             trend = "n/a (fewer than 2 readings)"
@@ -405,17 +436,19 @@ def soak(bootstrap: str, args: argparse.Namespace) -> int:
         _out(f"partials: {(partials_end - warm['partials_end']) / span:,.1f} events/s")
 
         # freshness of windows that ended after the warm-up and before the traffic stopped
-        fresh = np.array(
-            [e - w for w, e in list(watch.windows) if warm["ms"] <= w <= end_ms], dtype=float
-        )
+        measured = [(w, e) for w, e in list(watch.windows) if warm["ms"] <= w <= end_ms]
         goal = cfg.lateness_ms + 1000
-        if fresh.size:
-            p50, p99 = np.percentile(fresh, [50, 99])
+        if measured:
             _out(
-                f"freshness: p50 {p50 / 1000:.2f} s, p99 {p99 / 1000:.2f} s, max "
-                f"{fresh.max() / 1000:.2f} s over {fresh.size} window snapshots "
-                f"(goal p99 <= {goal / 1000:.1f} s)"
+                f"freshness: {_percentiles([e - w for w, e in measured])} over "
+                f"{len(measured)} window snapshots (goal p99 <= {goal / 1000:.1f} s)"
             )
+            produced = dict(watch.last_partial)
+            split = [(produced[w] - w, e - produced[w]) for w, e in measured if w in produced]
+            if split:
+                joiner, after = [j for j, _ in split], [v for _, v in split]
+                _out(f"freshness joiner (last partial produced): {_percentiles(joiner)}")
+                _out(f"freshness after it (commit, evaluator): {_percentiles(after)}")
         else:
             _out("freshness: n/a (no window snapshot in the measured span)")
         before = [e - w for w, e in list(watch.windows) if started_ms <= w < warm["ms"]]

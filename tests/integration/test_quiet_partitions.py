@@ -260,15 +260,7 @@ def test_windows_close_while_traffic_flows(
     assert [p for p in range(PARTITIONS) if counts[p]] == sorted(busy), counts
     assert sum(counts) == sent
 
-    try:
-        final = wait_for(lambda: pipeline.final(sent), 90, f"final cumulatives ({shape})")
-    except AssertionError as exc:
-        last = {s["candidate"]: s for s in pipeline.snaps if s["scope"] == "CUMULATIVE"}
-        got = {c: (s["coverage"], s["conservation"]) for c, s in last.items()}
-        raise AssertionError(f"{exc}; last cumulatives: {got}") from None
-
-    windows = [s for s in list(pipeline.snaps) if s["scope"] == "WINDOW"]
-    during = [s for s in windows if s["_seen_ms"] < end_ms]
+    during = [s for s in list(pipeline.snaps) if s["scope"] == "WINDOW" and s["_seen_ms"] < end_ms]
     # windows (epoch-aligned) that hold traffic from their start and were due, by the
     # bound, before the traffic stopped: each must have been published while it flowed
     first_end = -(-start_ms // WINDOW_MS) * WINDOW_MS + WINDOW_MS
@@ -278,6 +270,25 @@ def test_windows_close_while_traffic_flows(
         seen = {s["window_end"] for s in during if s["candidate"] == cand}
         assert due <= seen, (shape, cand, sorted(due - seen), sorted(seen))
 
+    # and typically well within the bound: closed because every partition's progress passed
+    # the end (the silent ones through idleness), not by the evaluator's grace period, which
+    # alone would put every delay past 2 windows + lateness (a variant of this test with
+    # idle_flush_ms = 60 s showed it)
+    delays = sorted(s["emitted_at"] - s["window_end"] for s in during)
+    assert delays[len(delays) // 2] < 2 * WINDOW_MS, delays
+    print(
+        f"{shape}: {len(during)} window snapshots during traffic, delay p50 "
+        f"{delays[len(delays) // 2]} ms, max {delays[-1]} ms"
+    )
+
+    try:
+        final = wait_for(lambda: pipeline.final(sent), 90, f"final cumulatives ({shape})")
+    except AssertionError as exc:
+        last = {s["candidate"]: s for s in list(pipeline.snaps) if s["scope"] == "CUMULATIVE"}
+        got = {c: (s["coverage"], s["conservation"]) for c, s in last.items()}
+        raise AssertionError(f"{exc}; last cumulatives: {got}") from None
+
+    windows = [s for s in list(pipeline.snaps) if s["scope"] == "WINDOW"]
     # each window that ended while traffic flowed came within two windows (+ slack) of its end
     late = [
         (s["candidate"], s["window_end"], s["emitted_at"] - s["window_end"])
@@ -285,11 +296,6 @@ def test_windows_close_while_traffic_flows(
         if s["window_end"] <= end_ms and s["emitted_at"] - s["window_end"] > BOUND_MS
     ]
     assert not late, late
-    delays = sorted(s["emitted_at"] - s["window_end"] for s in during)
-    print(
-        f"{shape}: {len(during)} window snapshots during traffic, delay p50 "
-        f"{delays[len(delays) // 2]} ms, max {delays[-1]} ms"
-    )
 
     # at the end: every request counted once per candidate, and the law holds
     for cand in CANDIDATES:
