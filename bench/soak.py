@@ -444,7 +444,9 @@ def soak(bootstrap: str, args: argparse.Namespace) -> int:
                 f"{len(measured)} window snapshots (goal p99 <= {goal / 1000:.1f} s)"
             )
             produced = dict(watch.last_partial)
+            # a window's last partial produced after its snapshot is a late one: not a split
             split = [(produced[w] - w, e - produced[w]) for w, e in measured if w in produced]
+            split = [(j, a) for j, a in split if a >= 0]
             if split:
                 joiner, after = [j for j, _ in split], [v for _, v in split]
                 _out(f"freshness joiner (last partial produced): {_percentiles(joiner)}")
@@ -477,7 +479,8 @@ def soak(bootstrap: str, args: argparse.Namespace) -> int:
             law = snap.get("conservation") or {}
             _out(
                 f"cumulative {cand}: requests {snap['coverage']['requests']} of {requests_sent} "
-                f"sent, pairs {snap['coverage']['pairs']}, conservation holds {law.get('holds')}"
+                f"sent, pairs {snap['coverage']['pairs']}, conservation holds {law.get('holds')}, "
+                f"late partials {snap['late_partials']} of {snap['partials']}"
             )
         _out(f"drained: {'yes' if done else f'no (after {args.drain_s:.0f} s)'}")
         return 0
