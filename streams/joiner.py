@@ -31,6 +31,7 @@ from confluent_kafka import (
 )
 
 from streams.config import Config
+from streams.deadletter import clip, dead_letter_record
 from streams.errors import SchemaError, UnderstudyError
 from streams.join.clock import STREAMS
 from streams.joinstate import Emitted, PartitionState
@@ -348,7 +349,9 @@ class Joiner:
                     producer.produce(self.topics.joiner_state, value, key, partition=p)
                 producer.poll(0)
             for m, reason in dead:
-                producer.produce(self.topics.deadletter, self._dead_letter(m, reason), m.key())
+                producer.produce(
+                    self.topics.deadletter, self._dead_letter(m, reason), clip(m.key())
+                )
                 self.stats.dead_letters += 1
             positions = [
                 tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0
@@ -398,16 +401,16 @@ class Joiner:
 
     def _dead_letter(self, m: Message, reason: str) -> bytes:
         return self._encode_dead(
-            {
-                "stage": "joiner",
-                "reason": reason,
-                "source_topic": m.topic(),
-                "source_partition": m.partition(),
-                "source_offset": m.offset(),
-                "key": m.key(),
-                "value": m.value(),
-                "time": int(time.time() * 1000),
-            }
+            dead_letter_record(
+                "joiner",
+                reason,
+                topic=m.topic() or "",
+                partition=m.partition() or 0,
+                offset=m.offset() or 0,
+                key=m.key(),
+                value=m.value(),
+                now=int(time.time() * 1000),
+            )
         )
 
 

@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from streams.deadletter import MAX_ID_CHARS
 from streams.join.clock import EventClock
 from streams.join.ledger import Ledger
 from streams.join.table import Answer, Entry, JoinTable
@@ -44,6 +45,10 @@ from streams.join.windows import Emitted, Key, Windows
 from streams.metrics.partial import SHARED, PartialStats
 
 __all__ = ["Emitted", "PartitionState"]
+
+MAX_CANDIDATES = 64
+"""Distinct candidate model ids per partition: each one adds a column to every ledger."""
+MAX_MODEL_CHARS = 256
 
 KEY_ENTRY = b"e"
 KEY_ACC = b"a"
@@ -111,6 +116,8 @@ class PartitionState:
     def _refuse(self, rid: Any, t: Any, now: int | None) -> str | None:
         if not isinstance(rid, str) or not rid:
             return "empty request_id"
+        if len(rid) > MAX_ID_CHARS:
+            return f"request_id longer than {MAX_ID_CHARS} characters"
         if not isinstance(t, int):
             return f"event_time {t!r} is not an integer of milliseconds"
         if now is not None:
@@ -171,6 +178,18 @@ class PartitionState:
         model = rec.get("model_id")
         if reason is None and (not isinstance(model, str) or not model):
             reason = "empty model_id"
+        elif reason is None and len(model) > MAX_MODEL_CHARS:  # type: ignore[arg-type]
+            reason = f"model_id longer than {MAX_MODEL_CHARS} characters"
+        elif (
+            reason is None
+            and rec.get("role") != "PRIMARY"
+            and model not in self.ledger.book
+            and len(self.candidates) >= MAX_CANDIDATES
+        ):
+            reason = (
+                f"more than {MAX_CANDIDATES} candidate model ids on one partition: "
+                f"{model!r} is refused (a producer writing a new model_id per request?)"
+            )
         if reason is not None:
             self.on_dead_letter("predictions")
             return reason
@@ -329,6 +348,11 @@ class PartitionState:
         """The whole partition is idle: processing time ``now`` moves its watermark."""
         if self.clock.idle_until(now):
             self._meta_dirty = True
+            wm = self.clock.wm
+            if self._unplaced_dead and wm is not None:
+                # a partition that has only seen bad messages: its dead letters need a window
+                self.windows.count(SHARED, wm, "dead_letters", self._unplaced_dead)
+                self._unplaced_dead = 0
             self._progress()
 
     def finish_open(self) -> None:

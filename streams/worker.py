@@ -50,6 +50,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.clientlog import CLIENT_LOG
 from streams.config import Config
+from streams.deadletter import MAX_ID_CHARS, clip, dead_letter_record
 from streams.errors import BrokerError, ConfigError, SchemaError
 from streams.kafka import (
     Topics,
@@ -308,6 +309,13 @@ class ShadowWorker:
             if not record["request_id"]:
                 self._dead_letter(msg, "request has an empty request_id")
                 continue
+            if len(record["request_id"]) > MAX_ID_CHARS:
+                self._dead_letter(
+                    msg,
+                    f"request_id longer than {MAX_ID_CHARS} characters (its predictions "
+                    "would not fit in a Kafka message)",
+                )
+                continue
             if not msg.key():
                 self._dead_letter(
                     msg, "request has a null or empty key (it must be the request_id)"
@@ -358,18 +366,18 @@ class ShadowWorker:
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.stats.dead_letters += 1
         value = self._encode_dead_letter(
-            {
-                "stage": "worker",
-                "reason": reason,
-                "source_topic": msg.topic(),
-                "source_partition": msg.partition(),
-                "source_offset": msg.offset(),
-                "key": msg.key(),
-                "value": msg.value(),
-                "time": int(time.time() * 1000),
-            }
+            dead_letter_record(
+                "worker",
+                reason,
+                topic=msg.topic() or "",
+                partition=msg.partition() or 0,
+                offset=msg.offset() or 0,
+                key=msg.key(),
+                value=msg.value(),
+                now=int(time.time() * 1000),
+            )
         )
-        self._produce(self.topics.deadletter, value, msg.key(), _ANY_PARTITION)
+        self._produce(self.topics.deadletter, value, clip(msg.key()), _ANY_PARTITION)
 
     # -- delivery and commit ---------------------------------------------------------------
 

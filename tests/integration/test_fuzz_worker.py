@@ -18,8 +18,9 @@ labels, non-finite scores). After the worker went idle:
 
 No shrinking: each example is a run on the broker, and a failing one prints its kinds.
 
-A targeted case beyond the mix, a defect marked xfail (strict) with the fix proposed: a
-request as large as a default producer sends (its dead letter or prediction is larger).
+A targeted case beyond the mix, a defect these tests found and that is now fixed: a request
+as large as a default producer sends (its dead letter or prediction was larger: dead
+letters are now cut to fit, and a request_id too long to echo is a dead letter).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from support import (
 )
 
 from streams.config import Config
-from streams.errors import BrokerError
 from streams.kafka import Topics, ensure_topics
 from streams.models import Candidate, load_candidate
 from streams.schemas import default_codec
@@ -158,23 +158,9 @@ def test_hostile_requests_are_dead_letters_and_good_ones_are_scored(
     assert sum(errors.values()) == stats.errors
 
 
-TOO_LARGE = pytest.mark.xfail(
-    strict=True,
-    raises=BrokerError,
-    reason=(
-        "defect (streams/worker.py, ShadowWorker._produce): the dead letter or prediction "
-        "of a message near the size limit is larger than the limit; produce() raises "
-        "MSG_SIZE_TOO_LARGE, the worker exits 1 without committing and every restart "
-        "fails on the same offset (a poison pill: the partition stops). Fix: bound what "
-        "a dead letter copies (truncate key and value, say so in the reason) and "
-        "dead-letter a request whose prediction would not fit"
-    ),
-)
-
-
 @pytest.mark.parametrize(
     "kind",
-    [pytest.param("garbage", marks=TOO_LARGE), pytest.param("long_request_id", marks=TOO_LARGE)],
+    ["garbage", "long_request_id"],
 )
 def test_a_request_as_large_as_kafka_takes_is_a_dead_letter_or_a_prediction(
     kafka_bootstrap: str, prefix: str, kind: str

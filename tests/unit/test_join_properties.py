@@ -277,3 +277,25 @@ def test_a_duplicate_after_its_join_finished_is_still_a_duplicate() -> None:
     assert cov == {"duplicates": 2, "no_primary": 0}
     assert s.ledger.terms(CANDS[0])["requests"] == 2
     assert s.ledger.holds()
+
+
+def test_dead_letters_of_a_partition_with_nothing_else_are_published_once_it_idles() -> None:
+    s = new_state()
+    s.on_dead_letter("requests")
+    s.on_dead_letter("requests")
+    assert s.advance(close_all=True) == []  # no event time yet: nowhere to put them
+    s.idle_until(NOW)
+    out = s.advance(close_all=True)
+    assert sum(e.stats.coverage["dead_letters"] for e in out) == 2
+    led = [e.ledger for e in out if e.ledger]
+    assert led and led[-1][BASELINE]["dead_letters"] == 2
+
+
+def test_ids_that_would_not_fit_and_a_flood_of_model_ids_are_refused() -> None:
+    s = new_state()
+    assert s.on_request(req("x" * 5_000, T0), NOW) is not None
+    assert s.on_prediction(pred("a", T0, "m" * 300), NOW) is not None
+    refused = [s.on_prediction(pred("a", T0, f"cand-{i}"), NOW) for i in range(70)]
+    assert refused[:64] == [None] * 64
+    assert all(r is not None and "more than 64" in r for r in refused[64:])
+    assert len(s.ledger.book) == 65  # 64 candidates and the baseline
