@@ -120,3 +120,32 @@ class ClientLog:
 #: The process-wide instance every client made by ``client_config`` shares, so an outage
 #: is reported once per kind whatever the number of clients.
 CLIENT_LOG: Final = ClientLog()
+
+
+class RateLimitFilter(logging.Filter):
+    """A logging filter for Python Kafka clients (aiokafka, under faust): one record per
+    (logger, level, message template) every ``every`` seconds, with the suppressed count
+    appended to the next one; errors of the same shape during an outage come rarely.
+    """
+
+    def __init__(self, every: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.limiter = RateLimiter(every, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        suppressed = self.limiter.allow((record.name, record.levelno, str(record.msg)))
+        if suppressed is None:
+            return False
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} more like this in the last period)"
+        return True
+
+
+def quiet_python_clients(names: tuple[str, ...] = ("aiokafka", "kafka", "faust")) -> None:
+    """Rate-limit the warnings and errors of Python Kafka client loggers (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
+            logger.addFilter(RateLimitFilter())

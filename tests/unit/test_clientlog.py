@@ -163,3 +163,24 @@ def test_clients_against_a_closed_port_log_a_couple_of_lines_in_5_s(
     lines = messages(caplog, "streams.librdkafka")
     assert 1 <= len(lines) <= 2, lines
     assert any("Connection refused" in line for line in lines)
+
+
+def test_python_client_records_are_rate_limited_with_a_count() -> None:
+    import logging
+
+    from streams.clientlog import RateLimitFilter
+
+    now = [0.0]
+    f = RateLimitFilter(every=30.0, clock=lambda: now[0])
+
+    def rec(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka.conn", level, __file__, 1, msg, None, None)
+
+    assert f.filter(rec("Unable connect to %s"))
+    assert not any(f.filter(rec("Unable connect to %s")) for _ in range(100))
+    assert f.filter(rec("another message"))
+    assert f.filter(rec("Unable connect to %s", logging.INFO))  # below WARNING: untouched
+    now[0] = 31.0
+    again = rec("Unable connect to %s")
+    assert f.filter(again)
+    assert "100 more like this" in str(again.msg)
