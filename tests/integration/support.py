@@ -607,6 +607,146 @@ def latest_ledgers(cfg: Config) -> dict[int, dict[str, dict[str, int]]]:
 # -- fault tests (test_chaos.py) ------------------------------------------------------------
 
 
+def produce_served(
+    cfg: Config,
+    n: int,
+    *,
+    seed: int = 5,
+    step_ms: int = 2,
+    end_ago_ms: int = 45_000,
+    base: int | None = None,
+    candidates: bool = False,
+) -> dict[str, int]:
+    """What a served house-price API mirrors: ``n`` requests with the demo market's features
+    and the primary's answers, written with a plain idempotent producer; returns the counts.
+
+    Fixed, deterministic content: the primary (``price-linear@3``) skips every 70th request
+    (from the 4th) and every 97th answer is sent twice. ``candidates``: also the answers of
+    two candidates, ``c1@1`` and ``c2@1`` (c2 skips every 50th; every 97th sent twice), for
+    tests that run no worker. Event times are ``step_ms`` apart and end at least
+    ``end_ago_ms`` before now (or start at ``base``, to give two prefixes the very same
+    events): old enough that a joiner's first idle tick finishes every join of a shorter
+    TTL, recent enough to be believed (``max_age_ms``).
+    """
+    from streams.demo_models import PRIMARY_ID, HouseMarket, primary
+
+    ensure_topics(cfg)
+    t = Topics(cfg.prefix)
+    codec = default_codec()
+    enc_req, enc_pred = codec.encoder("Request"), codec.encoder("Prediction")
+    rng = np.random.default_rng(seed)
+    latency = rng.lognormal(1.0, 0.6, (3, n))
+    noise = rng.normal(0.0, 6.0, (2, n))
+    if base is None:
+        base = served_base(n, step_ms, end_ago_ms)
+    p = Producer(
+        {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "partitioner": "murmur2_random",
+            "linger.ms": 20,
+            "enable.idempotence": True,
+        }
+    )
+    counts = dict.fromkeys(("requests", "primary", "c1@1", "c2@1", "sent_twice"), 0)
+    for i, (numeric, categorical, context) in enumerate(HouseMarket(seed).sample(n)):
+        rid = f"srv-{i}"
+        key, ts = rid.encode(), base + i * step_ms
+        request = {
+            "request_id": rid,
+            "event_time": ts,
+            "use_case": "house-price",
+            "numeric_features": numeric,
+            "categorical_features": categorical,
+            "context": context,
+        }
+        send(p, t.requests, enc_req(request), key)
+        counts["requests"] += 1
+        value = primary.predict_one({**numeric, **categorical})
+        answers = [] if i % 70 == 3 else [(PRIMARY_ID, "PRIMARY", value, 0)]
+        if candidates:
+            answers.append(("c1@1", "CANDIDATE", value + noise[0, i], 1))
+            if i % 50:
+                answers.append(("c2@1", "CANDIDATE", value * 1.02 + noise[1, i], 2))
+        for model, role, v, j in answers:
+            encoded = enc_pred(
+                {
+                    "request_id": rid,
+                    "event_time": ts,
+                    "model_id": model,
+                    "role": role,
+                    "value": float(v),
+                    "latency_ms": float(latency[j, i]),
+                    "use_case": "house-price",
+                }
+            )
+            send(p, t.predictions, encoded, key)
+            counts["primary" if role == "PRIMARY" else model] += 1
+            if i % 97 == 0:
+                send(p, t.predictions, encoded, key)  # an at-least-once duplicate
+                counts["sent_twice"] += 1
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    return counts
+
+
+def served_base(n: int, step_ms: int = 2, end_ago_ms: int = 45_000) -> int:
+    """The first event time of :func:`produce_served`: on a 10 s boundary, ``n`` events
+    ``step_ms`` apart ending at least ``end_ago_ms`` ago."""
+    now = int(time.time() * 1000)
+    return (now - end_ago_ms - n * step_ms) // 10_000 * 10_000
+
+
+def ledgers(cfg: Config) -> dict[str, dict[str, int]]:
+    """The conservation law as the joiner published it: per candidate, each term summed
+    over the joiner partitions' latest ledgers (a partition whose ledger lacks a candidate
+    counts its ``*`` baseline, as the evaluator does). Empty before any ``*`` partial."""
+    codec = default_codec()
+    latest: dict[int, dict[str, dict[str, int]]] = {}
+    for _, v, _ in read_all(cfg, Topics(cfg.prefix).partials, idle_s=1.0):
+        rec = codec.decode_as("Partial", v)
+        if rec["candidate"] == "*" and rec["ledger"]:
+            latest[rec["joiner_partition"]] = rec["ledger"]
+    names = {c for book in latest.values() for c in book}
+    out: dict[str, dict[str, int]] = {}
+    for cand in sorted(names):
+        total: dict[str, int] = {}
+        for book in latest.values():
+            for term, count in book.get(cand, book["*"]).items():
+                total[term] = total.get(term, 0) + count
+        out[cand] = total
+    return out
+
+
+def law_holds(terms: dict[str, int]) -> bool:
+    """``requests`` equals the sum of every other term (see streams/join/ledger.py)."""
+    return terms["requests"] == sum(v for k, v in terms.items() if k != "requests")
+
+
+def without(record: dict[str, Any], *paths: str) -> dict[str, Any]:
+    """A copy of a nested record without the dotted ``paths`` (``"coverage.duplicates"``)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in record.items()}
+    for path in paths:
+        head, _, tail = path.partition(".")
+        if tail:
+            out[head].pop(tail, None)
+        else:
+            out.pop(head, None)
+    return out
+
+
+def messages_per_key(cfg: Config, topic: str) -> dict[tuple[str, str], int]:
+    """How many times each (request_id, model_id) is on the predictions topic, or each
+    (request_id, "") on the requests topic."""
+    codec = default_codec()
+    out: dict[tuple[str, str], int] = {}
+    for _, v, _ in read_all(cfg, topic, idle_s=1.0):
+        name, rec = codec.decode(v)
+        key = (rec["request_id"], rec.get("model_id", "") if name == "Prediction" else "")
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 #: What a producer with librdkafka's default ``message.max.bytes`` (1,000,000, which counts
 #: 36 bytes of record overhead too) lets through: key plus value. The broker's own default
 #: limit, 1,048,588 bytes a batch, is a little higher.

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from support import (
     committed_total,
@@ -46,6 +47,7 @@ def _run_joiner_to_end(cfg: Config, log: Path, *argv: str) -> None:
     assert proc.wait(300) == 0, log.read_text()[-3000:]
 
 
+@pytest.mark.chaos
 def test_joiner_killed_mid_run_ends_with_the_same_numbers(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -145,6 +147,7 @@ def _comparable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k != "emitted_at"}
 
 
+@pytest.mark.chaos
 def test_evaluator_killed_mid_run_publishes_nothing_twice(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
