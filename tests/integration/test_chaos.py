@@ -9,9 +9,10 @@ cumulative numbers as a run without the fault (issue 6, item 7).
 - a joiner restarted with nothing left to read must still close its windows when idle.
 
 The last one is a strict xfail and the outage one a non-strict xfail: both name the joiner
-bug they hit (see their reasons). The joiner SIGKILL and evaluator SIGKILL tests live in test_recovery.py, marked ``chaos``
-too. Events are old enough (``produce_served``) that a joiner's first idle tick finishes
-every join, so both runs of a comparison classify every request the same way.
+bug they hit (see their reasons). The joiner SIGKILL and evaluator SIGKILL tests live in
+test_recovery.py, marked ``chaos`` too. Events are old enough (``produce_served``) that
+every join has finished when a joiner idles, so both runs of a comparison classify every
+request the same way.
 """
 
 from __future__ import annotations
