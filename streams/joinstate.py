@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -214,7 +215,7 @@ class PartitionState:
                 if primary:
                     f.prim = True
                 else:
-                    f.models.add(model)
+                    f.models = (*f.models, sys.intern(model))
                 self.table.touch(rid)
                 self._answered(key, t, ans, primary)
                 self.windows.count(key, t, "expired")

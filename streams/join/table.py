@@ -12,6 +12,7 @@ arrives, in memory bounded by rate x max_age.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,10 +50,12 @@ class Finished:
 
     __slots__ = ("forget_at", "models", "prim", "req")
 
-    def __init__(self, forget_at: int, req: bool, prim: bool, models: set[str]) -> None:
+    def __init__(self, forget_at: int, req: bool, prim: bool, models: tuple[str, ...]) -> None:
         self.forget_at = forget_at
         self.req = req
         self.prim = prim
+        #: a tuple of interned ids, not a set: one is kept per request for max_age, and an
+        #: empty set alone costs 216 bytes
         self.models = models
 
     def dump(self) -> dict[str, Any]:
@@ -60,7 +63,12 @@ class Finished:
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> Finished:
-        return cls(int(data["f"]), bool(data["r"]), bool(data["p"]), set(data["c"]))
+        return cls(
+            int(data["f"]),
+            bool(data["r"]),
+            bool(data["p"]),
+            tuple(sys.intern(c) for c in data["c"]),
+        )
 
 
 class JoinTable:
@@ -109,7 +117,8 @@ class JoinTable:
 
     def finish(self, rid: str, e: Entry) -> None:
         first_seen = e.deadline - self.ttl_ms
-        f = Finished(first_seen + self.remember_ms, e.req, e.prim is not None, set(e.cands))
+        models = tuple(sys.intern(c) for c in e.cands)
+        f = Finished(first_seen + self.remember_ms, e.req, e.prim is not None, models)
         self.done[rid] = f
         heapq.heappush(self._forget, (f.forget_at, rid))
         self.dirty.add(rid)
