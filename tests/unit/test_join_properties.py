@@ -293,7 +293,7 @@ def test_dead_letters_of_a_partition_with_nothing_else_are_published_once_it_idl
 
 def test_ids_that_would_not_fit_and_a_flood_of_model_ids_are_refused() -> None:
     s = new_state()
-    assert s.on_request(req("x" * 5_000, T0), NOW) is not None
+    assert s.on_request(req("x" * 70_000, T0), NOW) is not None
     assert s.on_prediction(pred("a", T0, "m" * 300), NOW) is not None
     refused = [s.on_prediction(pred("a", T0, f"cand-{i}"), NOW) for i in range(70)]
     assert refused[:64] == [None] * 64
