@@ -278,7 +278,15 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
             "joiner a's first commit",
             [a],
         )
-        b = stage(moved, "joiner", "--instance", "b", log=b_log)
+        # a frozen, so that b joins while a's partitions still hold most of their input
+        # (a busy machine may otherwise let a finish first); thawed well within its session
+        os.killpg(a.pid, signal.SIGSTOP)
+        try:
+            b = stage(moved, "joiner", "--instance", "b", log=b_log)
+            wait_for(lambda: "joining" in b_log.read_text(), 10, "joiner b to start", [b])
+            time.sleep(2)
+        finally:
+            os.killpg(a.pid, signal.SIGCONT)
         b_id = f"{moved.prefix}.joiner.b"
         held = wait_for(
             _answer(lambda: _assignment(admin, group).get(b_id)),
