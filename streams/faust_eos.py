@@ -30,10 +30,11 @@ test_recovery.py), then reading faust's source for why:
    in between made the second one send offsets with no transaction open: ``IllegalOperation:
    Not in the middle of a transaction``, raised out of ``Consumer.on_stop``, so the
    consumer's thread was never stopped and the process, its event loop closed, waited for
-   that thread for ever (5 of 11 stops did not finish within 30 s). The closing commit
-   now shuts the gate for good, and a commit after it is a no-op: nothing was applied since,
-   and whatever faust acked meanwhile is replayed and skipped by the applied-offset marker
-   of the next run.
+   that thread for ever (5 of 11 stops did not finish within 30 s). The closing commit of a
+   stopping app (faust ends its transactions the same way on every rebalance, and begins
+   new ones after) now shuts the gate for good, and a commit after it is a no-op: nothing
+   was applied since, and whatever faust acked meanwhile is replayed and skipped by the
+   applied-offset marker of the next run.
 
 These are installed process-wide (they patch faust classes), once, by :func:`install`.
 """
@@ -113,7 +114,10 @@ def _transactions_class() -> type:
                 return False  # the closing commit ran; nothing was applied since
             gate = _Gate.get()
             gate.clear()
-            if not start_new_transaction:
+            # faust also ends its transactions this way on every rebalance (wait_empty in
+            # App._on_partitions_revoked) and begins new ones on assignment: only the one
+            # of a stopping app is the last
+            if not start_new_transaction and self.app.should_stop:
                 _Gate.closed = True
             try:
                 producer = self.app.producer
