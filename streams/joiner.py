@@ -238,7 +238,6 @@ class Joiner:
                 continue
             topic = m.topic()
             stream = "requests" if topic == requests else "predictions"
-            last_seen[(part, stream)] = wall
             touched.add(part)
             ts_type, ts = m.timestamp()
             now = ts if ts_type != TIMESTAMP_NOT_AVAILABLE else int(time.time() * 1000)
@@ -247,8 +246,12 @@ class Joiner:
                     raise SchemaError("message has no key (the request_id must be the key)")
                 name, rec = decode(m.value())
                 if topic == requests and name == "Request":
+                    last_seen[(part, stream)] = wall
                     reason = st.on_request(rec, now)
                 elif topic == predictions and name == "Prediction":
+                    # the primary's answers and the candidates' are two streams in time
+                    kind = "predictions" if rec.get("role") == "PRIMARY" else "candidates"
+                    last_seen[(part, kind)] = wall
                     reason = st.on_prediction(rec, now)
                 else:
                     raise SchemaError(f"a {name} message does not belong on {topic}")
@@ -299,6 +302,7 @@ class Joiner:
         watermark from the last fetch says which.
         """
         topic = self.topics.requests if stream == "requests" else self.topics.predictions
+        # ("candidates" are answers on the predictions topic too)
         tp = TopicPartition(topic, p)
         try:
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)

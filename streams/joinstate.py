@@ -78,7 +78,7 @@ class PartitionState:
         self.ttl_ms = ttl_ms
         self.max_age_ms = max_age_ms
         self.max_skew_ms = max_skew_ms
-        self.clock = EventClock(lateness_ms)
+        self.clock = EventClock(lateness_ms, ttl_ms)
         self.table = JoinTable(ttl_ms, max_age_ms, max_pending)
         self.windows = Windows(window_ms)
         self.ledger = Ledger()
@@ -219,7 +219,7 @@ class PartitionState:
                 self.table.touch(rid)
                 self._answered(key, t, ans, primary)
                 self.windows.count(key, t, "expired")
-            self._after("predictions", t)
+            self._after("predictions" if primary else "candidates", t)
             return None
         e = self.table.open(rid, t)
         if primary:
@@ -245,7 +245,7 @@ class PartitionState:
                 if e.req:
                     self.ledger.pair((model,))
                     self._meta_dirty = True
-        self._after("predictions", t)
+        self._after("predictions" if primary else "candidates", t)
         return None
 
     def _answered(self, key: str, t: int, ans: Answer, primary: bool) -> None:

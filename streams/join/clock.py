@@ -15,15 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
-STREAMS = ("requests", "predictions")
+STREAMS = ("requests", "predictions", "candidates")
+"""``predictions`` are the primary's answers (the service's own), ``candidates`` the shadow
+workers' answers, which come later: a watermark driven by the primary alone would close
+windows before the candidates answered, and their pairs would all be late."""
+REQUIRED = ("requests", "predictions")
+"""Streams that must have been seen (or declared idle) before there is a watermark. The
+candidates' stream holds it back once seen, until declared idle, and by at most
+``max_lag_ms`` (the join TTL: an answer later than that cannot join anyway)."""
 NEVER = -(2**62)
 
 
 class EventClock:
-    __slots__ = ("floor", "idle", "lateness_ms", "max_time", "wm")
+    __slots__ = ("floor", "idle", "lateness_ms", "max_lag_ms", "max_time", "wm")
 
-    def __init__(self, lateness_ms: int) -> None:
+    def __init__(self, lateness_ms: int, max_lag_ms: int) -> None:
         self.lateness_ms = lateness_ms
+        self.max_lag_ms = max_lag_ms
         self.max_time: dict[str, int] = {}
         self.idle: set[str] = set()
         #: watermark reached through idleness (processing time), never moved back
@@ -54,11 +62,14 @@ class EventClock:
         watermark driven by one stream alone would close windows whose other halves are
         still unread.
         """
-        active = [self.max_time[s] for s in STREAMS if s in self.max_time and s not in self.idle]
-        waiting = any(s not in self.max_time and s not in self.idle for s in STREAMS)
+        active = [self.max_time[s] for s in REQUIRED if s in self.max_time and s not in self.idle]
+        waiting = any(s not in self.max_time and s not in self.idle for s in REQUIRED)
         wm: int | None = None
         if active and not waiting:
             wm = min(active) - self.lateness_ms
+            cand = self.max_time.get("candidates")
+            if cand is not None and "candidates" not in self.idle:
+                wm = min(wm, max(cand - self.lateness_ms, wm - self.max_lag_ms))
         if self.floor is not None and (wm is None or self.floor > wm):
             wm = self.floor
         return wm

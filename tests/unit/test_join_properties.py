@@ -266,8 +266,9 @@ def test_a_duplicate_after_its_join_finished_is_still_a_duplicate() -> None:
     s.on_prediction(pred("a", T0, PRIMARY), NOW)
     s.on_prediction(pred("a", T0, CANDS[0]), NOW)
     # later traffic pushes the watermark past a's deadline: its join finishes
-    s.on_request(req("b", T0 + 2 * TTL), NOW)
-    s.on_prediction(pred("b", T0 + 2 * TTL, PRIMARY), NOW)
+    # (a candidate's stream may hold the watermark back by up to the TTL)
+    s.on_request(req("b", T0 + 3 * TTL), NOW)
+    s.on_prediction(pred("b", T0 + 3 * TTL, PRIMARY), NOW)
     assert "a" not in s.pending
     s.on_prediction(pred("a", T0, CANDS[0]), NOW)  # an at-least-once copy, long after
     s.on_request(req("a", T0), NOW)
@@ -299,3 +300,28 @@ def test_ids_that_would_not_fit_and_a_flood_of_model_ids_are_refused() -> None:
     assert refused[:64] == [None] * 64
     assert all(r is not None and "more than 64" in r for r in refused[64:])
     assert len(s.ledger.book) == 65  # 64 candidates and the baseline
+
+
+def test_windows_wait_for_the_candidates_answers_up_to_the_join_ttl() -> None:
+    """The primary answers at once, the shadow worker later: a window closed on the
+    primary's time alone would publish without the candidates' pairs (all of them late)."""
+    s = new_state()
+    for i in range(30):  # requests and primary answers every 100 ms for 3 s
+        t = T0 + i * 100
+        s.on_request(req(f"r{i}", t), NOW)
+        s.on_prediction(pred(f"r{i}", t, PRIMARY), NOW)
+        if i == 0:
+            s.on_prediction(pred("r0", T0, CANDS[0]), NOW)  # the worker answered r0 only
+    on_time = [e for e in s.advance() if e.window_start == T0 - T0 % W]
+    assert not on_time, "the window closed before the candidate caught up"
+    for i in range(1, 30):
+        s.on_prediction(pred(f"r{i}", T0 + i * 100, CANDS[0]), NOW)
+    out = [e for e in s.advance() if e.window_start == T0 - T0 % W and e.candidate == CANDS[0]]
+    assert out and out[0].seq == 0 and out[0].stats.coverage["pairs"] == 10
+    # a candidate lagging more than the TTL holds nothing back any more
+    for i in range(30, 100):
+        t = T0 + i * 100
+        s.on_request(req(f"r{i}", t), NOW)
+        s.on_prediction(pred(f"r{i}", t, PRIMARY), NOW)
+    wm = s.watermark()
+    assert wm is not None and wm >= T0 + 99 * 100 - LATENESS - TTL

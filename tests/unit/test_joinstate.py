@@ -217,6 +217,7 @@ def test_expiry_reasons_after_the_watermark_passes_the_deadline() -> None:
             req("expired", t),
         ],
     )
+    st.mark_idle("candidates")  # no more candidate answers: only requests and primary drive
     emitted = st.advance()
     deadline = t + ttl
 
@@ -316,7 +317,8 @@ def test_late_data_long_after_close_is_still_marked_late() -> None:
         (SHARED, 0),
     }
     feed(st, [req("late", 500), pred("late", 500, PRIMARY, 1.0), pred("late", 500, CAND_A, 2.0)])
-    feed(st, [req("next", 21_000), pred("next", 21_000, PRIMARY, 1.0)])  # progress moves
+    feed(st, [req("next", 21_000), pred("next", 21_000, PRIMARY, 1.0)])
+    feed(st, [pred("next", 21_000, CAND_A, 1.0)])  # progress moves on every stream
     late = [e for e in st.advance() if e.window_start == 0]
     assert late
     assert all(e.seq > 0 for e in late)
@@ -330,6 +332,7 @@ def test_windows_close_only_when_the_watermark_passes_their_end() -> None:
     st = PartitionState(0, W, lateness, 60_000)
     feed(st, [req("r", 100), pred("r", 100, PRIMARY, 1.0, latency=2.0)])
     feed(st, [pred("r", 100, CAND_A, 3.0, latency=5.0)])
+    st.mark_idle("candidates")  # the candidate has answered all: its stream goes quiet
     out = st.advance()
     # watermark 100 - 300 < 0: window [0, 1000) stays open; progress is announced
     assert st.watermark() == -200
@@ -414,6 +417,7 @@ def test_late_data_comes_out_with_increasing_seq_and_nothing_is_lost() -> None:
     st = PartitionState(0, W, 0, 60_000)
     emitted: list[Emitted] = []
     feed(st, [req("r0", 100), pred("r0", 100, PRIMARY, 1.0), pred("r0", 100, CAND_A, 2.0)])
+    st.mark_idle("candidates")  # the candidate went quiet: requests and primary drive
     feed(st, [req("r1", 2_100), pred("r1", 2_100, PRIMARY, 1.0)])
     emitted += st.advance()
     assert st.closed_until == 2_000
@@ -425,6 +429,7 @@ def test_late_data_comes_out_with_increasing_seq_and_nothing_is_lost() -> None:
     for i, rid in enumerate(["late1", "late2"]):
         feed(st, [req(rid, 700), pred(rid, 700, PRIMARY, 3.0), pred(rid, 700, CAND_A, 7.0)])
         assert st.advance() == []  # late data waits for progress to move: batch-independent
+        st.mark_idle("candidates")  # the late answer woke its stream; it goes quiet again
         t = 3_100 + i * W
         feed(st, [req(f"move{i}", t), pred(f"move{i}", t, PRIMARY, 1.0)])
         out = [e for e in st.advance() if e.window_start == 0]
@@ -558,7 +563,8 @@ def generate(seed: int, n: int = 600) -> tuple[list[Truth], list[list[Event]]]:
                 arrivals.append((t + int(rng.integers(0, MAX_DELAY)), next(seq), ev))
     arrivals.sort(key=lambda a: (a[0], a[1]))
     ordered = [ev for _, _, ev in arrivals]
-    end = t + TTL + LATENESS + 1  # watermark at end >= every deadline
+    # watermark at end >= every deadline: candidates may hold it back by up to the TTL
+    end = t + 2 * TTL + LATENESS + 1
     ordered += [req("sentinel", end), pred("sentinel", end, PRIMARY, 0.0)]
     batches: list[list[Event]] = []
     pos = 0
