@@ -79,6 +79,9 @@ class Config:
     #: Open joins kept per joiner partition; beyond it the oldest are finished early and
     #: counted ``evicted``.
     max_pending: int = 1_000_000
+    #: The evaluator closes a window once any joiner partition is this far past its end
+    #: (event time), even if others have not reported; 0 means two windows.
+    evaluator_grace_ms: int = 0
     #: librdkafka options passed unchanged to every client (SASL, TLS, ...).
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -96,6 +99,8 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.evaluator_grace_ms < 0:
+            raise ConfigError(f"evaluator_grace_ms must be >= 0, got {self.evaluator_grace_ms}")
         if self.lateness_ms < 0:
             raise ConfigError(f"lateness_ms must be >= 0, got {self.lateness_ms}")
         if not self.prefix or any(c in self.prefix for c in " /\\:"):

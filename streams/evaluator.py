@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from streams import faust_eos
+from streams.clientlog import quiet_python_clients
 from streams.config import Config
 from streams.credentials import faust_credentials
 from streams.errors import BrokerError, ConfigError, TopicLayoutError, UnderstudyError
@@ -136,7 +137,7 @@ class Evaluator:
             self.progress,
             codec=self.codec,
             # a window closes at the latest when some partition is this far past its end
-            grace_ms=2 * cfg.window_ms,
+            grace_ms=cfg.evaluator_grace_ms or 2 * cfg.window_ms,
         )
         app.agent(self.partials, name="merge")(self._agent)
 
@@ -404,6 +405,7 @@ def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None =
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, early)
     check_topics(cfg)
+    quiet_python_clients()  # aiokafka logs a lost broker many times a second
     ev = Evaluator(cfg, datadir=datadir)
     ev.ensure_internal_topics()
     worker = _worker_class()(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
