@@ -58,6 +58,26 @@ def _stop_on_signals(grace_s: float | None = None) -> threading.Event:
     return stop
 
 
+STUCK_S = 75.0
+"""A joiner transaction still open after this long is stuck in librdkafka (seen after a
+broker outage: send_offsets_to_transaction never returned although its timeout was 30 s; the
+calls' own timeouts add up to 60 s); the process exits 1 so that a supervisor restarts it
+rather than it lingering idle."""
+
+
+def _watch_transactions(joiner: Any) -> None:
+    while True:
+        time.sleep(1.0)
+        since = joiner.busy_since
+        if since is not None and time.monotonic() - since > STUCK_S:
+            _err(
+                f"understudy: error: a joiner transaction has been open for over {STUCK_S:.0f} s "
+                "(a Kafka call that never returned); exiting so that a restart resumes from "
+                "the last commit"
+            )
+            os._exit(1)
+
+
 def _exit_after(grace_s: float) -> None:
     time.sleep(grace_s)
     _err(
@@ -174,18 +194,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_joiner(args: argparse.Namespace) -> int:
     cfg = connect(args)
-    from streams.joiner import run_joiner
+    from streams.joiner import Joiner
 
     who = args.instance or "(unique instance, no static membership)"
     _err(f"joiner {who}: joining {cfg.prefix}.requests + {cfg.prefix}.predictions")
     # instance=None: the joiner picks a unique id, so joiners started without --instance
     # never fence each other (see the flag's help)
-    stats = run_joiner(
-        cfg,
-        instance=args.instance,
-        idle_exit_s=args.idle_exit,
-        stop=_stop_on_signals(grace_s=STOP_GRACE_S),
-    )
+    joiner = Joiner(cfg, instance=args.instance)
+    threading.Thread(target=_watch_transactions, args=(joiner,), daemon=True).start()
+    stats = joiner.run(idle_exit_s=args.idle_exit, stop=_stop_on_signals(grace_s=STOP_GRACE_S))
     _err(f"joiner stopped: {stats}")
     return 0
 

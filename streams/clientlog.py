@@ -144,8 +144,17 @@ class RateLimitFilter(logging.Filter):
 
 
 def quiet_python_clients(names: tuple[str, ...] = ("aiokafka", "kafka", "faust")) -> None:
-    """Rate-limit the warnings and errors of Python Kafka client loggers (idempotent)."""
-    for name in names:
+    """Rate-limit the warnings and errors of Python Kafka client loggers (idempotent).
+
+    A logger's filters see only the records logged on that very logger, not its children's
+    (``aiokafka.consumer.fetcher``), so every logger under ``names`` that exists now gets
+    one: call this after the clients are imported.
+    """
+    shared = RateLimitFilter()
+    known = list(logging.root.manager.loggerDict)
+    for name in known + list(names):
+        if not any(name == n or name.startswith(n + ".") for n in names):
+            continue
         logger = logging.getLogger(name)
         if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
-            logger.addFilter(RateLimitFilter())
+            logger.addFilter(shared)

@@ -405,8 +405,8 @@ def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None =
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, early)
     check_topics(cfg)
-    quiet_python_clients()  # aiokafka logs a lost broker many times a second
     ev = Evaluator(cfg, datadir=datadir)
+    quiet_python_clients()  # aiokafka (imported now) logs a lost broker many times a second
     ev.ensure_internal_topics()
     worker = _worker_class()(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     code = 1

@@ -41,6 +41,8 @@ from streams.schemas import Codec, default_codec
 
 log = logging.getLogger(__name__)
 
+TXN_TIMEOUT_S = 30.0
+"""Timeout of each transactional call (sending offsets, committing)."""
 RECOVERY_TIMEOUT_S = 20.0
 """Bound on each Kafka call while rewinding after an aborted transaction: past it the
 joiner exits non-zero (a supervisor restarts it) rather than waiting on a broker."""
@@ -78,6 +80,11 @@ class Joiner:
         self._last_seen: dict[tuple[int, str], float] = {}
         self._last_idle_tick = 0.0
         self._fatal: str | None = None
+        #: where consumption of a (topic, partition) started, for the idleness check
+        self._start_offsets: dict[tuple[str, int], int] = {}
+        #: monotonic time the current transaction began, None between transactions: a
+        #: watchdog (the CLI's) ends a process whose Kafka call hangs past its timeouts
+        self.busy_since: float | None = None
         self._encode_partial = self.codec.encoder("Partial")
         self._encode_dead = self.codec.encoder("DeadLetter")
         static = instance is not None
@@ -168,6 +175,8 @@ class Joiner:
         for p in new:
             self.states[p] = self._restore(p)
             self.stats.restored_partitions += 1
+        for tp in partitions:
+            self._start_offsets.pop((tp.topic, tp.partition), None)
         if new:
             now = time.monotonic()
             self._last_data = now  # idleness counts from a usable assignment
@@ -228,6 +237,8 @@ class Joiner:
         for m in msgs:
             err = m.error()
             if err is not None:
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    raise UnderstudyError(f"joiner cannot carry on: fatal consume error {err}")
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err)
                 continue
@@ -305,13 +316,25 @@ class Joiner:
         # ("candidates" are answers on the predictions topic too)
         tp = TopicPartition(topic, p)
         try:
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
             pos = self.consumer.position([tp])[0].offset
+            if pos < 0:
+                # nothing consumed there since the assignment: we start from the commit
+                pos = self._start_offset(tp, low)
         except KafkaException:
             return False
         if high < 0:
             return False  # no fetch answered yet: we do not know
         return high == 0 or pos >= high
+
+    def _start_offset(self, tp: TopicPartition, low: int) -> int:
+        key = (tp.topic, tp.partition)
+        start = self._start_offsets.get(key)
+        if start is None:
+            committed = self.consumer.committed([tp], timeout=5)[0].offset
+            start = committed if committed >= 0 else low
+            self._start_offsets[key] = start
+        return start
 
     def _close_all(self) -> None:
         """The end of the input: classify every open join, publish every open window."""
@@ -329,6 +352,7 @@ class Joiner:
         if emitted is None:
             emitted = {p: self.states[p].advance() for p in touched}
         producer = self.producer
+        self.busy_since = time.monotonic()
         try:
             producer.begin_transaction()
             for p in touched:
@@ -361,12 +385,15 @@ class Joiner:
                 tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0
             ]
             producer.send_offsets_to_transaction(
-                positions, self.consumer.consumer_group_metadata(), 30
+                positions, self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
             )
-            producer.commit_transaction(60)
+            producer.commit_transaction(TXN_TIMEOUT_S)
         except KafkaException as exc:
+            self.busy_since = None  # recovery bounds its own calls
             self._recover_from(exc)
             return
+        finally:
+            self.busy_since = None
         self.stats.batches += 1
 
     def _recover_from(self, exc: KafkaException) -> None:

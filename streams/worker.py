@@ -237,6 +237,10 @@ class ShadowWorker:
                 "isolation.level": "read_committed",
             }
         )
+        # a member lost in a broker outage is noticed after the session timeout: librdkafka's
+        # 45 s default left answers 40-79 s late after a 20 s outage (chaos test), past the
+        # join TTL; the user's own setting wins
+        consumer_conf.setdefault("session.timeout.ms", 15000)
         producer_conf = client_config(self.cfg, error_cb=self._on_client_error)
         for key, value in _PRODUCER_DEFAULTS.items():
             producer_conf.setdefault(key, value)

@@ -8,8 +8,10 @@ cumulative numbers as a run without the fault (issue 6, item 7).
 - a second joiner instance that joins the group mid-run and leaves it (two rebalances);
 - a joiner restarted with nothing left to read must still close its windows when idle.
 
-The last one is a strict xfail and the outage one a non-strict xfail: both name the joiner
-bug they hit (see their reasons). The joiner SIGKILL and evaluator SIGKILL tests live in
+The last two found joiner defects, now fixed: after an outage a transactional call could
+hang in librdkafka for minutes (the joiner now exits 1 past its calls' timeouts and the
+supervisor restarts it), and a partition assigned at its committed end was never idle. The
+joiner SIGKILL and evaluator SIGKILL tests live in
 test_recovery.py, marked ``chaos`` too. Events are old enough (``produce_served``) that
 every join has finished when a joiner idles, so both runs of a comparison classify every
 request the same way.
@@ -451,14 +453,6 @@ def _latest(cfg: Config, candidate: str) -> dict[str, Any] | None:
     return last
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="after the outage the joiner (streams/joiner.py) does not carry on: seen blocked in "
-    "Joiner._transact at send_offsets_to_transaction(..., 30) for minutes with no log line and "
-    "no exit (faulthandler stack); with --instance its consumer is fenced by its own rejoin "
-    "(librdkafka FATAL 'Static consumer fenced by other consumer with same group.instance.id') "
-    "and the process stays alive",
-)
 def test_broker_stopped_for_20_s_under_live_traffic(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -563,14 +557,6 @@ def test_broker_stopped_for_20_s_under_live_traffic(
 N_IDLE = 2000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Joiner._caught_up compares librdkafka's cached high watermark with "
-    "consumer.position(), which stays OFFSET_INVALID (-1001) for a partition assigned at its "
-    "committed end until a message is consumed from it: such a partition (after a restart or "
-    "a rebalance) is never idle, so its last windows never close and its joins never finish "
-    "until new traffic comes",
-)
 def test_a_restarted_joiner_with_nothing_left_to_read_closes_its_windows_when_idle(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:

@@ -184,3 +184,13 @@ def test_python_client_records_are_rate_limited_with_a_count() -> None:
     again = rec("Unable connect to %s")
     assert f.filter(again)
     assert "100 more like this" in str(again.msg)
+
+
+def test_child_loggers_of_the_python_clients_are_rate_limited_too() -> None:
+    import logging
+
+    from streams.clientlog import RateLimitFilter, quiet_python_clients
+
+    child = logging.getLogger("aiokafka.consumer.fetcher.test")
+    quiet_python_clients()
+    assert any(isinstance(f, RateLimitFilter) for f in child.filters)
