@@ -323,7 +323,7 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
         terminate(a, timeout=15)
         assert a.returncode == 0, a_log.read_text()[-3000:]
         # the end of the input, published as the clean run does (--idle-exit); a live joiner
-        # would close these by idleness, see the xfail test below
+        # would close these by idleness (the restart test below)
         end_log = tmp_path / "a-end.log"
         _finish(stage(moved, "joiner", "--instance", "a", "--idle-exit", "4", log=end_log), end_log)
         _finish(clean_joiner, clean_log)
