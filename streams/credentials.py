@@ -8,6 +8,7 @@ refuses what it cannot map rather than connecting without the security that was 
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from typing import Any
 from streams.errors import ConfigError
 
 #: Options that concern only librdkafka's own tuning or that aiokafka sets itself.
+log = logging.getLogger(__name__)
+
 _IGNORED_PREFIXES = (
     "linger.",
     "batch.",
@@ -118,6 +121,14 @@ def faust_credentials(options: Mapping[str, str]) -> Any | None:
     if unknown:
         raise ConfigError(
             f"the evaluator (faust/aiokafka) cannot apply these options: {', '.join(unknown)}"
+        )
+    tuning = sorted(k for k in options if k.startswith(_IGNORED_PREFIXES))
+    if tuning:
+        # librdkafka tuning the other stages apply; said once, never silently dropped
+        log.warning(
+            "the evaluator (faust/aiokafka) does not apply these librdkafka tuning options, "
+            "which the tap, worker and joiner do: %s",
+            ", ".join(tuning),
         )
     protocol = options.get("security.protocol", "PLAINTEXT").upper()
     if protocol == "PLAINTEXT":

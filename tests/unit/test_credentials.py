@@ -115,3 +115,13 @@ def test_unusable_tls_files_are_config_errors_without_the_password(tmp_path: Pat
 def test_sasl_needs_a_user_and_a_password() -> None:
     with pytest.raises(ConfigError, match=r"sasl\.password"):
         faust_credentials({"security.protocol": "SASL_SSL", "sasl.username": "svc"})
+
+
+def test_tuning_options_the_evaluator_cannot_apply_are_named_not_dropped_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streams.credentials import faust_credentials
+
+    with caplog.at_level("WARNING", logger="streams.credentials"):
+        faust_credentials({"session.timeout.ms": "10000", "linger.ms": "5"})
+    assert "linger.ms, session.timeout.ms" in caplog.text
