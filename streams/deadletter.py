@@ -8,7 +8,10 @@ stops for good on a message it was only trying to set aside. So the copy keeps a
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from confluent_kafka import Message
 
 MAX_COPY = 256 * 1024
 """Bytes of the original key, and of the value, kept in a dead letter."""
@@ -60,3 +63,17 @@ def dead_letter_record(
         "value": clip(value),
         "time": now,
     }
+
+
+def dead_letter_of(stage: str, msg: Message, reason: str) -> dict[str, Any]:
+    """The DeadLetter record of one consumed message (the worker's and the joiner's)."""
+    return dead_letter_record(
+        stage,
+        reason,
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=msg.key(),
+        value=msg.value(),
+        now=int(time.time() * 1000),
+    )

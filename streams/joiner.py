@@ -31,7 +31,7 @@ from confluent_kafka import (
 )
 
 from streams.config import Config
-from streams.deadletter import clip, dead_letter_record
+from streams.deadletter import clip, dead_letter_of
 from streams.errors import SchemaError, UnderstudyError
 from streams.join.clock import STREAMS
 from streams.joinstate import Emitted, PartitionState
@@ -431,18 +431,7 @@ class Joiner:
             self.consumer.seek(tp)
 
     def _dead_letter(self, m: Message, reason: str) -> bytes:
-        return self._encode_dead(
-            dead_letter_record(
-                "joiner",
-                reason,
-                topic=m.topic() or "",
-                partition=m.partition() or 0,
-                offset=m.offset() or 0,
-                key=m.key(),
-                value=m.value(),
-                now=int(time.time() * 1000),
-            )
-        )
+        return self._encode_dead(dead_letter_of("joiner", m, reason))
 
 
 def run_joiner(

@@ -29,6 +29,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams import deadletter
 from streams.metrics.partial import SHARED, PartialStats
 from streams.schemas import Codec, default_codec
 
@@ -61,16 +62,16 @@ def dead_letter_record(
     now: int,
 ) -> dict[str, Any]:
     """A DeadLetter record of the evaluator for one message of ``topic``."""
-    return {
-        "stage": "evaluator",
-        "reason": reason,
-        "source_topic": topic,
-        "source_partition": partition,
-        "source_offset": offset,
-        "key": key,
-        "value": value,
-        "time": now,
-    }
+    return deadletter.dead_letter_record(
+        "evaluator",
+        reason,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        value=value,
+        now=now,
+    )
 
 
 def snapshot_record(

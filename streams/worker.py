@@ -50,7 +50,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.clientlog import CLIENT_LOG
 from streams.config import Config
-from streams.deadletter import MAX_ID_CHARS, clip, dead_letter_record
+from streams.deadletter import MAX_ID_CHARS, clip, dead_letter_of
 from streams.errors import BrokerError, ConfigError, SchemaError
 from streams.kafka import (
     Topics,
@@ -369,18 +369,7 @@ class ShadowWorker:
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.stats.dead_letters += 1
-        value = self._encode_dead_letter(
-            dead_letter_record(
-                "worker",
-                reason,
-                topic=msg.topic() or "",
-                partition=msg.partition() or 0,
-                offset=msg.offset() or 0,
-                key=msg.key(),
-                value=msg.value(),
-                now=int(time.time() * 1000),
-            )
-        )
+        value = self._encode_dead_letter(dead_letter_of("worker", msg, reason))
         self._produce(self.topics.deadletter, value, clip(msg.key()), _ANY_PARTITION)
 
     # -- delivery and commit ---------------------------------------------------------------
