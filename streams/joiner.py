@@ -279,9 +279,10 @@ class Joiner:
         self._transact(touched, dead)
 
     def _idle_ticks(self) -> bool:
-        """Declare idleness: a stream quiet for ``idle_flush_ms`` stops holding its
-        partition's watermark back; a partition with both streams quiet lets processing
-        time move its watermark, once per ``idle_flush_ms``. Committed like a batch."""
+        """Declare idleness: a stream (requests, primary answers, candidates' answers) read
+        to its end and quiet for ``idle_flush_ms`` stops holding its partition's watermark
+        back; a partition with all of them quiet lets processing time move its watermark,
+        once per ``idle_flush_ms``. Committed like a batch."""
         wall = time.monotonic()
         limit = self.cfg.idle_flush_ms / 1000
         tick = wall - self._last_idle_tick >= limit  # all partitions together: one transaction
