@@ -46,7 +46,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streams.clientlog import CLIENT_LOG
 from streams.config import Config
@@ -290,6 +298,7 @@ class ShadowWorker:
         """Decode, score, produce, wait for every acknowledgement, then commit."""
         requests: list[dict[str, Any]] = []
         partitions: list[int] = []
+        stamps: list[int] = []
         offsets: dict[tuple[str, int], int] = {}
         decode = self.codec.decode_as
         self._failed = []
@@ -327,14 +336,17 @@ class ShadowWorker:
                 continue
             requests.append(record)
             partitions.append(partition)
+            stamps.append(_stamp(msg))
         self.stats.requests += len(requests)
         if requests:
-            self._score(requests, partitions)
+            self._score(requests, partitions, stamps)
         self._await_deliveries()
         self._commit(offsets)
         self.stats.batches += 1
 
-    def _score(self, requests: list[dict[str, Any]], partitions: list[int]) -> None:
+    def _score(
+        self, requests: list[dict[str, Any]], partitions: list[int], stamps: list[int]
+    ) -> None:
         features = [{**r["numeric_features"], **r["categorical_features"]} for r in requests]
         keys = [r["request_id"].encode() for r in requests]
         topic = self.topics.predictions
@@ -344,8 +356,8 @@ class ShadowWorker:
             outcomes = candidate.predict_batch(features)
             model_id = candidate.model_id
             errors = 0
-            for record, key, partition, out in zip(
-                requests, keys, partitions, outcomes, strict=True
+            for record, key, partition, stamp, out in zip(
+                requests, keys, partitions, stamps, outcomes, strict=True
             ):
                 value = encode(
                     {
@@ -361,7 +373,7 @@ class ShadowWorker:
                         "use_case": record["use_case"],
                     }
                 )
-                produce(topic, value, key, partition)
+                produce(topic, value, key, partition, stamp)
                 if out.error is not None:
                     errors += 1
             self.stats.predictions += len(outcomes)
@@ -374,12 +386,26 @@ class ShadowWorker:
 
     # -- delivery and commit ---------------------------------------------------------------
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
+    def _produce(
+        self, topic: str, value: bytes, key: bytes | None, partition: int, stamp: int = 0
+    ) -> None:
+        """``stamp``: the Kafka timestamp to give the message (0: now).
+
+        A candidate's answer carries its request's timestamp, so the joiner judges its event
+        time (:mod:`streams.join.timecheck`) as it judged the request's: a worker that
+        catches up on a backlog older than ``max_age_ms`` must not turn every answer into a
+        dead letter.
+        """
         producer = self._producer
         while True:
             try:
                 producer.produce(
-                    topic, value, key, partition=partition, on_delivery=self._on_delivery
+                    topic,
+                    value,
+                    key,
+                    partition=partition,
+                    timestamp=stamp,
+                    on_delivery=self._on_delivery,
                 )
                 return
             except BufferError:
@@ -440,7 +466,7 @@ class ShadowWorker:
                 assert topic is not None and value is not None  # we never produce without
                 if partition is None or partition < 0:
                     partition = _ANY_PARTITION
-                self._produce(topic, value, msg.key(), partition)
+                self._produce(topic, value, msg.key(), partition, _stamp(msg))
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         owned = [
@@ -483,3 +509,9 @@ def run_worker(
     """
     worker = ShadowWorker(cfg, candidates, group_id=group_id, batch_size=batch_size)
     return worker.run(stop=stop, idle_exit_s=idle_exit_s, on_batch=on_batch)
+
+
+def _stamp(msg: Message) -> int:
+    """The message's Kafka timestamp, or 0 (produce stamps it now) when it has none."""
+    kind, ts = msg.timestamp()
+    return ts if kind != TIMESTAMP_NOT_AVAILABLE and ts > 0 else 0

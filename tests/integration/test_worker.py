@@ -520,3 +520,63 @@ def test_fatal_client_error_ends_the_worker_with_a_clear_error(
     assert len(errors) == 1 and isinstance(errors[0], BrokerError)
     assert "fatal Kafka client error" in str(errors[0])
     assert "producer fenced" in str(errors[0])
+
+
+def test_a_backlog_older_than_max_age_still_joins(kafka_bootstrap: str, prefix: str) -> None:
+    """A worker that catches up on requests 30 minutes old (after an outage, say) stamps
+    each answer with its request's Kafka timestamp, so the joiner judges the answer's event
+    time as it judged the request's, and pairs them: with the produce time, every answer
+    would be 30 min behind its message (max_age_ms is 10 min) and become a dead letter."""
+    from support import fold_partials
+
+    from streams.joiner import run_joiner
+
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    codec = default_codec()
+    n = 200
+    then = int(time.time() * 1000) - 30 * 60_000
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(n):
+        rid = f"old-{i}"
+        t = then + 10 * i
+        common = {"request_id": rid, "event_time": t, "use_case": USE_CASE}
+        request = codec.encode("Request", {**common, "numeric_features": {"sqft": 1000.0 + i}})
+        primary = codec.encode(
+            "Prediction",
+            {**common, "model_id": "price@1", "role": "PRIMARY", "value": 1.0, "latency_ms": 1.0},
+        )
+        # the service's tap stamped them when they happened
+        producer.produce(topics.requests, request, rid.encode(), timestamp=t)
+        producer.produce(topics.predictions, primary, rid.encode(), timestamp=t)
+    assert producer.flush(10) == 0
+
+    stats = run_worker(cfg, [load_candidate(RIDGE)], batch_size=64, idle_exit_s=IDLE_S)
+    assert stats.predictions == n
+
+    stamp_of = {}
+    for topic in (topics.requests, topics.predictions):
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": uuid4().hex})
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        seen = 0
+        deadline = time.monotonic() + 30
+        want = n if topic == topics.requests else 2 * n
+        while seen < want and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                assert msg.error() is None
+                seen += 1
+                rec = codec.decode(msg.value())[1]
+                role = rec.get("role", "REQUEST")
+                stamp_of[(rec["request_id"], role)] = msg.timestamp()[1]
+        consumer.close()
+        assert seen == want
+    for i in range(n):
+        rid = f"old-{i}"
+        assert stamp_of[(rid, "CANDIDATE")] == stamp_of[(rid, "REQUEST")] == then + 10 * i
+
+    joined = run_joiner(cfg, idle_exit_s=IDLE_S)
+    assert joined.dead_letters == 0
+    totals = fold_partials(cfg)
+    assert totals["price-ridge@4"].to_record()["coverage"]["pairs"] == n
