@@ -33,12 +33,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from streams.deadletter import MAX_ID_CHARS
 from streams.join.clock import EventClock
+from streams.join.finished import digest
 from streams.join.ledger import Ledger
 from streams.join.table import Answer, Entry, JoinTable
 from streams.join.timecheck import check_event_time
@@ -52,6 +52,7 @@ MAX_CANDIDATES = 64
 MAX_MODEL_CHARS = 256
 
 KEY_ENTRY = b"e"
+KEY_DONE = b"f"
 KEY_ACC = b"a"
 KEY_META = b"m"
 
@@ -150,25 +151,30 @@ class PartitionState:
             return reason
         assert isinstance(rid, str) and isinstance(t, int)
         w = self.windows
-        f = self.table.done.get(rid)
-        if f is not None:  # its join is over: a duplicate, or a request after its answers
-            if f.req:
-                w.count(SHARED, t, "duplicates")
-            else:
-                f.req = True
-                self.table.touch(rid)
-                w.count(SHARED, t, "requests")
-                self.ledger.request_after_finish(f.prim, f.models)
-                self._meta_dirty = True
+        table = self.table
+        e = table.live.get(rid)
+        if e is None:
+            h = digest(rid)
+            f = table.done.get(h)
+            if f is not None:  # its join is over: a duplicate, or a request after its answers
+                if f.req:
+                    w.count(SHARED, t, "duplicates")
+                else:
+                    table.done.put(h, f._replace(req=True))
+                    w.count(SHARED, t, "requests")
+                    self.ledger.request_after_finish(f.prim, f.models)
+                    self._meta_dirty = True
+                self._after("requests", t)
+                return None
+            e = table.open(rid, t, h)
+        if e.req:
+            w.count(SHARED, t, "duplicates")
         else:
-            e = self.table.open(rid, t)
-            if e.req:
-                w.count(SHARED, t, "duplicates")
-            else:
-                e.req = True
-                w.count(SHARED, t, "requests")
-                self.ledger.request(e.cands if e.prim is not None else ())
-                self._meta_dirty = True
+            e.req = True
+            table.dirty.add(rid)
+            w.count(SHARED, t, "requests")
+            self.ledger.request(e.cands if e.prim is not None else ())
+            self._meta_dirty = True
         self._after("requests", t)
         return None
 
@@ -206,22 +212,27 @@ class PartitionState:
             self.candidates.append(model)
             self.ledger.add_candidate(model)
             self._meta_dirty = True
-        f = self.table.done.get(rid)
-        if f is not None:  # its join is over
-            seen = f.prim if primary else model in f.models
-            if seen:
-                self.windows.count(key, t, "duplicates")
-            else:
-                if primary:
-                    f.prim = True
+        table = self.table
+        e = table.live.get(rid)
+        if e is None:
+            h = digest(rid)
+            f = table.done.get(h)
+            if f is not None:  # its join is over
+                seen = f.prim if primary else model in f.models
+                if seen:
+                    self.windows.count(key, t, "duplicates")
                 else:
-                    f.models = (*f.models, sys.intern(model))
-                self.table.touch(rid)
-                self._answered(key, t, ans, primary)
-                self.windows.count(key, t, "expired")
-            self._after("predictions" if primary else "candidates", t)
-            return None
-        e = self.table.open(rid, t)
+                    if primary:
+                        table.done.put(h, f._replace(prim=True))
+                    else:
+                        table.done.put(h, f._replace(models=(*f.models, model)))
+                    self._answered(key, t, ans, primary)
+                    self.windows.count(key, t, "expired")
+                self._after("predictions" if primary else "candidates", t)
+                return None
+            e = table.open(rid, t, h)
+        else:
+            table.dirty.add(rid)
         if primary:
             if e.prim is not None:
                 self.windows.count(key, t, "duplicates")
@@ -380,10 +391,8 @@ class PartitionState:
         """State changes since the last call, as changelog (key, value or tombstone)."""
         w = self.windows
         w.fold()
-        table = self.table
-        for rid in table.dirty:
-            value = table.record(rid)
-            yield KEY_ENTRY + rid.encode(), None if value is None else json.dumps(value).encode()
+        for k, v in self.table.changes(KEY_ENTRY, KEY_DONE):
+            yield k, json.dumps(v).encode() if isinstance(v, list) else v
         for key in w.removed - w.dirty:
             yield _acc_key(key), None
         for key in w.dirty:
@@ -393,7 +402,6 @@ class PartitionState:
                 yield _acc_key(key), None
         if self._meta_dirty:
             yield KEY_META, json.dumps(self._meta()).encode()
-        table.dirty.clear()
         w.removed.clear()
         w.dirty.clear()
         self._meta_dirty = False
@@ -419,6 +427,8 @@ class PartitionState:
         kind, rest = key[:1], key[1:]
         if kind == KEY_ENTRY:
             self.table.restore(rest.decode(), None if value is None else json.loads(value))
+        elif kind == KEY_DONE:
+            self.table.done.restore_segment(rest, value)
         elif kind == KEY_ACC:
             c, ws = json.loads(rest)
             if value is None:
@@ -438,7 +448,7 @@ class PartitionState:
             self._unplaced_dead = int(m.get("unplaced_dead", 0))
 
     def finish_restore(self) -> None:
-        self.table.finish_restore()
+        self.table.finish_restore(self.clock.wm)
         if self._ledger_missing:
             # state of a release without a ledger: its open joins are the pending requests
             for e in self.table.live.values():

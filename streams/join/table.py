@@ -2,19 +2,20 @@
 
 A live :class:`Entry` collects the request and each model's answer until the watermark
 passes its deadline (first event time + join TTL), or until the pending cap evicts it,
-oldest deadline first. A finished join is then remembered in a compact form (which of
-request, primary and candidates it had) until the watermark is ``max_age`` past its event
-time: an event older than that is refused as a dead letter anyway
-(:mod:`streams.join.timecheck`), so every duplicate is recognised as one, whenever it
-arrives, in memory bounded by rate x max_age.
+oldest deadline first. A finished join is then remembered in a compact form
+(:mod:`streams.join.finished`: which of request, primary and candidates it had) until the
+watermark is ``max_age`` past its event time: an event older than that is refused as a dead
+letter anyway (:mod:`streams.join.timecheck`), so every duplicate is recognised as one,
+whenever it arrives, in memory bounded by rate x max_age.
 """
 
 from __future__ import annotations
 
 import heapq
-import sys
 from collections.abc import Iterator
 from typing import Any
+
+from streams.join.finished import Finished, FinishedStore, digest
 
 #: a model's answer kept while the join is open: (value, label, latency_ms, error)
 Answer = tuple[float | None, str | None, float | None, str | None]
@@ -23,10 +24,11 @@ Answer = tuple[float | None, str | None, float | None, str | None]
 class Entry:
     """An open join: the request (seen or not), the primary's and each candidate's answer."""
 
-    __slots__ = ("cands", "deadline", "prim", "req", "t")
+    __slots__ = ("cands", "deadline", "h", "prim", "req", "t")
 
-    def __init__(self, t: int, deadline: int) -> None:
+    def __init__(self, t: int, deadline: int, h: int) -> None:
         self.t = t
+        self.h = h  # the request_id's digest, the key of its finished form
         self.deadline = deadline
         self.req = False
         self.prim: Answer | None = None
@@ -36,60 +38,32 @@ class Entry:
         return [self.t, self.deadline, self.req, self.prim, self.cands]
 
     @classmethod
-    def load(cls, data: list[Any]) -> Entry:
+    def load(cls, data: list[Any], h: int) -> Entry:
         t, deadline, req, prim, cands = data[:5]
-        e = cls(t, deadline)
+        e = cls(t, deadline, h)
         e.req = req
         e.prim = tuple(prim) if prim is not None else None
         e.cands = {k: tuple(v) for k, v in cands.items()}
         return e
 
 
-class Finished:
-    """What a closed join had, kept to recognise duplicates and late arrivals."""
-
-    __slots__ = ("forget_at", "models", "prim", "req")
-
-    def __init__(self, forget_at: int, req: bool, prim: bool, models: tuple[str, ...]) -> None:
-        self.forget_at = forget_at
-        self.req = req
-        self.prim = prim
-        #: a tuple of interned ids, not a set: one is kept per request for max_age, and an
-        #: empty set alone costs 216 bytes
-        self.models = models
-
-    def dump(self) -> dict[str, Any]:
-        return {"f": self.forget_at, "r": self.req, "p": self.prim, "c": sorted(self.models)}
-
-    @classmethod
-    def load(cls, data: dict[str, Any]) -> Finished:
-        return cls(
-            int(data["f"]),
-            bool(data["r"]),
-            bool(data["p"]),
-            tuple(sys.intern(c) for c in data["c"]),
-        )
-
-
 class JoinTable:
-    """Live entries (a heap by deadline) and finished ones (a queue by forget time)."""
+    """Live entries (a heap by deadline) and finished ones (:class:`FinishedStore`)."""
 
     def __init__(self, ttl_ms: int, remember_ms: int, max_pending: int) -> None:
         self.ttl_ms = ttl_ms
         self.remember_ms = remember_ms
         self.max_pending = max_pending
         self.live: dict[str, Entry] = {}
-        self.done: dict[str, Finished] = {}
+        self.done = FinishedStore()
         self._deadlines: list[tuple[int, str]] = []
-        self._forget: list[tuple[int, str]] = []  # heap: late arrivals finish out of order
-        #: request ids whose record changed since the last changelog write
+        #: request ids whose live record changed since the last changelog write
         self.dirty: set[str] = set()
 
-    def open(self, rid: str, t: int) -> Entry:
-        e = self.live.get(rid)
-        if e is None:
-            e = self.live[rid] = Entry(t, t + self.ttl_ms)
-            heapq.heappush(self._deadlines, (e.deadline, rid))
+    def open(self, rid: str, t: int, h: int) -> Entry:
+        """A new live entry for ``rid`` (the caller found it neither live nor finished)."""
+        e = self.live[rid] = Entry(t, t + self.ttl_ms, h)
+        heapq.heappush(self._deadlines, (e.deadline, rid))
         self.dirty.add(rid)
         return e
 
@@ -117,46 +91,48 @@ class JoinTable:
 
     def finish(self, rid: str, e: Entry) -> None:
         first_seen = e.deadline - self.ttl_ms
-        models = tuple(sys.intern(c) for c in e.cands)
-        f = Finished(first_seen + self.remember_ms, e.req, e.prim is not None, models)
-        self.done[rid] = f
-        heapq.heappush(self._forget, (f.forget_at, rid))
-        self.dirty.add(rid)
+        forget_s = -(-(first_seen + self.remember_ms) // 1000)  # rounded up to a second
+        self.done.put(e.h, Finished(forget_s, e.req, e.prim is not None, tuple(e.cands)))
+        self.dirty.add(rid)  # its live record goes: a tombstone
 
     def forget(self, wm: int) -> None:
-        """Drop finished ids the watermark has left ``remember_ms`` behind."""
-        q = self._forget
-        while q and q[0][0] <= wm:
-            forget_at, rid = heapq.heappop(q)
-            f = self.done.get(rid)
-            if f is not None and f.forget_at == forget_at:
-                del self.done[rid]
-                self.dirty.add(rid)
-
-    def touch(self, rid: str) -> None:
-        self.dirty.add(rid)
+        """Finished ids the watermark has left ``remember_ms`` behind read as absent."""
+        self.done.forget(wm)
 
     # -- changelog ---------------------------------------------------------------------
 
-    def record(self, rid: str) -> Any | None:
-        """The changelog value of ``rid`` (None: gone)."""
-        e = self.live.get(rid)
-        if e is not None:
-            return e.dump()
-        f = self.done.get(rid)
-        return None if f is None else f.dump()
+    def changes(self, entry_prefix: bytes, done_prefix: bytes) -> Iterator[tuple[bytes, Any]]:
+        """(key, live record as JSON-able, or None) and (key, finished segment bytes, or
+        None): what changed since the last call."""
+        for rid in self.dirty:
+            e = self.live.get(rid)
+            yield entry_prefix + rid.encode(), None if e is None else e.dump()
+        self.dirty.clear()
+        yield from self.done.changes(done_prefix)
 
     def restore(self, rid: str, data: Any | None) -> None:
+        """A live record (a list), or a finished one of the previous release (a dict)."""
         self.live.pop(rid, None)
-        self.done.pop(rid, None)
         if data is None:
+            if rid in self.done.legacy:  # an older release forgot it
+                self.done.discard(digest(rid))
+                self.done.legacy.discard(rid)
             return
         if isinstance(data, list):  # an open join (also the only form of release 0.1)
-            self.live[rid] = Entry.load(data)
-        else:
-            self.done[rid] = Finished.load(data)
+            self.live[rid] = Entry.load(data, digest(rid))
+        else:  # release 0.2 kept finished joins per request_id: move it, and drop the old
+            self.done.put(
+                digest(rid),
+                Finished(
+                    -(-int(data["f"]) // 1000),
+                    bool(data["r"]),
+                    bool(data["p"]),
+                    tuple(data["c"]),
+                ),
+            )
+            self.done.legacy.add(rid)
 
-    def finish_restore(self) -> None:
+    def finish_restore(self, wm: int | None) -> None:
         self._deadlines = sorted((e.deadline, rid) for rid, e in self.live.items())
-        self._forget = sorted((f.forget_at, rid) for rid, f in self.done.items())
         self.dirty.clear()
+        self.done.finish_restore(wm)

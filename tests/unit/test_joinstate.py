@@ -669,7 +669,11 @@ def snapshot(st: PartitionState) -> dict[str, Any]:
     st.windows.fold()
     return {
         "pending": {rid: json.dumps(e.dump()) for rid, e in st.pending.items()},  # NaN-safe
-        "finished": {rid: f.dump() for rid, f in st.table.done.items()},
+        "finished": {
+            h: f
+            for h, f in st.table.done.snapshot().items()
+            if st.clock.wm is None or f.forget_s * 1000 > st.clock.wm
+        },
         "acc": {k: v.to_record() for k, v in st.acc.items()},
         "clock": st.clock.dump(),
         "windows": st.windows.dump_meta(),
