@@ -1,0 +1,362 @@
+"""A mergeable, fixed-memory quantile sketch for any finite value: features and model outputs.
+
+Why this shape: the joiner folds every numeric feature and every model output into one
+sketch per (partition, candidate, window) and the evaluator merges them from every
+partition. The project promises that partials are *bit-identical* however the input is
+split into batches, replayed after a restart, or merged in whatever order partials arrive.
+Signed logarithmic buckets over a FIXED range give exactly that: every sketch with the same
+parameters has the same bucket array, so merging is adding two integer arrays (exact,
+commutative, associative), and where a value lands depends only on the value.
+
+Why not Apache DataSketches' KLL (``datasketches`` on PyPI, weighed with version 5.2.0):
+KLL's error is in rank (about 1.3% at ``k=200``, in ~4.7 KB), which suits rank statistics
+such as KS and PSI well, and the library is well kept. But its compactions keep a random
+half of the items: the same 100,000 values fed in the same order into two sketches gave
+two different sketches (different bytes and medians), and merging eight partials forward
+or backward gave different sketches again. A joiner restarted after a SIGKILL would then
+publish partials that differ from the ones a joiner that never died would have published,
+and the evaluator's numbers would depend on the arrival order of partials; neither can be
+tested for equality, which is how this project tests exactly-once. Its frequent-items
+sketch has the same order dependence (purges depend on arrival order). So KLL is not used
+and not a dependency.
+
+What the log buckets cost instead: their error is *relative to the value* (``alpha``), not
+to the rank. Ranks are exact at every bucket edge, and a rank between edges is off by at
+most the share of the data in one bucket. That share is small when a feature's spread is
+wide relative to its magnitude (prices, areas, distances, ages, model scores) and large
+when it is narrow and far from zero (a year such as 1950-2020 falls into ~2 buckets of
+~40 years): such a feature should be sketched after subtracting a fixed offset.
+
+Layout (``alpha`` 1% and ``|x|`` in ``[1e-9, 1e15]`` by default): buckets in value order,
+negative overflow, negative log buckets, one zero bucket, positive log buckets, positive
+overflow; each log bucket spans a factor ``gamma = (1 + alpha) / (1 - alpha)``. Bucket
+boundaries are powers ``gamma**k`` built by repeated IEEE multiplication and division from
+``1.0`` (no ``log``, no ``pow``), and a value is placed by binary search over them, so
+placement is the same on every machine, for :meth:`QuantileSketch.update` and
+:meth:`QuantileSketch.update_many`, and for any batch split.
+
+Memory, measured: 5,531 buckets of int64, a 44,248-byte count array, 44,488 bytes per
+sketch with the array and object headers (tracemalloc), whatever the traffic; the bucket
+layout (edges and representatives, 88 KB) is shared by every sketch with the same
+parameters. On the wire (:meth:`QuantileSketch.to_sparse`) only non-empty buckets travel.
+``update_many`` on a batch of 1,000 values costs 20-35 ns per value (numpy
+``searchsorted`` over the edges, ~17 ns, plus one full-length ``bincount``; measured on
+this project's 2-core machine).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["QuantileSketch"]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The shared, read-only bucket layout of one parameter set."""
+
+    gamma: float
+    edges: npt.NDArray[np.float64]  # bucket i holds edges[i-1] < x <= edges[i]
+    edge_list: list[float]  # the same, for bisect in the scalar path
+    values: npt.NDArray[np.float64]  # what quantile() reports for each bucket
+    zero: int  # index of the zero bucket
+
+
+@lru_cache(maxsize=32)
+def _layout(alpha: float, min_value: float, max_value: float) -> _Layout:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if not (0.0 < min_value < max_value and math.isfinite(max_value)):
+        raise ValueError(
+            f"need 0 < min_value < max_value < inf, got min_value={min_value!r}, "
+            f"max_value={max_value!r}"
+        )
+    gamma = (1.0 + alpha) / (1.0 - alpha)
+    ups = [1.0]
+    while ups[-1] < max_value:
+        ups.append(ups[-1] * gamma)
+    downs = [1.0]
+    while downs[-1] >= min_value:
+        downs.append(downs[-1] / gamma)
+    powers = downs[:0:-1] + ups  # increasing; powers[0] < min_value, powers[-1] >= max_value
+    lo = bisect.bisect_left(powers, min_value)  # powers[lo - 1] < min_value <= powers[lo]
+    hi = bisect.bisect_left(powers, max_value)  # powers[hi - 1] < max_value <= powers[hi]
+    inner = powers[lo:hi]  # the log boundaries strictly inside [min_value, max_value)
+    # Positive log buckets: [min_value, p_lo], (p_lo, p_lo+1], ..., (p_hi-1, max_value];
+    # negative ones mirror them: [-max_value, -p_hi-1], ..., (-p_lo, -min_value]; the zero
+    # bucket is |x| < min_value. Each reports the harmonic mean of its geometric bucket's
+    # bounds, the point whose relative distance to both ends is (gamma-1)/(gamma+1) = alpha.
+    reps = [
+        2.0 * a * b / (a + b) for a, b in zip(powers[lo - 1 : hi], powers[lo : hi + 1], strict=True)
+    ]
+    edge_list = [
+        math.nextafter(-max_value, -math.inf),
+        *(-p for p in reversed(inner)),
+        -min_value,
+        math.nextafter(min_value, 0.0),
+        *inner,
+        max_value,
+    ]
+    values = np.array(
+        [-max_value, *(-r for r in reversed(reps)), 0.0, *reps, max_value], dtype=np.float64
+    )
+    edges = np.array(edge_list, dtype=np.float64)
+    edges.flags.writeable = False
+    values.flags.writeable = False
+    return _Layout(gamma=gamma, edges=edges, edge_list=edge_list, values=values, zero=len(reps) + 1)
+
+
+class QuantileSketch:
+    """Relative-error quantile sketch of signed values, merged by adding count arrays.
+
+    ``counts`` is an int64 array of ``n_buckets``, in value order:
+
+    - bucket ``0`` counts values below ``-max_value``, reported as ``-max_value``;
+    - the negative log buckets hold ``-max_value <= x <= -min_value``;
+    - the zero bucket holds ``|x| < min_value`` (zero itself, and values too small to tell
+      from it), reported as ``0.0``: absolute error below ``min_value``;
+    - the positive log buckets hold ``min_value <= x <= max_value``;
+    - bucket ``n_buckets - 1`` counts values above ``max_value``, reported as ``max_value``.
+
+    A value ``x`` in a log bucket is reported within relative error ``alpha`` (up to float
+    rounding, ~1e-15). With the defaults that is :attr:`BUCKETS` = 5531 buckets, 44 KB.
+
+    Rank rule: ``quantile(q)`` estimates the order statistic of 0-based rank
+    ``floor(q * (n - 1))``, the one ``np.quantile(values, q, method="lower")`` returns.
+
+    NaN and infinities are never added: ``update`` returns False and ``update_many``
+    returns how many it skipped, for the caller to count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a, b = QuantileSketch(), QuantileSketch()
+    >>> a.update_many(np.array([-3.0, -1.0, 0.0, np.nan]))  # NaN skipped, and counted
+    1
+    >>> b.update_many(np.arange(1.0, 8.0))
+    0
+    >>> a.merge(b)
+    >>> a.count
+    10
+    >>> median = a.quantile(0.5)  # exact answer: 2.0
+    >>> abs(median - 2.0) <= a.alpha * 2.0
+    True
+    >>> a.quantile(0.0) < 0 and a.cdf(0.0) == 0.3
+    True
+    >>> a == QuantileSketch.from_sparse(*a.to_sparse())
+    True
+    """
+
+    DEFAULT_ALPHA: ClassVar[float] = 0.01
+    DEFAULT_MIN_VALUE: ClassVar[float] = 1e-9
+    DEFAULT_MAX_VALUE: ClassVar[float] = 1e15
+    #: Number of buckets with the default parameters (an instance has ``n_buckets``).
+    BUCKETS: ClassVar[int] = _layout(
+        DEFAULT_ALPHA, DEFAULT_MIN_VALUE, DEFAULT_MAX_VALUE
+    ).values.size
+
+    __slots__ = ("_grid", "alpha", "counts", "gamma", "max_value", "min_value", "n_buckets")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(
+        self,
+        alpha: float = DEFAULT_ALPHA,
+        min_value: float = DEFAULT_MIN_VALUE,
+        max_value: float = DEFAULT_MAX_VALUE,
+    ) -> None:
+        self.alpha = float(alpha)
+        self.min_value = float(min_value)
+        self.max_value = float(max_value)
+        self._grid = _layout(self.alpha, self.min_value, self.max_value)
+        self.gamma = self._grid.gamma
+        self.n_buckets = int(self._grid.values.size)
+        self.counts: npt.NDArray[np.int64] = np.zeros(self.n_buckets, dtype=np.int64)
+
+    @property
+    def edges(self) -> npt.NDArray[np.float64]:
+        """Bucket upper bounds (read-only): bucket ``i`` holds ``edges[i-1] < x <= edges[i]``.
+
+        The empirical CDF is known exactly at each of them, which is what drift
+        statistics evaluate.
+        """
+        return self._grid.edges
+
+    @property
+    def values(self) -> npt.NDArray[np.float64]:
+        """What :meth:`quantile` reports for each bucket (read-only)."""
+        return self._grid.values
+
+    @property
+    def count(self) -> int:
+        """How many values were added (clamped ones included)."""
+        return int(self.counts.sum())
+
+    @property
+    def zeros(self) -> int:
+        """How many values had ``|x| < min_value`` (reported as ``0.0``)."""
+        return int(self.counts[self._grid.zero])
+
+    @property
+    def overflow(self) -> int:
+        """How many values had ``|x| > max_value`` (reported as ``+-max_value``)."""
+        return int(self.counts[0] + self.counts[-1])
+
+    def update(self, x: float) -> bool:
+        """Add one value; False (and nothing added) if it is NaN or infinite."""
+        x = float(x)
+        if not math.isfinite(x):
+            return False
+        self.counts[bisect.bisect_left(self._grid.edge_list, x)] += 1
+        return True
+
+    def update_many(self, values: npt.ArrayLike) -> int:
+        """Add a batch of values, vectorised; returns how many were skipped (NaN, +-inf)."""
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        finite = np.isfinite(arr)
+        skipped = arr.size - int(np.count_nonzero(finite))
+        if skipped:
+            arr = arr[finite]
+        if arr.size:
+            index = np.searchsorted(self._grid.edges, arr, side="left")
+            # A full-length bincount (~5 us) measured faster than adding only the span of
+            # buckets the batch touches (min, max, shift and slice: ~10 us).
+            self.counts += np.bincount(index, minlength=self.n_buckets)
+        return skipped
+
+    def merge(self, other: QuantileSketch) -> None:
+        """Add another sketch's counts into this one.
+
+        Raises
+        ------
+        ValueError
+            If the two sketches have different parameters (their buckets differ).
+        """
+        if not isinstance(other, QuantileSketch):
+            raise TypeError(f"cannot merge {type(other).__name__} into QuantileSketch")
+        self._check_same(other)
+        self.counts += other.counts
+
+    def copy(self) -> QuantileSketch:
+        """An independent sketch with the same parameters and counts."""
+        out = QuantileSketch(self.alpha, self.min_value, self.max_value)
+        out.counts[:] = self.counts
+        return out
+
+    def quantile_bucket(self, q: float) -> int:
+        """Index of the bucket holding the order statistic of rank ``floor(q * (n - 1))``.
+
+        Raises
+        ------
+        ValueError
+            If ``q`` is not in ``[0, 1]`` or the sketch is empty.
+        """
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must be in [0, 1], got {q!r}")
+        return int(self.quantile_buckets(np.array([q]))[0])
+
+    def quantile_buckets(self, qs: npt.ArrayLike) -> npt.NDArray[np.intp]:
+        """:meth:`quantile_bucket` of each of ``qs``, with one pass over the counts.
+
+        Raises
+        ------
+        ValueError
+            If a ``q`` is not in ``[0, 1]`` or the sketch is empty.
+        """
+        q = np.asarray(qs, dtype=np.float64)
+        if not bool(np.all((q >= 0.0) & (q <= 1.0))):  # False for NaN too
+            raise ValueError(f"q must be in [0, 1], got {qs!r}")
+        cumulative = np.cumsum(self.counts)
+        n = int(cumulative[-1])
+        if n == 0:
+            raise ValueError("an empty sketch has no quantiles")
+        ranks = np.floor(q * (n - 1)).astype(np.int64)
+        return np.searchsorted(cumulative, ranks, side="right")
+
+    def quantile(self, q: float) -> float:
+        """Estimate of the order statistic of rank ``floor(q * (n - 1))``; NaN when empty.
+
+        Raises
+        ------
+        ValueError
+            If ``q`` is not in ``[0, 1]``.
+        """
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must be in [0, 1], got {q!r}")
+        if not self.counts.any():
+            return math.nan
+        return float(self._grid.values[self.quantile_bucket(q)])
+
+    def cdf(self, x: float) -> float:
+        """Share of values ``<= e``, where ``e`` is the upper edge of ``x``'s bucket; NaN empty.
+
+        Exact when ``x`` is an edge; otherwise an upper bound on the share ``<= x`` that
+        exceeds it by at most the share in ``x``'s bucket.
+        """
+        n = self.count
+        if n == 0 or math.isnan(x):
+            return math.nan
+        bucket = bisect.bisect_left(self._grid.edge_list, float(x))
+        return int(self.counts[: bucket + 1].sum()) / n
+
+    def to_sparse(self) -> tuple[list[int], list[int]]:
+        """The nonzero buckets as ``(indices, counts)`` (Avro ``array<int>``, ``array<long>``)."""
+        index = np.flatnonzero(self.counts)
+        return index.tolist(), self.counts[index].tolist()
+
+    @classmethod
+    def from_sparse(
+        cls,
+        indices: Sequence[int],
+        counts: Sequence[int],
+        alpha: float = DEFAULT_ALPHA,
+        min_value: float = DEFAULT_MIN_VALUE,
+        max_value: float = DEFAULT_MAX_VALUE,
+    ) -> QuantileSketch:
+        """The inverse of :meth:`to_sparse`; repeated indices add up.
+
+        Raises
+        ------
+        ValueError
+            If the lists differ in length, an index is out of range or a count is negative.
+        """
+        out = cls(alpha, min_value, max_value)
+        index = np.asarray(indices, dtype=np.int64)
+        count = np.asarray(counts, dtype=np.int64)
+        if index.shape != count.shape or index.ndim != 1:
+            raise ValueError("indices and counts must be flat sequences of the same length")
+        if index.size and (index.min() < 0 or index.max() >= out.n_buckets):
+            raise ValueError(f"bucket index out of range [0, {out.n_buckets})")
+        if index.size and count.min() < 0:
+            raise ValueError("bucket counts must be >= 0")
+        np.add.at(out.counts, index, count)
+        return out
+
+    def params(self) -> tuple[float, float, float]:
+        """``(alpha, min_value, max_value)``: sketches merge only with equal parameters."""
+        return (self.alpha, self.min_value, self.max_value)
+
+    def _check_same(self, other: QuantileSketch) -> None:
+        if self.params() != other.params():
+            raise ValueError(
+                f"sketches with (alpha, min_value, max_value) = {other.params()} and "
+                f"{self.params()} have different buckets"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QuantileSketch):
+            return NotImplemented
+        return self.params() == other.params() and bool(np.array_equal(self.counts, other.counts))
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantileSketch(alpha={self.alpha!r}, min_value={self.min_value!r}, "
+            f"max_value={self.max_value!r}, count={self.count})"
+        )
