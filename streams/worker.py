@@ -94,6 +94,9 @@ JOIN_GRACE_S = 30.0
 
 #: Seconds a stopping worker waits for its last batch's acknowledgements (broker away).
 STOP_GRACE_S = 5.0
+POLL_S = 0.1
+"""Longest wait for a batch to fill: the candidates' answers hold the joiner's watermark
+back, so this wait adds to every window's delay at traffic too low to fill a batch."""
 
 
 class _Abandoned(Exception):
@@ -189,7 +192,7 @@ class ShadowWorker:
             self._open()
             last_activity = time.monotonic()
             while stop is None or not stop.is_set():
-                messages = self._consumer.consume(num_messages=self.batch_size, timeout=0.5)
+                messages = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
                 self._raise_if_fatal()
                 now = time.monotonic()
                 if not messages:
