@@ -44,6 +44,7 @@ from streams.join.table import Answer, Entry, JoinTable
 from streams.join.timecheck import check_event_time
 from streams.join.windows import Emitted, Key, Windows
 from streams.metrics.partial import SHARED, PartialStats
+from streams.metrics.slices import slice_names
 
 __all__ = ["Emitted", "PartitionState"]
 
@@ -162,6 +163,7 @@ class PartitionState:
                 else:
                     table.done.put(h, f._replace(req=True))
                     w.count(SHARED, t, "requests")
+                    self._profile(rec, t)
                     self.ledger.request_after_finish(f.prim, f.models)
                     self._meta_dirty = True
                 self._after("requests", t)
@@ -173,10 +175,66 @@ class PartitionState:
             e.req = True
             table.dirty.add(rid)
             w.count(SHARED, t, "requests")
+            e.ctx = self._profile(rec, t)
+            if e.ctx:
+                self._slice_answers(e)
             self.ledger.request(e.cands if e.prim is not None else ())
             self._meta_dirty = True
         self._after("requests", t)
         return None
+
+    def _profile(self, rec: dict[str, Any], t: int) -> tuple[str, ...]:
+        """Fold a request's features into its window; returns its context slices."""
+        b = self.windows.columns((SHARED, self.windows.start(t)))
+        num, cat = b.num, b.cat
+        for name, v in (rec.get("numeric_features") or {}).items():
+            col = num.get(name)
+            if col is None:
+                col = num[name] = []
+            col.append(v)
+        for name, v in (rec.get("categorical_features") or {}).items():
+            col_c = cat.get(name)
+            if col_c is None:
+                col_c = cat[name] = []
+            col_c.append(v)
+        names = slice_names(rec.get("context"))
+        for name in names:
+            b.slice(name).requests += 1
+        return names
+
+    def _slice_answers(self, e: Entry) -> None:
+        """A request that came after some answers: put those answers in its slices."""
+        ws = self.windows.start(e.t)
+        if e.prim is not None:
+            self._slice_output(SHARED, ws, e.ctx, e.prim)
+        for cand, cans in e.cands.items():
+            self._slice_output(cand, ws, e.ctx, cans)
+            if e.prim is not None:
+                self._slice_pair(cand, ws, e.ctx, e.prim, cans)
+
+    def _slice_output(self, key: str, ws: int, ctx: tuple[str, ...], ans: Answer) -> None:
+        if ans[0] is None or ans[3] is not None:
+            return
+        b = self.windows.columns((key, ws))
+        for name in ctx:
+            b.slice(name).out.append(ans[0])
+
+    def _slice_pair(
+        self, cand: str, ws: int, ctx: tuple[str, ...], prim: Answer, cans: Answer
+    ) -> None:
+        if prim[3] is not None or cans[3] is not None:
+            return
+        b = self.windows.columns((cand, ws))
+        if prim[0] is not None and cans[0] is not None:
+            for name in ctx:
+                c = b.slice(name)
+                c.reg_p.append(prim[0])
+                c.reg_c.append(cans[0])
+        elif prim[1] is not None and cans[1] is not None:
+            for name in ctx:
+                c = b.slice(name)
+                c.cls_p.append(prim[1])
+                c.cls_c.append(cans[1])
 
     def on_prediction(self, rec: dict[str, Any], now: int | None = None) -> str | None:
         """Apply a decoded Prediction; returns why it was refused (a dead letter), or None."""
@@ -243,6 +301,8 @@ class PartitionState:
                 ws = self.windows.start(t)
                 for cand, cans in e.cands.items():
                     self._pair(cand, ws, ans, cans)
+                if e.ctx:
+                    self._slice_answers(e)
                 if e.req and e.cands:
                     self.ledger.pair(e.cands)
                     self._meta_dirty = True
@@ -251,6 +311,11 @@ class PartitionState:
         else:
             e.cands[model] = ans
             self._answered(key, t, ans, primary)
+            if e.ctx:
+                ws = self.windows.start(e.t)
+                self._slice_output(model, ws, e.ctx, ans)
+                if e.prim is not None:
+                    self._slice_pair(model, ws, e.ctx, e.prim, ans)
             if e.prim is not None:
                 self._pair(model, self.windows.start(e.t), e.prim, ans)
                 if e.req:
@@ -263,6 +328,11 @@ class PartitionState:
         w = self.windows
         k = (key, w.start(t))
         s = w.stats(k)
+        if ans[3] is None:  # a failed answer has no output to profile
+            if ans[0] is not None:
+                w.columns(k).out.append(ans[0])
+            elif ans[1] is not None:
+                w.columns(k).out_labels.append(ans[1])
         s.count("primary_predictions" if primary else "candidate_predictions")
         if ans[3] is not None:
             s.count("primary_errors" if primary else "candidate_errors")

@@ -24,7 +24,7 @@ Answer = tuple[float | None, str | None, float | None, str | None]
 class Entry:
     """An open join: the request (seen or not), the primary's and each candidate's answer."""
 
-    __slots__ = ("cands", "deadline", "h", "prim", "req", "t")
+    __slots__ = ("cands", "ctx", "deadline", "h", "prim", "req", "t")
 
     def __init__(self, t: int, deadline: int, h: int) -> None:
         self.t = t
@@ -33,9 +33,12 @@ class Entry:
         self.req = False
         self.prim: Answer | None = None
         self.cands: dict[str, Answer] = {}
+        #: the request's context slices (``key=value``), once the request came
+        self.ctx: tuple[str, ...] = ()
 
     def dump(self) -> list[Any]:
-        return [self.t, self.deadline, self.req, self.prim, self.cands]
+        out = [self.t, self.deadline, self.req, self.prim, self.cands]
+        return [*out, list(self.ctx)] if self.ctx else out
 
     @classmethod
     def load(cls, data: list[Any], h: int) -> Entry:
@@ -44,6 +47,8 @@ class Entry:
         e.req = req
         e.prim = tuple(prim) if prim is not None else None
         e.cands = {k: tuple(v) for k, v in cands.items()}
+        if len(data) > 5:
+            e.ctx = tuple(data[5])
         return e
 
 

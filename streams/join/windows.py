@@ -25,6 +25,21 @@ Key = tuple[str, int]
 
 
 @dataclass
+class SliceColumns:
+    """Values of one context slice not yet folded."""
+
+    requests: int = 0
+    reg_p: list[float] = field(default_factory=list)
+    reg_c: list[float] = field(default_factory=list)
+    cls_p: list[str] = field(default_factory=list)
+    cls_c: list[str] = field(default_factory=list)
+    out: list[float] = field(default_factory=list)
+
+    def size(self) -> int:
+        return self.requests + len(self.reg_p) + len(self.cls_p) + len(self.out)
+
+
+@dataclass
 class Columns:
     """Per-accumulator values not yet folded."""
 
@@ -33,6 +48,20 @@ class Columns:
     cls_p: list[str] = field(default_factory=list)
     cls_c: list[str] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
+    #: this side's model outputs (the primary's on '*', the candidate's on its own)
+    out: list[float] = field(default_factory=list)
+    out_labels: list[str] = field(default_factory=list)
+    #: the requests' features, on '*'
+    num: dict[str, list[float]] = field(default_factory=dict)
+    cat: dict[str, list[str]] = field(default_factory=dict)
+    #: by context slice, in first-seen order (which slices a capped key keeps)
+    slices: dict[str, SliceColumns] = field(default_factory=dict)
+
+    def slice(self, name: str) -> SliceColumns:
+        c = self.slices.get(name)
+        if c is None:
+            c = self.slices[name] = SliceColumns()
+        return c
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,7 @@ class Windows:
                     s.add_latency(lat, None)
                 else:
                     s.add_latency(None, lat)
+            _fold_profile(s, b)
         self.cols.clear()
 
     def close(self, target: int) -> list[Emitted]:
@@ -152,3 +182,25 @@ class Windows:
     def load_meta(self, meta: dict[str, Any]) -> None:
         self.closed_until = meta.get("closed_until")
         self.late_seq = int(meta.get("late_seq", 0))
+
+
+def _fold_profile(s: PartialStats, b: Columns) -> None:
+    """Features, outputs and slices of one accumulator's buffers."""
+    p = s.profile
+    for name, values in b.num.items():
+        p.add_numeric(name, np.array(values, dtype=np.float64))
+    for name, labels in b.cat.items():
+        p.add_categorical(name, labels)
+    if b.out or b.out_labels:
+        p.add_outputs(np.array(b.out, dtype=np.float64), b.out_labels)
+    for name, c in b.slices.items():
+        st = s.slices.get(name, c.size())
+        if st is None:
+            continue  # its key is full: counted in the overflow
+        st.requests += c.requests
+        if c.reg_p:
+            st.add_regression(np.array(c.reg_p, dtype=np.float64), np.array(c.reg_c))
+        if c.cls_p:
+            st.add_classification(c.cls_p, c.cls_c)
+        if c.out:
+            st.output.update_many(np.array(c.out, dtype=np.float64))  # counted in p.output

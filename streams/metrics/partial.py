@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from streams.metrics.exact import ExactSum
+from streams.metrics.profile import Profile
 from streams.metrics.sketch import LatencySketch
+from streams.metrics.slices import Slices
 
 #: Coverage counters, in the order of the Avro ``Coverage`` record.
 COVERAGE_FIELDS = (
@@ -84,7 +86,9 @@ class PartialStats:
         "class_n",
         "coverage",
         "primary_latency",
+        "profile",
         "regression_n",
+        "slices",
         "sum_abs_diff",
         "sum_diff",
         "sum_sq_diff",
@@ -100,6 +104,10 @@ class PartialStats:
         self.class_disagreements = 0
         self.primary_latency = LatencySketch()
         self.candidate_latency = LatencySketch()
+        #: features (on '*') and this side's model outputs: what drift is judged on
+        self.profile = Profile()
+        #: disagreement and outputs by context slice
+        self.slices = Slices()
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -152,6 +160,8 @@ class PartialStats:
         self.class_disagreements += other.class_disagreements
         self.primary_latency.merge(other.primary_latency)
         self.candidate_latency.merge(other.candidate_latency)
+        self.profile.merge(other.profile)
+        self.slices.merge(other.slices)
 
     def is_empty(self) -> bool:
         return (
@@ -160,6 +170,8 @@ class PartialStats:
             and self.class_n == 0
             and self.primary_latency.count == 0
             and self.candidate_latency.count == 0
+            and self.profile.is_empty()
+            and self.slices.is_empty()
         )
 
     def __eq__(self, other: object) -> bool:
@@ -221,6 +233,8 @@ class PartialStats:
             "classification": {"n": self.class_n, "disagreements": self.class_disagreements},
             "primary_latency": _sketch_record(self.primary_latency),
             "candidate_latency": _sketch_record(self.candidate_latency),
+            "profile": self.profile.to_record(),
+            **self.slices.to_record(),
         }
 
     def to_partial(self, **identity: Any) -> dict[str, Any]:
@@ -259,4 +273,6 @@ class PartialStats:
         s.class_disagreements = int(rec["classification"]["disagreements"])
         s.primary_latency = _sketch_from(rec["primary_latency"])
         s.candidate_latency = _sketch_from(rec["candidate_latency"])
+        s.profile = Profile.from_record(rec.get("profile"))
+        s.slices = Slices.from_record(rec)
         return s

@@ -7,10 +7,14 @@ from types import ModuleType
 
 import pytest
 
-from streams.metrics import exact, sketch
+from streams.metrics import categories, drift, exact, profile, quantiles, sketch, slices
 
 
-@pytest.mark.parametrize("module", [exact, sketch], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module",
+    [exact, sketch, quantiles, categories, drift, profile, slices],
+    ids=lambda m: m.__name__,
+)
 def test_doctests(module: ModuleType) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0

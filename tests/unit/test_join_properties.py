@@ -34,7 +34,15 @@ Event = tuple[str, dict[str, Any], int]  # (stream, record, message timestamp)
 
 
 def req(rid: str, t: int) -> dict[str, Any]:
-    return {"request_id": rid, "event_time": t}
+    """A request with features and context, so profiles and slices are covered too."""
+    k = sum(map(ord, rid))
+    return {
+        "request_id": rid,
+        "event_time": t,
+        "numeric_features": {"sqft": 40.0 + k % 97, "delta": (k % 13) - 6.5, "nan": math.nan},
+        "categorical_features": {"city": ("Paris", "Lyon", "Nice")[k % 3]},
+        "context": {"region": f"r{k % 5}", "channel": ("app", "web")[k % 2]},
+    }
 
 
 def pred(rid: str, t: int, model: str, value: float | None = 1.0) -> dict[str, Any]:

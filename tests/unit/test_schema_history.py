@@ -471,8 +471,9 @@ def test_a_directory_without_history_reads_the_current_version_only(tmp_path: Pa
     assert codec.schemas["Partial"].version is None
     with pytest.raises(SchemaError, match="unknown writer schema fingerprint"):
         codec.decode(default_codec().versions["Partial"][1].encode(partial_v1()))
-    message = codec.encode("Partial", partial_v2())
-    assert codec.decode_as("Partial", message) == partial_v2()
+    current = {**partial_v2(), **PartialStats().to_record(), **partial_v2()}  # v3 defaults
+    message = codec.encode("Partial", current)
+    assert codec.decode_as("Partial", message) == current
 
 
 def test_a_history_file_not_named_by_version_is_an_error(tmp_path: Path) -> None:

@@ -164,6 +164,7 @@ def sample_predictions() -> list[dict[str, Any]]:
 
 
 def sample_partial() -> dict[str, Any]:
+    quantiles = {"alpha": 0.01, "min_value": 1e-9, "max_value": 1e15}
     coverage = {
         "requests": 10,
         "pairs": 8,
@@ -218,6 +219,27 @@ def sample_partial() -> dict[str, Any]:
             "*": {"requests": 3, "no_prediction": 3},
             "cand@2": {"requests": 12, "pairs": 8, "pending": 2, "dead_letters": 2},
         },
+        "profile": {
+            "numeric": {"sqft": {**quantiles, "indices": [0, 2765, 5530], "counts": [1, 5, 2]}},
+            "categorical": {"city": {"counts": {"Paris": 3, "Lyon": 1, "北京": 2}, "overflow": 7}},
+            "output": {**quantiles, "indices": [3000], "counts": [8]},
+            "labels": None,
+            "non_finite": 2,
+            "dropped_features": 0,
+        },
+        "slices": {
+            "region=eu": {
+                "requests": 5,
+                "n": 4,
+                "sum_diff": b"\x01",
+                "sum_abs_diff": b"\x02",
+                "sum_sq_diff": b"\x03",
+                "class_n": 0,
+                "disagreements": 0,
+                "output": {**quantiles, "alpha": 0.05, "indices": [600], "counts": [4]},
+            }
+        },
+        "slice_overflow": {"tenant": 9},
     }
 
 
@@ -277,6 +299,26 @@ def sample_dead_letter() -> dict[str, Any]:
     }
 
 
+def sample_alert() -> dict[str, Any]:
+    return {
+        "rule": "feature-drift",
+        "severity": "warning",
+        "state": "FIRING",
+        "candidate": "cand@2",
+        "primary": "prim@1",
+        "feature": "sqft",
+        "metric": "drift.feature.psi",
+        "value": 0.31,
+        "threshold": 0.2,
+        "comparison": ">=",
+        "window_start": T0,
+        "window_end": T0 + 10_000,
+        "emitted_at": T0 + 11_000,
+        "consecutive": 2,
+        "message": "PSI of sqft 0.31 >= 0.2 for 2 windows",
+    }
+
+
 SAMPLES: dict[str, list[dict[str, Any]]] = {
     "Request": [sample_request()],
     "Prediction": sample_predictions(),
@@ -284,6 +326,7 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
     "Partial": [sample_partial()],
     "MetricSnapshot": [sample_snapshot()],
     "DeadLetter": [sample_dead_letter()],
+    "Alert": [sample_alert()],
 }
 
 TIMESTAMP_FIELDS = {
@@ -293,6 +336,7 @@ TIMESTAMP_FIELDS = {
     "Partial": ["window_start", "window_end", "watermark"],
     "MetricSnapshot": ["window_start", "window_end", "emitted_at"],
     "DeadLetter": ["time"],
+    "Alert": ["window_start", "window_end", "emitted_at"],
 }
 
 

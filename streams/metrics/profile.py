@@ -1,0 +1,184 @@
+"""What the inputs or the outputs looked like over some events: the raw material of drift.
+
+A ``*`` partial profiles the requests (every numeric and categorical feature) and the
+primary's outputs; a candidate's partial profiles that candidate's outputs. Everything is
+a fixed-memory mergeable sketch (:mod:`streams.metrics.quantiles`,
+:mod:`streams.metrics.categories`), so profiles merge exactly across partitions and
+batches, like the rest of a partial.
+
+Memory is bounded whatever the traffic: at most :data:`MAX_FEATURES` features per profile
+(a producer that sends a new feature name per request must not grow state without end;
+values of features beyond it are counted in ``dropped_features``), each numeric one a
+44,488-byte sketch, each categorical one at most 64 counted values (under 4 KB). Values
+that are NaN or infinite are counted in ``non_finite``, never sketched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from streams.metrics.categories import CategoryCounts
+from streams.metrics.quantiles import QuantileSketch
+
+__all__ = ["MAX_FEATURES", "MERGE_CAP", "Profile", "quantiles_from", "quantiles_record"]
+
+MAX_FEATURES = 256
+"""Distinct feature names per profile (numeric and categorical together)."""
+MERGE_CAP = 1024
+"""Distinct values a merged categorical profile keeps (the joiner keeps 64 per partial)."""
+
+
+def quantiles_record(s: QuantileSketch) -> dict[str, Any]:
+    indices, counts = s.to_sparse()
+    alpha, lo, hi = s.params()
+    return {"alpha": alpha, "min_value": lo, "max_value": hi, "indices": indices, "counts": counts}
+
+
+def quantiles_from(rec: Mapping[str, Any]) -> QuantileSketch:
+    return QuantileSketch.from_sparse(
+        rec["indices"],
+        rec["counts"],
+        alpha=rec["alpha"],
+        min_value=rec["min_value"],
+        max_value=rec["max_value"],
+    )
+
+
+class Profile:
+    """Sketches of features and of one model's outputs; ``merge`` adds them.
+
+    >>> import numpy as np
+    >>> a, b = Profile(), Profile()
+    >>> a.add_numeric("sqft", np.array([50.0, 70.0, float("nan")]))
+    >>> b.add_numeric("sqft", np.array([90.0]))
+    >>> b.add_categorical("city", ["Paris", "Lyon"])
+    >>> a.merge(b)
+    >>> a.numeric["sqft"].count, a.non_finite, a.categorical["city"].count
+    (3, 1, 2)
+    """
+
+    __slots__ = ("categorical", "dropped_features", "labels", "non_finite", "numeric", "output")
+
+    def __init__(self) -> None:
+        self.numeric: dict[str, QuantileSketch] = {}
+        self.categorical: dict[str, CategoryCounts] = {}
+        self.output: QuantileSketch | None = None
+        self.labels: CategoryCounts | None = None
+        self.non_finite = 0
+        self.dropped_features = 0
+
+    def _room(self, name: str, n: int) -> bool:
+        if name in self.numeric or name in self.categorical:
+            return True
+        if len(self.numeric) + len(self.categorical) < MAX_FEATURES:
+            return True
+        self.dropped_features += n
+        return False
+
+    def add_numeric(self, name: str, values: np.ndarray) -> None:
+        if not values.size or not self._room(name, int(values.size)):
+            return
+        s = self.numeric.get(name)
+        if s is None:
+            s = self.numeric[name] = QuantileSketch()
+        self.non_finite += s.update_many(values)
+
+    def add_categorical(self, name: str, values: list[str]) -> None:
+        if not values or not self._room(name, len(values)):
+            return
+        c = self.categorical.get(name)
+        if c is None:
+            c = self.categorical[name] = CategoryCounts()
+        c.update_many(values)
+
+    def add_outputs(self, values: np.ndarray, labels: Iterable[str] = ()) -> None:
+        """A model's regression values and/or class labels."""
+        if values.size:
+            if self.output is None:
+                self.output = QuantileSketch()
+            self.non_finite += self.output.update_many(values)
+        labels = list(labels)
+        if labels:
+            if self.labels is None:
+                self.labels = CategoryCounts()
+            self.labels.update_many(labels)
+
+    def merge(self, other: Profile) -> None:
+        for name, s in other.numeric.items():
+            mine = self.numeric.get(name)
+            if mine is not None:
+                mine.merge(s)
+            elif self._room(name, s.count):
+                self.numeric[name] = s.copy()
+        for name, c in other.categorical.items():
+            mine_c = self.categorical.get(name)
+            if mine_c is not None:
+                self.categorical[name] = CategoryCounts.merged([mine_c, c], cap=MERGE_CAP)
+            elif self._room(name, c.count):
+                self.categorical[name] = CategoryCounts.merged([c], cap=MERGE_CAP)
+        if other.output is not None:
+            if self.output is None:
+                self.output = other.output.copy()
+            else:
+                self.output.merge(other.output)
+        if other.labels is not None:
+            if self.labels is None:
+                self.labels = CategoryCounts.merged([other.labels], cap=MERGE_CAP)
+            else:
+                self.labels = CategoryCounts.merged([self.labels, other.labels], cap=MERGE_CAP)
+        self.non_finite += other.non_finite
+        self.dropped_features += other.dropped_features
+
+    def is_empty(self) -> bool:
+        return (
+            not self.numeric
+            and not self.categorical
+            and self.output is None
+            and self.labels is None
+            and not self.non_finite
+            and not self.dropped_features
+        )
+
+    @property
+    def requests(self) -> int:
+        """Values of the most-filled feature: how many requests this profile saw (about)."""
+        counts = [s.count for s in self.numeric.values()]
+        counts += [c.count for c in self.categorical.values()]
+        return max(counts, default=0)
+
+    # -- Avro --------------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "numeric": {k: quantiles_record(s) for k, s in sorted(self.numeric.items())},
+            "categorical": {k: c.to_record() for k, c in sorted(self.categorical.items())},
+            "output": None if self.output is None else quantiles_record(self.output),
+            "labels": None if self.labels is None else self.labels.to_record(),
+            "non_finite": self.non_finite,
+            "dropped_features": self.dropped_features,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any] | None) -> Profile:
+        p = cls()
+        if not rec:
+            return p
+        p.numeric = {k: quantiles_from(v) for k, v in rec.get("numeric", {}).items()}
+        p.categorical = {k: _counts(v) for k, v in rec.get("categorical", {}).items()}
+        if rec.get("output") is not None:
+            p.output = quantiles_from(rec["output"])
+        if rec.get("labels") is not None:
+            p.labels = _counts(rec["labels"])
+        p.non_finite = int(rec.get("non_finite", 0))
+        p.dropped_features = int(rec.get("dropped_features", 0))
+        return p
+
+
+def _counts(rec: Mapping[str, Any]) -> CategoryCounts:
+    """A joiner's counts come back with the joiner's cap (a restored accumulator must admit
+    new values exactly as one that never stopped); a merged profile's with the larger one."""
+    n = len(rec["counts"])
+    return CategoryCounts.from_record(rec, cap=CategoryCounts.DEFAULT_CAP if n <= 64 else MERGE_CAP)
