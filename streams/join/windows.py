@@ -126,7 +126,7 @@ class Windows:
                     s.add_latency(lat, None)
                 else:
                     s.add_latency(None, lat)
-            _fold_profile(s, b)
+            _fold_profile(s, b, primary=key[0] == SHARED)
         self.cols.clear()
 
     def close(self, target: int) -> list[Emitted]:
@@ -184,7 +184,7 @@ class Windows:
         self.late_seq = int(meta.get("late_seq", 0))
 
 
-def _fold_profile(s: PartialStats, b: Columns) -> None:
+def _fold_profile(s: PartialStats, b: Columns, *, primary: bool) -> None:
     """Features, outputs and slices of one accumulator's buffers."""
     p = s.profile
     for name, values in b.num.items():
@@ -192,7 +192,7 @@ def _fold_profile(s: PartialStats, b: Columns) -> None:
     for name, labels in b.cat.items():
         p.add_categorical(name, labels)
     if b.out or b.out_labels:
-        p.add_outputs(np.array(b.out, dtype=np.float64), b.out_labels)
+        p.add_outputs(np.array(b.out, dtype=np.float64), b.out_labels, primary=primary)
     for name, c in b.slices.items():
         st = s.slices.get(name, c.size())
         if st is None:
@@ -203,4 +203,4 @@ def _fold_profile(s: PartialStats, b: Columns) -> None:
         if c.cls_p:
             st.add_classification(c.cls_p, c.cls_c)
         if c.out:
-            st.output.update_many(np.array(c.out, dtype=np.float64))  # counted in p.output
+            st.add_outputs(np.array(c.out, dtype=np.float64), primary=primary)

@@ -1,7 +1,9 @@
 """What the inputs or the outputs looked like over some events: the raw material of drift.
 
 A ``*`` partial profiles the requests (every numeric and categorical feature) and the
-primary's outputs; a candidate's partial profiles that candidate's outputs. Everything is
+primary's outputs; a candidate's partial profiles that candidate's outputs. Like the two
+latency sketches of a partial, the primary's and the candidate's outputs are separate
+fields, so merging a window's ``*`` partial into a candidate's keeps both apart. Everything is
 a fixed-memory mergeable sketch (:mod:`streams.metrics.quantiles`,
 :mod:`streams.metrics.categories`), so profiles merge exactly across partitions and
 batches, like the rest of a partial.
@@ -60,13 +62,24 @@ class Profile:
     (3, 1, 2)
     """
 
-    __slots__ = ("categorical", "dropped_features", "labels", "non_finite", "numeric", "output")
+    __slots__ = (
+        "candidate_labels",
+        "candidate_output",
+        "categorical",
+        "dropped_features",
+        "non_finite",
+        "numeric",
+        "primary_labels",
+        "primary_output",
+    )
 
     def __init__(self) -> None:
         self.numeric: dict[str, QuantileSketch] = {}
         self.categorical: dict[str, CategoryCounts] = {}
-        self.output: QuantileSketch | None = None
-        self.labels: CategoryCounts | None = None
+        self.primary_output: QuantileSketch | None = None
+        self.primary_labels: CategoryCounts | None = None
+        self.candidate_output: QuantileSketch | None = None
+        self.candidate_labels: CategoryCounts | None = None
         self.non_finite = 0
         self.dropped_features = 0
 
@@ -94,17 +107,28 @@ class Profile:
             c = self.categorical[name] = CategoryCounts()
         c.update_many(values)
 
-    def add_outputs(self, values: np.ndarray, labels: Iterable[str] = ()) -> None:
-        """A model's regression values and/or class labels."""
+    def add_outputs(self, values: np.ndarray, labels: Iterable[str] = (), *, primary: bool) -> None:
+        """The primary's or a candidate's regression values and/or class labels."""
+        side = "primary" if primary else "candidate"
         if values.size:
-            if self.output is None:
-                self.output = QuantileSketch()
-            self.non_finite += self.output.update_many(values)
+            out = getattr(self, f"{side}_output")
+            if out is None:
+                out = QuantileSketch()
+                setattr(self, f"{side}_output", out)
+            self.non_finite += out.update_many(values)
         labels = list(labels)
         if labels:
-            if self.labels is None:
-                self.labels = CategoryCounts()
-            self.labels.update_many(labels)
+            lab = getattr(self, f"{side}_labels")
+            if lab is None:
+                lab = CategoryCounts()
+                setattr(self, f"{side}_labels", lab)
+            lab.update_many(labels)
+
+    def output(self, primary: bool) -> QuantileSketch | None:
+        return self.primary_output if primary else self.candidate_output
+
+    def labels(self, primary: bool) -> CategoryCounts | None:
+        return self.primary_labels if primary else self.candidate_labels
 
     def merge(self, other: Profile) -> None:
         for name, s in other.numeric.items():
@@ -119,16 +143,19 @@ class Profile:
                 self.categorical[name] = CategoryCounts.merged([mine_c, c], cap=MERGE_CAP)
             elif self._room(name, c.count):
                 self.categorical[name] = CategoryCounts.merged([c], cap=MERGE_CAP)
-        if other.output is not None:
-            if self.output is None:
-                self.output = other.output.copy()
-            else:
-                self.output.merge(other.output)
-        if other.labels is not None:
-            if self.labels is None:
-                self.labels = CategoryCounts.merged([other.labels], cap=MERGE_CAP)
-            else:
-                self.labels = CategoryCounts.merged([self.labels, other.labels], cap=MERGE_CAP)
+        for side in ("primary", "candidate"):
+            theirs = getattr(other, f"{side}_output")
+            if theirs is not None:
+                mine_o = getattr(self, f"{side}_output")
+                if mine_o is None:
+                    setattr(self, f"{side}_output", theirs.copy())
+                else:
+                    mine_o.merge(theirs)
+            their_l = getattr(other, f"{side}_labels")
+            if their_l is not None:
+                mine_l = getattr(self, f"{side}_labels")
+                both = [their_l] if mine_l is None else [mine_l, their_l]
+                setattr(self, f"{side}_labels", CategoryCounts.merged(both, cap=MERGE_CAP))
         self.non_finite += other.non_finite
         self.dropped_features += other.dropped_features
 
@@ -136,8 +163,10 @@ class Profile:
         return (
             not self.numeric
             and not self.categorical
-            and self.output is None
-            and self.labels is None
+            and self.primary_output is None
+            and self.primary_labels is None
+            and self.candidate_output is None
+            and self.candidate_labels is None
             and not self.non_finite
             and not self.dropped_features
         )
@@ -155,8 +184,20 @@ class Profile:
         return {
             "numeric": {k: quantiles_record(s) for k, s in sorted(self.numeric.items())},
             "categorical": {k: c.to_record() for k, c in sorted(self.categorical.items())},
-            "output": None if self.output is None else quantiles_record(self.output),
-            "labels": None if self.labels is None else self.labels.to_record(),
+            **{
+                f"{side}_output": None if o is None else quantiles_record(o)
+                for side, o in (
+                    ("primary", self.primary_output),
+                    ("candidate", self.candidate_output),
+                )
+            },
+            **{
+                f"{side}_labels": None if c is None else c.to_record()
+                for side, c in (
+                    ("primary", self.primary_labels),
+                    ("candidate", self.candidate_labels),
+                )
+            },
             "non_finite": self.non_finite,
             "dropped_features": self.dropped_features,
         }
@@ -168,10 +209,11 @@ class Profile:
             return p
         p.numeric = {k: quantiles_from(v) for k, v in rec.get("numeric", {}).items()}
         p.categorical = {k: _counts(v) for k, v in rec.get("categorical", {}).items()}
-        if rec.get("output") is not None:
-            p.output = quantiles_from(rec["output"])
-        if rec.get("labels") is not None:
-            p.labels = _counts(rec["labels"])
+        for side in ("primary", "candidate"):
+            if rec.get(f"{side}_output") is not None:
+                setattr(p, f"{side}_output", quantiles_from(rec[f"{side}_output"]))
+            if rec.get(f"{side}_labels") is not None:
+                setattr(p, f"{side}_labels", _counts(rec[f"{side}_labels"]))
         p.non_finite = int(rec.get("non_finite", 0))
         p.dropped_features = int(rec.get("dropped_features", 0))
         return p

@@ -3,14 +3,15 @@
 A model can agree with the primary on average and disagree badly in one region: slices
 find that. Each slice is named ``key=value`` after one context entry of the request, and
 holds the same exact sums as the whole (:class:`streams.metrics.partial.PartialStats`) plus
-a coarse sketch of the model's outputs there, so slices merge exactly too.
+coarse sketches of the primary's and the candidate's outputs there (separate, as in a
+partial), so slices merge exactly too.
 
 Bounded: a request contributes at most :data:`MAX_KEYS` context keys (the first in sorted
 order), and each key at most :data:`MAX_VALUES` distinct values per partial (first seen);
 values beyond are counted in ``overflow[key]``, never dropped silently. Merged slices
 (the evaluator) keep at most :data:`MERGE_VALUES` values per key, the largest first.
-Memory per slice: 5 integers, 3 exact sums and a 1,144-bucket output sketch (9 KB dense
-while a joiner accumulates; sparse on the wire).
+Memory per slice: 5 integers, 3 exact sums and up to two 1,144-bucket output sketches
+(9 KB each, dense while a joiner accumulates; sparse on the wire).
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class SliceStats:
     """Exact disagreement sums, counts and an output sketch of one slice."""
 
     __slots__ = (
+        "candidate_output",
         "class_n",
         "disagreements",
         "n",
-        "output",
+        "primary_output",
         "requests",
         "sum_abs",
         "sum_diff",
@@ -68,7 +70,19 @@ class SliceStats:
         self.sum_sq = ExactSum()
         self.class_n = 0
         self.disagreements = 0
-        self.output = QuantileSketch(alpha=SLICE_ALPHA)
+        self.primary_output: QuantileSketch | None = None
+        self.candidate_output: QuantileSketch | None = None
+
+    def add_outputs(self, values: np.ndarray, *, primary: bool) -> None:
+        side = "primary_output" if primary else "candidate_output"
+        out = getattr(self, side)
+        if out is None:
+            out = QuantileSketch(alpha=SLICE_ALPHA)
+            setattr(self, side, out)
+        out.update_many(values)  # non-finite ones are counted by the partial's profile
+
+    def output(self, primary: bool) -> QuantileSketch | None:
+        return self.primary_output if primary else self.candidate_output
 
     def add_regression(self, primary: np.ndarray, candidate: np.ndarray) -> None:
         with np.errstate(invalid="ignore", over="ignore"):
@@ -94,10 +108,18 @@ class SliceStats:
         self.sum_sq.merge(other.sum_sq)
         self.class_n += other.class_n
         self.disagreements += other.disagreements
-        self.output.merge(other.output)
+        for side in ("primary_output", "candidate_output"):
+            theirs = getattr(other, side)
+            if theirs is not None:
+                mine = getattr(self, side)
+                if mine is None:
+                    setattr(self, side, theirs.copy())
+                else:
+                    mine.merge(theirs)
 
     def weight(self) -> int:
-        return max(self.requests, self.n + self.class_n, self.output.count)
+        outs = [o.count for o in (self.primary_output, self.candidate_output) if o is not None]
+        return max(self.requests, self.n + self.class_n, *outs)
 
     def summary(self) -> dict[str, Any]:
         n = self.n
@@ -119,7 +141,8 @@ class SliceStats:
             "sum_sq_diff": self.sum_sq.to_bytes(),
             "class_n": self.class_n,
             "disagreements": self.disagreements,
-            "output": quantiles_record(self.output),
+            "primary_output": _opt(self.primary_output),
+            "candidate_output": _opt(self.candidate_output),
         }
 
     @classmethod
@@ -132,7 +155,9 @@ class SliceStats:
         s.sum_sq = ExactSum.from_bytes(rec["sum_sq_diff"])
         s.class_n = int(rec["class_n"])
         s.disagreements = int(rec["disagreements"])
-        s.output = quantiles_from(rec["output"])
+        for side in ("primary_output", "candidate_output"):
+            if rec.get(side) is not None:
+                setattr(s, side, quantiles_from(rec[side]))
         return s
 
 
@@ -194,3 +219,7 @@ class Slices:
         out.by_name = {k: SliceStats.from_record(v) for k, v in (rec.get("slices") or {}).items()}
         out.overflow = {k: int(v) for k, v in (rec.get("slice_overflow") or {}).items()}
         return out
+
+
+def _opt(s: QuantileSketch | None) -> dict[str, Any] | None:
+    return None if s is None else quantiles_record(s)

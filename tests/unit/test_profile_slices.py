@@ -82,9 +82,10 @@ def test_profiles_equal_sketches_of_all_the_data(seed: int) -> None:
     assert prof.categorical["city"].counts == dict(Counter(d["city"].tolist()))
     ref_out = QuantileSketch()
     ref_out.update_many(d["p"])
-    assert prof.output == ref_out
-    assert totals["c@1"].profile.output is not None
-    assert totals["c@1"].profile.output.count == 3_000
+    assert prof.primary_output == ref_out
+    assert prof.candidate_output is None
+    cand_out = totals["c@1"].profile.candidate_output
+    assert cand_out is not None and cand_out.count == 3_000
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -103,7 +104,10 @@ def test_slices_equal_numpy_groupby(seed: int) -> None:
         assert got["rmse"] == pytest.approx(np.sqrt((diff[rows] ** 2).mean()), rel=1e-12)
         assert got["mean_signed_diff"] == pytest.approx(diff[rows].mean(), rel=1e-12)
         assert shared[f"region={region}"].requests == rows.sum()
-        assert slices[f"region={region}"].output.count == rows.sum()
+        out = slices[f"region={region}"].candidate_output
+        assert out is not None and out.count == rows.sum()
+        prim = shared[f"region={region}"].primary_output
+        assert prim is not None and prim.count == rows.sum()
 
 
 def test_slice_values_are_capped_and_counted() -> None:

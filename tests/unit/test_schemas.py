@@ -222,8 +222,10 @@ def sample_partial() -> dict[str, Any]:
         "profile": {
             "numeric": {"sqft": {**quantiles, "indices": [0, 2765, 5530], "counts": [1, 5, 2]}},
             "categorical": {"city": {"counts": {"Paris": 3, "Lyon": 1, "北京": 2}, "overflow": 7}},
-            "output": {**quantiles, "indices": [3000], "counts": [8]},
-            "labels": None,
+            "primary_output": None,
+            "candidate_output": {**quantiles, "indices": [3000], "counts": [8]},
+            "primary_labels": None,
+            "candidate_labels": {"counts": {"yes": 2}, "overflow": 0},
             "non_finite": 2,
             "dropped_features": 0,
         },
@@ -236,7 +238,8 @@ def sample_partial() -> dict[str, Any]:
                 "sum_sq_diff": b"\x03",
                 "class_n": 0,
                 "disagreements": 0,
-                "output": {**quantiles, "alpha": 0.05, "indices": [600], "counts": [4]},
+                "primary_output": None,
+                "candidate_output": {**quantiles, "alpha": 0.05, "indices": [600], "counts": [4]},
             }
         },
         "slice_overflow": {"tenant": 9},
