@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams import deadletter
+from streams.alerts.state import Transition
+from streams.judge import Judge, Judged, slice_rows
 from streams.metrics.partial import SHARED, PartialStats
 from streams.schemas import Codec, default_codec
 
@@ -49,6 +51,8 @@ class Handled:
     snapshots: list[Message] = field(default_factory=list)
     #: None for a partial that was folded; else the reason, for a dead letter
     error: str | None = None
+    #: (key, Alert) transitions, for ``<prefix>.alerts``
+    alerts: list[Message] = field(default_factory=list)
 
 
 def dead_letter_record(
@@ -82,8 +86,14 @@ def snapshot_record(
     meta: dict[str, Any],
     emitted_at: int,
     conservation: dict[str, Any] | None = None,
+    judged: Judged | None = None,
+    top_k: int = 5,
 ) -> dict[str, Any]:
-    """A MetricSnapshot record from merged statistics and their bookkeeping."""
+    """A MetricSnapshot record from merged statistics and their bookkeeping.
+
+    ``judged``: drift, slices and alerts of a WINDOW (without it, the slices come from the
+    statistics alone, as in a CUMULATIVE).
+    """
     rec: dict[str, Any] = {
         "candidate": candidate,
         "primary": primary,
@@ -98,6 +108,14 @@ def snapshot_record(
         "conservation": conservation,
     }
     rec.update(stats.summary())
+    if judged is not None:
+        rec["reference"] = judged.reference
+        rec["drift"] = judged.drift
+        rec["slices"] = judged.slices
+        rec["alerts"] = judged.alerts
+    else:
+        rec["slices"] = slice_rows(stats, top_k)
+    rec["slice_overflow"] = dict(sorted(stats.slices.overflow.items()))
     return rec
 
 
@@ -143,6 +161,7 @@ class WindowMerger:
         codec: Codec | None = None,
         clock: Callable[[], int] = _now_ms,
         grace_ms: int | None = None,
+        judge: Judge | None = None,
     ) -> None:
         if grace_ms is not None and grace_ms < 0:
             raise ValueError(f"grace_ms must be >= 0, not {grace_ms}")
@@ -153,6 +172,9 @@ class WindowMerger:
         self.codec = codec or default_codec()
         self.clock = clock
         self.grace_ms = grace_ms
+        #: drift, slices and alerts at each window close (None: disagreement only)
+        self.judge = judge
+        self._alerts: list[Message] = []
 
     # -- table access ----------------------------------------------------------------------
 
@@ -293,7 +315,8 @@ class WindowMerger:
                 out += self._close(after)
             if ledger_changed:
                 out += self._refresh_conservation()
-        return Handled(out)
+        alerts, self._alerts = self._alerts, []
+        return Handled(out, alerts=alerts)
 
     def _close(self, progress: int) -> list[Message]:
         """Publish every pending window that ends at or before ``progress``, oldest first."""
@@ -312,6 +335,13 @@ class WindowMerger:
             )
             present = sorted(c for c in due[ws] if c != SHARED)
             absent = sorted(set(self._known()) - set(present))
+            we = max(
+                self.get_json(self.meta, f"{c}|{ws}".encode(), {}).get("window_end", ws)
+                for c in due[ws]
+            )
+            judge = self.judge
+            if judge is not None:
+                self._publish(judge.shared_window(ws, we, shared))
             for cand in present:
                 key = f"{cand}|{ws}".encode()
                 stats = self._stats(self.windows, key) or PartialStats()
@@ -319,16 +349,27 @@ class WindowMerger:
                 stats.merge(shared)
                 wmeta["partials"] += shared_meta["partials"]
                 primary = shared_meta.get("primary") or wmeta.get("primary", "")
-                out.append(self._snapshot(cand, primary, "WINDOW", stats, wmeta))
+                judged = None
+                if judge is not None:
+                    judged = judge.window(cand, primary, ws, we, stats)
+                    self._publish(judged.transitions)
+                out.append(self._snapshot(cand, primary, "WINDOW", stats, wmeta, judged=judged))
                 out += self._add_cumulative(cand, primary, stats, wmeta, late=0)
                 del self.windows[key]
                 del self.meta[key]
+            if judge is not None:
+                judge.end_window(we)
             # requests of a window a candidate sent nothing for (a cold start, a worker
             # down) are still requests it was shown: its cumulative coverage counts them
             out += self._fold_shared(absent, shared, shared_meta, late=0)
             self.windows.pop(shared_key, None)
             self.meta.pop(shared_key, None)
         return out
+
+    def _publish(self, transitions: list[Transition]) -> None:
+        now = self.clock()
+        for t in transitions:
+            self._alerts.append((t.key, self.codec.encode("Alert", t.to_record(now))))
 
     def _known(self) -> list[str]:
         """Candidates with a cumulative so far, in a stable order."""
@@ -427,6 +468,13 @@ class WindowMerger:
         meta: dict[str, Any],
         *,
         conservation: dict[str, Any] | None = None,
+        judged: Judged | None = None,
     ) -> Message:
-        rec = snapshot_record(cand, primary, scope, stats, meta, self.clock(), conservation)
+        top_k = self.judge.top_k if self.judge is not None else 5
+        rec = snapshot_record(
+            cand, primary, scope, stats, meta, self.clock(), conservation, judged, top_k
+        )
+        if judged is None and self.judge is not None:
+            rec["reference"] = self.judge.reference_info()
+            rec["alerts"] = self.judge.firing(cand)
         return cand.encode(), self.codec.encode("MetricSnapshot", rec)

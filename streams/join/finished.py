@@ -114,6 +114,9 @@ class FinishedStore:
         return Finished(fs, req, prim, models)
 
     def put(self, h: int, f: Finished) -> None:
+        """Remember ``f`` under ``h``. A key's ``forget_s`` never decreases (the join table
+        keeps it, or finishes a join again only later): the segments of an earlier bucket
+        are tombstoned first, so a smaller one would be outlived by the old record."""
         combo = (f.req, f.prim, tuple(sorted(f.models)))
         code = self._combo_ix.get(combo)
         if code is None:

@@ -85,6 +85,9 @@ class CategoricalDrift:
     js: float
     n_ref: int
     n_cur: int
+    #: distinct values of both samples together (+1 when either has overflow): the
+    #: degrees of freedom a significance test needs (streams.alerts.drift_rule)
+    categories: int = 0
 
     @property
     def js_divergence(self) -> float:
@@ -278,6 +281,11 @@ def categorical_drift(reference: CategoryCounts, current: CategoryCounts) -> Cat
     >>> round(d.js, 4), round(d.js_divergence, 4), d.n_ref, d.n_cur
     (0.5579, 0.3113, 100, 100)
     """
+    k = len(reference.counts.keys() | current.counts.keys())
+    k += 1 if reference.overflow or current.overflow else 0
     return CategoricalDrift(
-        js=js_distance(reference, current), n_ref=reference.count, n_cur=current.count
+        js=js_distance(reference, current),
+        n_ref=reference.count,
+        n_cur=current.count,
+        categories=k,
     )

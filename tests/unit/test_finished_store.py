@@ -46,6 +46,8 @@ def apply(store: FinishedStore, ref: dict[int, Finished], op: tuple[Any, ...]) -
     if op[0] == "put":
         _, k, fs, r, p, m = op
         h = digest(f"req-{k}")
+        if h in ref:  # a join finishes again only later (its forget time never decreases)
+            fs = max(fs, ref[h].forget_s)
         f = Finished(fs, r, p, tuple(m))
         store.put(h, f)
         ref[h] = canon(f)

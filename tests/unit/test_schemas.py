@@ -286,6 +286,53 @@ def sample_snapshot() -> dict[str, Any]:
             "terms": {"pairs": 8, "no_candidate": 1, "pending": 2, "dead_letters": 1},
             "holds": True,
         },
+        "reference": {"source": "first 2000 requests", "requests": 2000, "ready": True},
+        "drift": [
+            {
+                "feature": "sqft",
+                "kind": "numeric",
+                "psi": 0.31,
+                "ks": 0.12,
+                "js": None,
+                "p_value": 1e-9,
+                "n_ref": 2000,
+                "n_cur": 500,
+                "drifting": True,
+                "alarm": False,
+                "change": False,
+                "reason": "KS 0.12 >= 0.1, p 1e-09 < 0.0005",
+            },
+            {
+                "feature": "candidate",
+                "kind": "output",
+                "psi": None,
+                "ks": None,
+                "js": None,
+                "p_value": None,
+                "n_ref": 2000,
+                "n_cur": 3,
+                "drifting": None,
+                "alarm": None,
+                "change": False,
+                "reason": "too few values",
+            },
+        ],
+        "slices": [
+            {
+                "slice": "region=eu",
+                "requests": 120,
+                "pairs": 118,
+                "mae": 2.5,
+                "rmse": 3.0,
+                "mean_signed_diff": -0.5,
+                "disagreement_rate": None,
+                "output_psi": 0.02,
+                "output_ks": 0.03,
+                "primary_output_psi": None,
+            }
+        ],
+        "slice_overflow": {"tenant": 4},
+        "alerts": ["feature-drift|*|sqft"],
     }
 
 
