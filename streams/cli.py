@@ -106,6 +106,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {
         "bootstrap_servers": getattr(args, "bootstrap", None),
         "prefix": getattr(args, "prefix", None),
+        "rules_path": getattr(args, "rules", None),
+        "baseline_path": getattr(args, "baseline", None),
+        "reference_requests": getattr(args, "reference_requests", None),
     }
     cfg = Config.load(getattr(args, "config", None), **overrides)
     if cfg.bootstrap_servers:
@@ -216,6 +219,29 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    cfg = connect(args)
+    from streams.alerts.follow import follow_alerts
+
+    if not args.once:
+        _err(f"alerts on {cfg.prefix}.alerts (latest state, then as they come; Ctrl-C stops)")
+    follow_alerts(
+        cfg,
+        out=sys.stdout,
+        as_json=args.json,
+        once=args.once,
+        stop=_stop_on_signals(),
+        idle_exit_s=args.idle_exit,
+    )
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from streams.baseline import baseline_build
+
+    return baseline_build(args)
+
+
 def cmd_demo_service(args: argparse.Namespace) -> int:
     cfg = connect(args)
     from streams.simulation import run_service
@@ -242,6 +268,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (also UNDERSTUDY_CONFIG)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (also KAFKA_BOOTSTRAP_SERVERS)")
     p.add_argument("--prefix", help="topic prefix (default 'understudy')")
+
+
+def _baseline_arguments(p: argparse.ArgumentParser) -> None:
+    from streams.baseline import add_arguments
+
+    add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,8 +322,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluator", help="merge partials, publish metric snapshots (faust)")
     p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    p.add_argument("--rules", help="alert rules YAML (default: the shipped deploy/rules.yaml)")
+    p.add_argument(
+        "--baseline", help="drift reference built by `understudy baseline build` (default: none)"
+    )
+    p.add_argument(
+        "--reference-requests",
+        type=int,
+        help="without --baseline: the first N requests are the drift reference (default 2000)",
+    )
     _common(p)
     p.set_defaults(func=cmd_evaluator)
+
+    p = sub.add_parser("alerts", help="follow the alert transitions (FIRING / RESOLVED)")
+    p.add_argument("--json", action="store_true", help="one JSON object per alert")
+    p.add_argument("--once", action="store_true", help="print what is there now and exit")
+    p.add_argument("--idle-exit", type=float, help="exit after this many seconds without one")
+    _common(p)
+    p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("baseline", help="drift reference profiles")
+    bsub = p.add_subparsers(dest="baseline_command", required=True)
+    b = bsub.add_parser("build", help="a reference profile from CSV, Parquet or JSON lines")
+    _baseline_arguments(b)
+    b.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("demo-service", help="the simulated production service alone")
     p.add_argument("--events", type=int, help="requests to send (default: until stopped)")
@@ -304,7 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, help="stop after N requests and the final snapshot")
     p.add_argument("--duration", type=float, help="stop after S seconds of traffic")
     p.add_argument("--rate", type=float, default=500.0, help="requests per second")
-    p.add_argument("--window-ms", type=int, default=2000, help="evaluation window")
+    p.add_argument("--window-ms", type=int, default=1000, help="evaluation window")
+    p.add_argument(
+        "--reference-requests",
+        type=int,
+        help="requests in the drift reference (default: a quarter of --events, at most 2000)",
+    )
     p.add_argument("--json", action="store_true", help="print final snapshots as JSON lines")
     p.add_argument("--keep-broker", action="store_true", help="leave the embedded broker up")
     p.add_argument("--seed", type=int, default=7)

@@ -82,6 +82,16 @@ class Config:
     #: The evaluator closes a window once any joiner partition is this far past its end
     #: (event time), even if others have not reported; 0 means two windows.
     evaluator_grace_ms: int = 0
+    #: Drift reference: the first this many requests (unless ``baseline_path`` is set);
+    #: their windows build it and are not judged.
+    reference_requests: int = 2_000
+    #: A baseline profile (``understudy baseline build``) to judge drift against; empty:
+    #: the first ``reference_requests`` requests.
+    baseline_path: str = ""
+    #: Alert rules (YAML, see docs/drift-and-alerts.md); empty: the shipped rules.
+    rules_path: str = ""
+    #: Slices listed in each snapshot, those that disagree most first.
+    slice_top_k: int = 5
     #: librdkafka options passed unchanged to every client (SASL, TLS, ...).
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -96,11 +106,14 @@ class Config:
             "max_age_ms",
             "max_skew_ms",
             "max_pending",
+            "reference_requests",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.evaluator_grace_ms < 0:
             raise ConfigError(f"evaluator_grace_ms must be >= 0, got {self.evaluator_grace_ms}")
+        if self.slice_top_k < 0:
+            raise ConfigError(f"slice_top_k must be >= 0, got {self.slice_top_k}")
         if self.lateness_ms < 0:
             raise ConfigError(f"lateness_ms must be >= 0, got {self.lateness_ms}")
         if not self.prefix or any(c in self.prefix for c in " /\\:"):

@@ -10,7 +10,14 @@ seconds, or on Ctrl-C, and leaves no process behind but a broker it was asked to
 With ``--json`` it prints each candidate's final CUMULATIVE snapshot as one JSON line, as
 the evaluator published it; its ``conservation`` is the law over every joiner partition:
 ``{"requests": N, "terms": {name: count, ...}, "holds": true|false}``, where ``holds``
-says whether the terms add up to ``requests``.
+says whether the terms add up to ``requests``. Two keys are added to it: ``window_drift``,
+the drift rows of that candidate's last WINDOW snapshot (features and outputs against the
+reference), and ``alerts_raised``, every alert transition of that candidate or of the
+shared features (candidate ``*``) seen on ``<prefix>.alerts``, in order.
+
+The simulated market drifts halfway through (:mod:`streams.simulation`); the first quarter
+of the requests (at most 2,000) is the drift reference, so the drift shows up in the live
+table, and its alerts as they fire.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import IO, Any
 from confluent_kafka import Consumer
 
 from streams import broker
+from streams.alerts.follow import format_alert
 from streams.config import Config
 from streams.demo_models import CANDIDATE_SPECS
 from streams.errors import UnderstudyError
@@ -152,20 +160,35 @@ class MetricsView:
                 },
             )
         )
-        self.consumer.subscribe([Topics(cfg.prefix).metrics])
+        topics = Topics(cfg.prefix)
+        self.alerts_topic = topics.alerts
+        self.consumer.subscribe([topics.metrics, topics.alerts])
         self.cumulative: dict[str, dict[str, Any]] = {}
         self.window: dict[str, dict[str, Any]] = {}
+        #: every alert transition seen, in order
+        self.alerts: list[dict[str, Any]] = []
 
     def poll(self, timeout: float) -> int:
         n = 0
         for m in self.consumer.consume(num_messages=1000, timeout=timeout):
-            if m.error():
+            if m.error() or m.value() is None:
+                continue
+            if m.topic() == self.alerts_topic:
+                self.alerts.append(self.codec.decode_as("Alert", m.value()))
                 continue
             rec = self.codec.decode_as("MetricSnapshot", m.value())
             target = self.cumulative if rec["scope"] == "CUMULATIVE" else self.window
             target[rec["candidate"]] = rec
             n += 1
         return n
+
+    def final(self, cand: str) -> dict[str, Any]:
+        """The ``--json`` line of ``cand``: its last CUMULATIVE, its drift, its alerts."""
+        return {
+            **self.cumulative[cand],
+            "window_drift": self.window.get(cand, {}).get("drift", []),
+            "alerts_raised": [a for a in self.alerts if a["candidate"] in (cand, "*")],
+        }
 
     def close(self) -> None:
         self.consumer.close()
@@ -186,7 +209,42 @@ class MetricsView:
                 f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)} "
                 f"{_law(r.get('conservation')):>6}"
             )
+        lines += self._drift_lines()
+        if self.alerts:
+            lines.append("alerts (latest last):")
+            for a in self.alerts[-6:]:
+                lines.append("  " + format_alert(a))
         return "\n".join(lines)
+
+    def _drift_lines(self) -> list[str]:
+        """Drift per feature of the latest judged window, and each candidate's outputs."""
+        latest = max(self.window.values(), key=lambda w: w["window_end"], default=None)
+        if latest is None:
+            return []
+        ref = latest.get("reference") or {}
+        if not ref.get("ready"):
+            return [f"drift: building the reference ({ref.get('requests', 0)} requests so far)"]
+        rows = [d for d in latest.get("drift", []) if d["kind"] in ("numeric", "categorical")]
+        if not rows:
+            return []
+        out = [f"drift of the last window against the {ref['source']}:"]
+        cells = []
+        for d in rows:
+            stat = (
+                f"psi {d['psi']:.2f}"
+                if d["psi"] is not None
+                else (f"js {d['js']:.2f}" if d["js"] is not None else "-")
+            )
+            flag = " ALARM" if d["alarm"] else (" drifting" if d["drifting"] else "")
+            cells.append(f"{d['feature']} {stat}{flag}")
+        for i in range(0, len(cells), 4):
+            out.append("  " + " | ".join(cells[i : i + 4]))
+        for cand in sorted(self.window):
+            for d in self.window[cand].get("drift", []):
+                if d["kind"] == "output" and d["feature"] == "candidate" and d["psi"] is not None:
+                    flag = " ALARM" if d["alarm"] else ""
+                    out.append(f"  {cand} output psi {d['psi']:.2f}{flag}")
+        return out
 
 
 #: coverage counters that settle a request for one candidate: joined, or why not
@@ -206,6 +264,11 @@ def _settled(snapshot: dict[str, Any], total: int) -> bool:
         and law is not None
         and law["requests"] >= total
     )
+
+
+def _reference(events: int | None) -> int:
+    """The first quarter of the run, at most 2,000 requests: before the market drifts."""
+    return 2_000 if not events else max(1, min(2_000, events // 4))
 
 
 def _num(v: float | None, width: int = 9) -> str:
@@ -232,6 +295,7 @@ def run_demo(args: argparse.Namespace) -> int:
         window_ms=args.window_ms,
         idle_flush_ms=1500,
         lateness_ms=1000,
+        reference_requests=args.reference_requests or _reference(args.events),
     )
     started_broker = False
     if not cfg.bootstrap_servers:
@@ -263,7 +327,7 @@ def run_demo(args: argparse.Namespace) -> int:
         result = _drive(args, cfg, roles, view, stop)
         if args.json:
             for cand in sorted(view.cumulative):
-                print(json.dumps(view.cumulative[cand], sort_keys=True), flush=True)
+                print(json.dumps(view.final(cand), sort_keys=True), flush=True)
         return result
     except KeyboardInterrupt as exc:
         _ignore_stop_signals()

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,10 +32,12 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from streams import faust_eos
+from streams.alerts.rules import SHIPPED_RULES, Rule, load_rules
 from streams.clientlog import quiet_python_clients
 from streams.config import Config
 from streams.credentials import faust_credentials
 from streams.errors import BrokerError, ConfigError, TopicLayoutError, UnderstudyError
+from streams.judge import Judge
 from streams.kafka import (
     Topics,
     admin,
@@ -44,15 +47,53 @@ from streams.kafka import (
     read_range,
 )
 from streams.merging import WindowMerger, dead_letter_record
+from streams.metrics.partial import PartialStats
 from streams.schemas import Codec, default_codec
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Judging:
+    """What the evaluator judges windows with, loaded (and checked) before it starts."""
+
+    rules: tuple[Rule, ...]
+    rules_source: str
+    baseline: PartialStats | None
+    baseline_source: str
+
+
+def load_judging(cfg: Config) -> Judging:
+    """The alert rules and the drift baseline of ``cfg``; a bad file is a ConfigError.
+
+    Called before anything touches Kafka, so a typo in a rules file stops the evaluator at
+    once with one line naming the file, the rule and the problem.
+    """
+    path = Path(cfg.rules_path) if cfg.rules_path else SHIPPED_RULES
+    if not cfg.rules_path and not path.is_file():
+        log.warning("no rules file (rules_path is empty and %s is missing): no alerts", path)
+        rules: tuple[Rule, ...] = ()
+    else:
+        rules = load_rules(path)
+    baseline = None
+    if cfg.baseline_path:
+        from streams.baseline import load_baseline
+
+        baseline = load_baseline(Path(cfg.baseline_path))
+    return Judging(rules, str(path), baseline, cfg.baseline_path)
+
+
 class Evaluator:
     """Builds the faust app; state lives in its tables, logic in :meth:`handle`."""
 
-    def __init__(self, cfg: Config, *, codec: Codec | None = None, datadir: Path | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        codec: Codec | None = None,
+        datadir: Path | None = None,
+        judging: Judging | None = None,
+    ):
         import faust  # here, not at import: faust takes seconds to import (see run_evaluator)
 
         if cfg.evaluator_partitions != 1:
@@ -72,6 +113,7 @@ class Evaluator:
         faust_eos.install(
             {
                 self.topics.metrics: self.topics.partials,
+                self.topics.alerts: self.topics.partials,
                 self.topics.deadletter: self.topics.partials,
             }
         )
@@ -108,6 +150,12 @@ class Evaluator:
         self.deadletter = app.topic(
             self.topics.deadletter, key_serializer="raw", value_serializer="raw", partitions=1
         )
+        self.alerts = app.topic(
+            self.topics.alerts,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=cfg.evaluator_partitions,
+        )
         table_opts: dict[str, Any] = {
             "on_recover": self._restore_tables,
             "default": None,
@@ -129,6 +177,18 @@ class Evaluator:
         self.meta = app.Table("meta", **table_opts)
         #: b"p<partition>" -> progress; b"n" -> partition count (JSON ints)
         self.progress = app.Table("progress", **table_opts)
+        #: references, drift alarm runs, ADWIN histories, alert states (streams.judge)
+        self.judge_state = app.Table("judge", **table_opts)
+        judging = judging or load_judging(cfg)
+        self.judge = Judge(
+            self.judge_state,
+            rules=judging.rules,
+            reference_requests=cfg.reference_requests,
+            baseline=judging.baseline,
+            baseline_source=judging.baseline_source,
+            top_k=cfg.slice_top_k,
+            codec=self.codec,
+        )
         self._gaps = GapReader(cfg, self.topics.partials)
         self.merger = WindowMerger(
             self.windows,
@@ -138,8 +198,13 @@ class Evaluator:
             codec=self.codec,
             # a window closes at the latest when some partition is this far past its end
             grace_ms=cfg.evaluator_grace_ms or 2 * cfg.window_ms,
+            judge=self.judge,
         )
         app.agent(self.partials, name="merge")(self._agent)
+
+    @property
+    def tables(self) -> tuple[Any, ...]:
+        return (self.windows, self.cumulative, self.meta, self.progress, self.judge_state)
 
     def ensure_internal_topics(self, timeout: float = 30.0) -> list[str]:
         """Create faust's own topics (table changelogs, leader) and wait until listed.
@@ -159,7 +224,7 @@ class Evaluator:
                 rf,
                 config={"cleanup.policy": "compact"},
             )
-            for t in (self.windows, self.cumulative, self.meta, self.progress)
+            for t in self.tables
         ]
         # faust's LeaderAssignor topic (faust.assignor.leader_assignor), one partition
         specs.append(NewTopic(f"{self.app.conf.id}-__assignor-__leader", 1, rf))
@@ -189,7 +254,7 @@ class Evaluator:
         partials. Reading the changelogs ourselves makes the restart exact; when faust did
         recover, this writes the same values again.
         """
-        for table in (self.windows, self.cumulative, self.meta, self.progress):
+        for table in self.tables:
             topic = table.changelog_topic.get_topic_name()
             state: dict[bytes, bytes | None] = {}
             for p in range(self.cfg.evaluator_partitions):
@@ -239,6 +304,8 @@ class Evaluator:
         # partition = the source's: faust_eos sends it in that partition's transaction
         for cand, snapshot in handled.snapshots:
             self.metrics.send_soon(key=cand, value=snapshot, partition=partition)
+        for alert_key, alert in handled.alerts:
+            self.alerts.send_soon(key=alert_key, value=alert, partition=partition)
         if handled.error is not None:
             log.warning(
                 "dead-lettering %s[%d]@%d: %s",
@@ -308,7 +375,7 @@ class GapReader:
 def check_topics(cfg: Config) -> None:
     """Refuse to start without the deployment's topics (faust would create them itself)."""
     t = Topics(cfg.prefix)
-    names = [t.partials, t.metrics, t.deadletter]
+    names = [t.partials, t.metrics, t.alerts, t.deadletter]
     counts = partition_counts(cfg, names)
     missing = [n for n in names if n not in counts]
     if missing:
@@ -404,8 +471,9 @@ def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None =
     # before faust is imported (seconds): a stop signal from here on stops, never kills
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, early)
+    judging = load_judging(cfg)  # a bad rules or baseline file stops it before Kafka
     check_topics(cfg)
-    ev = Evaluator(cfg, datadir=datadir)
+    ev = Evaluator(cfg, datadir=datadir, judging=judging)
     quiet_python_clients()  # aiokafka (imported now) logs a lost broker many times a second
     ev.ensure_internal_topics()
     worker = _worker_class()(ev.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

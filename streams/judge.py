@@ -128,16 +128,7 @@ class Judge:
         assert ref is not None
         drifts = self._feature_drift(ref, shared)
         self._put_json(b"features|" + str(we).encode(), drifts)
-        values: dict[ValueKey, float | None] = {}
-        for d in drifts:
-            if d["kind"] not in ("numeric", "categorical"):
-                continue  # the primary's outputs: judged with each candidate's window
-            metric = "drift.feature." + ("js" if d["kind"] == "categorical" else "psi")
-            values[(metric, d["feature"])] = d["js"] if d["kind"] == "categorical" else d["psi"]
-            if d["kind"] == "numeric":
-                values[("drift.feature.ks", d["feature"])] = d["ks"]
-            values[("drift.alarm", d["feature"])] = _flag(d["alarm"])
-            values[("drift.feature.change", d["feature"])] = 1.0 if d["change"] else 0.0
+        values = _drift_values(drifts)
         return self._observe(SHARED, "", ws, we, values)
 
     def end_window(self, we: int) -> None:
@@ -216,15 +207,8 @@ class Judge:
             drift += self._judge_stats(b"alarm|" + cand.encode(), outs)
         if info["ready"]:
             drift = self._json(b"features|" + str(we).encode(), []) + drift
-        for d in drift:
-            if d["kind"] in ("output", "labels"):
-                side = d["feature"]
-                metric = "drift.output." + ("js" if d["kind"] == "labels" else "psi")
-                values[(metric, side)] = d["js"] if d["kind"] == "labels" else d["psi"]
-                if d["kind"] == "output":
-                    values[("drift.output.ks", side)] = d["ks"]
-                values[("drift.output.alarm", side)] = _flag(d["alarm"])
-                values[("drift.output.change", side)] = 1.0 if d["change"] else 0.0
+        # the primary's output drift is shared: observed once, under candidate '*'
+        values.update(_drift_values([d for d in drift if d["feature"] == "candidate"]))
         transitions = self._observe(cand, primary, ws, we, values)
         slices = self._slices(stats, out_ref if out_meta["ready"] else None)
         return Judged(
@@ -275,6 +259,26 @@ class Judge:
         if not self.rules:
             return []
         return sorted("|".join(k) for k in self._alert_state().firing() if k[1] in (cand, SHARED))
+
+
+def _drift_values(rows: list[dict[str, Any]]) -> dict[ValueKey, float | None]:
+    """Drift rows as rule metric values: ``drift.feature.*`` for features, ``drift.output.*``
+    for outputs (feature ``primary`` or ``candidate``)."""
+    values: dict[ValueKey, float | None] = {}
+    for d in rows:
+        name = d["feature"]
+        if d["kind"] in ("numeric", "categorical"):
+            group, alarm = "drift.feature", "drift.alarm"
+        else:
+            group, alarm = "drift.output", "drift.output.alarm"
+        if d["kind"] in ("categorical", "labels"):
+            values[(f"{group}.js", name)] = d["js"]
+        else:
+            values[(f"{group}.psi", name)] = d["psi"]
+            values[(f"{group}.ks", name)] = d["ks"]
+        values[(alarm, name)] = _flag(d["alarm"])
+        values[(f"{group}.change", name)] = 1.0 if d["change"] else 0.0
+    return values
 
 
 def _flag(alarm: bool | None) -> float | None:

@@ -129,8 +129,14 @@ COMPARISONS: Final[dict[str, Callable[[float, float], bool]]] = {
 
 SEVERITIES: Final = ("info", "warning", "critical")
 
-#: The shipped default rules file, in a checkout (``deploy/`` is not in the wheel).
-SHIPPED_RULES: Final = Path(__file__).resolve().parents[2] / "deploy" / "rules.yaml"
+_PACKAGED_RULES: Final = Path(__file__).resolve().parents[1] / "_deploy" / "rules.yaml"
+#: The shipped default rules file: the copy an installed wheel carries
+#: (``streams/_deploy``, built from the top-level ``deploy/rules.yaml``), else the checkout's.
+SHIPPED_RULES: Final = (
+    _PACKAGED_RULES
+    if _PACKAGED_RULES.is_file()
+    else Path(__file__).resolve().parents[2] / "deploy" / "rules.yaml"
+)
 
 _REQUIRED: Final = ("name", "metric", "comparison", "threshold", "severity")
 _OPTIONAL: Final = ("for", "candidate", "feature", "description")

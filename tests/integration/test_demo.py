@@ -15,6 +15,9 @@ import pytest
 
 from streams.demo_models import CANDIDATE_SPECS
 
+#: what HouseMarket's drift moves (streams/demo_models.py); age_years stays as it was
+DRIFTED = {"sqft", "bedrooms", "bathrooms", "distance_km", "lot_size", "region", "property_type"}
+
 
 def test_demo_prints_one_final_json_line_per_candidate(kafka_bootstrap: str, prefix: str) -> None:
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
@@ -52,6 +55,48 @@ def test_demo_prints_one_final_json_line_per_candidate(kafka_bootstrap: str, pre
         assert sum(law["terms"].values()) == law["requests"], law
         assert law["holds"] is True
         assert "requests" not in law["terms"]
+        # the market drifts halfway: the drifted features alarm, the one it leaves alone
+        # (age_years) does not; the reference is the first quarter of the requests
+        assert s["reference"] == {**s["reference"], "ready": True, "source": "first 500 requests"}
+        raised = {
+            (a["candidate"], a["feature"]) for a in s["alerts_raised"] if a["state"] == "FIRING"
+        }
+        features = {f for c, f in raised if c == "*" and f not in ("primary",)}
+        assert features, s["alerts_raised"]
+        assert features <= DRIFTED, features - DRIFTED
+        assert {row["feature"] for row in s["window_drift"]} >= DRIFTED | {"age_years"}
+        assert not any(r["alarm"] for r in s["window_drift"] if r["feature"] == "age_years")
+        assert s["slices"] and s["slices"][0]["slice"].split("=")[0] in ("region", "channel")
+    # `understudy alerts` shows the same transitions, from the topic
+    shown = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "alerts", "--once", "--json", "--prefix", prefix],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr.decode()[-2000:]
+    on_topic = [json.loads(line) for line in shown.stdout.decode().splitlines()]
+    raised_anywhere = {
+        (a["rule"], a["candidate"], a["feature"], a["state"])
+        for s in snaps
+        for a in s["alerts_raised"]
+    }
+    assert {(a["rule"], a["candidate"], a["feature"], a["state"]) for a in on_topic} == (
+        raised_anywhere
+    )
+    human = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "alerts", "--once", "--prefix", prefix],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert human.returncode == 0
+    assert len(human.stdout.decode().splitlines()) == len(on_topic)
+    assert "FIRING" in human.stdout.decode()
     assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []  # no stage left behind
 
 

@@ -23,8 +23,10 @@ from support import (
     wait_for,
 )
 
+from streams.alerts.rules import SHIPPED_RULES, load_rules
 from streams.config import Config
 from streams.joiner import run_joiner
+from streams.judge import Judge
 from streams.kafka import Topics, ensure_topics
 from streams.merging import WindowMerger
 from streams.schemas import default_codec
@@ -144,6 +146,15 @@ def _final(cfg: Config, expected_windows: int) -> dict[str, dict[str, Any]] | No
     return {"snaps": snaps, "last": last}
 
 
+def _alerts(cfg: Config) -> list[dict[str, Any]]:
+    codec = default_codec()
+    return [
+        _comparable(codec.decode_as("Alert", v))
+        for _, v, _ in read_all(cfg, Topics(cfg.prefix).alerts)
+        if v is not None
+    ]
+
+
 def _comparable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k != "emitted_at"}
 
@@ -171,11 +182,22 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     # what the evaluator must publish: its pure logic over the same partials in the same
     # order, on dict tables, with the evaluator's grace (a window some partition is two
     # windows past closes; partials for it after that are late, with no WINDOW snapshot)
-    reference = WindowMerger({}, {}, {}, {}, codec=codec, grace_ms=2 * source.window_ms)
-    want_snaps = [
-        codec.decode_as("MetricSnapshot", v)
-        for m in messages
-        for _, v in reference.handle(m[1]).snapshots
+    # with the judge the evaluator runs: the shipped rules, the first 2,000 requests as
+    # the drift reference (feature x = i keeps moving away from it: its alert fires)
+    judge = Judge(
+        {},
+        rules=load_rules(SHIPPED_RULES),
+        reference_requests=source.reference_requests,
+        top_k=source.slice_top_k,
+    )
+    reference = WindowMerger(
+        {}, {}, {}, {}, codec=codec, grace_ms=2 * source.window_ms, judge=judge
+    )
+    handled = [reference.handle(m[1]) for m in messages]
+    want_snaps = [codec.decode_as("MetricSnapshot", v) for h in handled for _, v in h.snapshots]
+    want_alerts = [_comparable(codec.decode_as("Alert", v)) for h in handled for _, v in h.alerts]
+    assert ("feature-drift", "*", "x", "FIRING") in [
+        (a["rule"], a["candidate"], a["feature"], a["state"]) for a in want_alerts
     ]
     expected = len(
         {(s["candidate"], s["window_start"]) for s in want_snaps if s["scope"] == "WINDOW"}
@@ -190,6 +212,7 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     a = _final(clean, expected)  # read again once stopped: all it published, committed
     assert a is not None
     assert [_comparable(x) for x in a["snaps"]] == [_comparable(x) for x in want_snaps]
+    assert _alerts(clean) == want_alerts
 
     # the same partials: a third up front, the rest streamed slowly while the SIGKILL lands
     head = total // 3
@@ -232,6 +255,8 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
         f"{got[first] if first is not None else got[len(want) :][:2]} vs "
         f"{want[first] if first is not None else None} (prefixes {clean.prefix}, {killed.prefix})"
     )
+    # and its alerts: the same transitions, none twice (no second FIRING after the restart)
+    assert _alerts(killed) == want_alerts
     for cand in ("c1@1", "c2@1"):
         fa = a["last"][cand]
         assert fa["coverage"]["pairs"] == partials[cand].coverage["pairs"]

@@ -73,8 +73,23 @@ def test_every_package_under_streams_is_configured() -> None:
     configured = set(setuptools_config()["packages"])
     missing = on_disk - configured
     assert not missing, f"add {sorted(missing)} to [tool.setuptools] packages in pyproject.toml"
-    assert configured - on_disk == {"streams._schemas"}
-    assert setuptools_config()["package-dir"] == {"streams._schemas": "schemas"}
+    assert configured - on_disk == {"streams._schemas", "streams._deploy"}
+    assert setuptools_config()["package-dir"] == {
+        "streams._schemas": "schemas",
+        "streams._deploy": "deploy",
+    }
+
+
+def test_the_wheel_carries_the_default_alert_rules_and_nothing_else_of_deploy(
+    built: tuple[Path, set[str]],
+) -> None:
+    target, files = built
+    assert {f for f in files if f.startswith("streams/_deploy/")} == {"streams/_deploy/rules.yaml"}
+    from streams.alerts.rules import load_rules
+
+    assert load_rules(target / "streams/_deploy/rules.yaml") == load_rules(
+        ROOT / "deploy/rules.yaml"
+    )
 
 
 def test_the_wheel_carries_every_schema_file(built: tuple[Path, set[str]]) -> None:
