@@ -211,11 +211,20 @@ def cmd_joiner(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluator(args: argparse.Namespace) -> int:
-    cfg = connect(args)
-    from streams.evaluator import run_evaluator
+    from streams.evaluator import load_judging, run_evaluator
 
-    _err(f"evaluator: merging {cfg.prefix}.partials into {cfg.prefix}.metrics")
-    run_evaluator(cfg, loglevel=args.loglevel)
+    judging = load_judging(resolve_config(args))  # a bad rules file: refused before Kafka
+    cfg = connect(args)
+    _err(
+        f"evaluator: merging {cfg.prefix}.partials into {cfg.prefix}.metrics; "
+        f"{len(judging.rules)} alert rules from {judging.rules_source}; drift reference: "
+        + (
+            f"baseline {cfg.baseline_path}"
+            if cfg.baseline_path
+            else f"the first {cfg.reference_requests} requests"
+        )
+    )
+    run_evaluator(cfg, loglevel=args.loglevel, judging=judging)
     return 0
 
 

@@ -457,7 +457,13 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None = None) -> None:
+def run_evaluator(
+    cfg: Config,
+    *,
+    loglevel: str = "warn",
+    datadir: Path | None = None,
+    judging: Judging | None = None,
+) -> None:
     """Run the evaluator until SIGINT/SIGTERM (the CLI's ``understudy evaluator``).
 
     Returns once stopped with its work committed. Raises UnderstudyError when the closing
@@ -471,7 +477,7 @@ def run_evaluator(cfg: Config, *, loglevel: str = "warn", datadir: Path | None =
     # before faust is imported (seconds): a stop signal from here on stops, never kills
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, early)
-    judging = load_judging(cfg)  # a bad rules or baseline file stops it before Kafka
+    judging = judging or load_judging(cfg)  # a bad rules or baseline file: before Kafka
     check_topics(cfg)
     ev = Evaluator(cfg, datadir=datadir, judging=judging)
     quiet_python_clients()  # aiokafka (imported now) logs a lost broker many times a second

@@ -30,6 +30,7 @@ COMMANDS = [
     ["evaluator"],
     ["demo-service", "--events", "10"],
     ["demo", "--events", "10"],
+    ["alerts", "--once"],
 ]
 
 
@@ -121,3 +122,25 @@ def test_a_wrong_setting_is_refused_at_once_naming_it(
     if closest:
         assert f"did you mean {closest}?" in line
     assert SECRET not in line
+
+
+def test_a_bad_rules_file_stops_the_evaluator_at_once_naming_the_rule(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: slow\n    metric: latency.candidate_p99_ms\n"
+        "    comparison: '>'\n    treshold: 500\n    severity: warning\n"
+    )
+    args = ["evaluator", "--rules", str(rules)]
+    rc, took, lines = finish(*start(args, env(KAFKA_BOOTSTRAP_SERVERS=closed_port())))
+    line = assert_one_clear_line(args, rc, took, lines)
+    assert took < REACH_TIMEOUT_S  # before any connection attempt
+    assert str(rules) in line and "'slow'" in line and "treshold" in line
+    assert "did you mean 'threshold'?" in line
+
+
+def test_a_missing_baseline_stops_the_evaluator_at_once(tmp_path: Path) -> None:
+    args = ["evaluator", "--baseline", str(tmp_path / "nope.avro")]
+    rc, took, lines = finish(*start(args, env(KAFKA_BOOTSTRAP_SERVERS=closed_port())))
+    line = assert_one_clear_line(args, rc, took, lines)
+    assert took < REACH_TIMEOUT_S
+    assert "nope.avro" in line
