@@ -39,8 +39,10 @@ def stats(seed: int) -> PartialStats:
 
 
 def as_v1(record: dict[str, Any]) -> dict[str, Any]:
-    """A current Partial record as Partial v1 had it: no ledger, twelve counters."""
-    rec = {k: v for k, v in record.items() if k != "ledger"}
+    """A current Partial record as Partial v1 had it: no ledger, twelve counters, and none
+    of v3's profiles and slices."""
+    v3 = ("ledger", "profile", "slices", "slice_overflow")
+    rec = {k: v for k, v in record.items() if k not in v3}
     rec["coverage"] = {k: v for k, v in record["coverage"].items() if k not in NEW_COUNTERS}
     return rec
 
