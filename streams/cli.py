@@ -366,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole flow on a local broker, with live metrics")
     p.add_argument("--events", type=int, help="stop after N requests and the final snapshot")
     p.add_argument("--duration", type=float, help="stop after S seconds of traffic")
-    p.add_argument("--rate", type=float, default=500.0, help="requests per second")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=300.0,
+        help="requests per second (300: ~300 per 1 s window, enough for the drift rule's 200)",
+    )
     p.add_argument("--window-ms", type=int, default=1000, help="evaluation window")
     p.add_argument(
         "--reference-requests",
