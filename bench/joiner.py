@@ -1,12 +1,14 @@
 """Joiner throughput against a raw confluent-kafka consume + decode loop, same topics, same run.
 
-Fills a fresh prefix with N requests (default 200,000) and, for each, one primary and two
-candidate predictions (4 x N events), then times:
+Fills a fresh prefix with N requests (default 200,000), each with 20 numeric features, 3
+categorical features and 3 context keys (as a production request might carry), and, for
+each, one primary and two candidate predictions (4 x N events), then times:
 
 * baseline: a plain consumer reading requests + predictions and decoding every message
   with the same Avro codec (the least any joiner must do);
 * joiner: ``streams.joiner.Joiner`` over the same topics, until every event is consumed
-  and its final partials are committed (transactions, changelog and all).
+  and its final partials are committed (transactions, changelog, feature profiles and
+  context slices: all of it, as in production).
 
 Prints events/s for both and ``ratio`` = baseline / joiner (how many times slower the
 joiner is than the raw loop). Usage: ``python bench/joiner.py [--requests N]``; uses
@@ -32,6 +34,10 @@ from streams.joiner import Joiner
 from streams.kafka import Topics, ensure_topics
 from streams.schemas import default_codec
 
+NUMERIC = 20
+CATEGORICAL = 3
+"""Features per request; and 3 context keys (region, tenant, device)."""
+
 
 def fill(cfg: Config, n: int) -> int:
     t = Topics(cfg.prefix)
@@ -52,16 +58,25 @@ def fill(cfg: Config, n: int) -> int:
     )
     # recent event times: the joiner refuses ones far from their message's timestamp
     base = (int(time.time() * 1000) - n - 10_000) // 10_000 * 10_000
-    features = {f"f{i}": float(i) for i in range(10)}
+    names = [f"f{j}" for j in range(NUMERIC)]
+    numeric = rng.normal(0.0, 1.0, (n, NUMERIC)) * np.arange(1, NUMERIC + 1) + 100.0
+    levels = {f"c{j}": [f"v{k}" for k in range(3 + 4 * j)] for j in range(CATEGORICAL)}
+    cats = {c: rng.integers(0, len(v), n) for c, v in levels.items()}
+    ctx = {"region": ["eu", "us", "apac", "latam"], "tenant": [f"t{k}" for k in range(10)]}
+    ctx["device"] = ["web", "ios", "android"]
+    ctx_ix = {c: rng.integers(0, len(v), n) for c, v in ctx.items()}
     for i in range(n):
         rid = f"b{i}"
         key = rid.encode()
         ts = base + i
-        p.produce(
-            t.requests,
-            enc_req({"request_id": rid, "event_time": ts, "numeric_features": features}),
-            key,
-        )
+        request = {
+            "request_id": rid,
+            "event_time": ts,
+            "numeric_features": dict(zip(names, numeric[i].tolist(), strict=True)),
+            "categorical_features": {c: v[cats[c][i]] for c, v in levels.items()},
+            "context": {c: v[ctx_ix[c][i]] for c, v in ctx.items()},
+        }
+        p.produce(t.requests, enc_req(request), key)
         for mid, role, v in (
             ("prim@1", "PRIMARY", prim[i]),
             ("c1@1", "CANDIDATE", prim[i] + 1),
