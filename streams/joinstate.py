@@ -51,11 +51,14 @@ __all__ = ["Emitted", "PartitionState"]
 MAX_CANDIDATES = 64
 """Distinct candidate model ids per partition: each one adds a column to every ledger."""
 MAX_MODEL_CHARS = 256
+MAX_CONTEXTS = 4096
+"""Distinct request contexts whose slice names are remembered (a cache, emptied when full)."""
 
 KEY_ENTRY = b"e"
 KEY_DONE = b"f"
 KEY_ACC = b"a"
 KEY_META = b"m"
+KEY_SEGMENT = b"s"
 
 EncodeAcc = Callable[[Key, PartialStats], bytes]
 DecodeAcc = Callable[[bytes], PartialStats]
@@ -92,6 +95,7 @@ class PartitionState:
         self._outbox: list[Emitted] = []
         self._meta_dirty = False
         self._ledger_missing = False
+        self._contexts: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
     # -- views kept for callers and tests ----------------------------------------------
 
@@ -186,20 +190,30 @@ class PartitionState:
     def _profile(self, rec: dict[str, Any], t: int) -> tuple[str, ...]:
         """Fold a request's features into its window; returns its context slices."""
         b = self.windows.columns((SHARED, self.windows.start(t)))
-        num, cat = b.num, b.cat
-        for name, v in (rec.get("numeric_features") or {}).items():
-            col = num.get(name)
-            if col is None:
-                col = num[name] = []
-            col.append(v)
-        for name, v in (rec.get("categorical_features") or {}).items():
-            col_c = cat.get(name)
-            if col_c is None:
-                col_c = cat[name] = []
-            col_c.append(v)
-        names = slice_names(rec.get("context"))
-        for name in names:
-            b.slice(name).requests += 1
+        num = rec.get("numeric_features")
+        if num:
+            b.num_rows.append(num)
+        cat = rec.get("categorical_features")
+        if cat:
+            b.cat_rows.append(cat)
+        names = self._slice_names(rec.get("context"))
+        if names:
+            b.group(names).requests += 1
+        return names
+
+    def _slice_names(self, context: Any) -> tuple[str, ...]:
+        """:func:`slice_names`, remembered per distinct context (few: it is a segment)."""
+        if not context:
+            return ()
+        try:
+            key = tuple(context.items())
+            names = self._contexts.get(key)
+        except (AttributeError, TypeError):  # not a map of strings: no shortcut
+            return slice_names(context)
+        if names is None:
+            if len(self._contexts) >= MAX_CONTEXTS:
+                self._contexts.clear()
+            names = self._contexts[key] = slice_names(context)
         return names
 
     def _slice_answers(self, e: Entry) -> None:
@@ -215,9 +229,7 @@ class PartitionState:
     def _slice_output(self, key: str, ws: int, ctx: tuple[str, ...], ans: Answer) -> None:
         if ans[0] is None or ans[3] is not None:
             return
-        b = self.windows.columns((key, ws))
-        for name in ctx:
-            b.slice(name).out.append(ans[0])
+        self.windows.columns((key, ws)).group(ctx).out.append(ans[0])
 
     def _slice_pair(
         self, cand: str, ws: int, ctx: tuple[str, ...], prim: Answer, cans: Answer
@@ -226,15 +238,13 @@ class PartitionState:
             return
         b = self.windows.columns((cand, ws))
         if prim[0] is not None and cans[0] is not None:
-            for name in ctx:
-                c = b.slice(name)
-                c.reg_p.append(prim[0])
-                c.reg_c.append(cans[0])
+            c = b.group(ctx)
+            c.reg_p.append(prim[0])
+            c.reg_c.append(cans[0])
         elif prim[1] is not None and cans[1] is not None:
-            for name in ctx:
-                c = b.slice(name)
-                c.cls_p.append(prim[1])
-                c.cls_c.append(cans[1])
+            c = b.group(ctx)
+            c.cls_p.append(prim[1])
+            c.cls_c.append(cans[1])
 
     def on_prediction(self, rec: dict[str, Any], now: int | None = None) -> str | None:
         """Apply a decoded Prediction; returns why it was refused (a dead letter), or None."""
@@ -326,20 +336,21 @@ class PartitionState:
 
     def _answered(self, key: str, t: int, ans: Answer, primary: bool) -> None:
         w = self.windows
-        k = (key, w.start(t))
-        s = w.stats(k)
-        if ans[3] is None:  # a failed answer has no output to profile
-            if ans[0] is not None:
-                w.columns(k).out.append(ans[0])
-            elif ans[1] is not None:
-                w.columns(k).out_labels.append(ans[1])
+        k = (key, t - t % w.window_ms)
+        b = w.columns(k)  # creates the accumulator too: an empty buffer folds to nothing
+        s = w.acc[k]
+        value, label, lat, error = ans
+        if error is None:  # a failed answer has no output to profile
+            if value is not None:
+                b.out.append(value)
+            elif label is not None:
+                b.out_labels.append(label)
         s.count("primary_predictions" if primary else "candidate_predictions")
-        if ans[3] is not None:
+        if error is not None:
             s.count("primary_errors" if primary else "candidate_errors")
-        lat = ans[2]
         if lat is not None:
             if isinstance(lat, float | int) and math.isfinite(lat) and lat >= 0:
-                w.columns(k).latency.append(lat)
+                b.latency.append(lat)
             else:
                 s.count("dropped_latencies")
 
@@ -369,8 +380,10 @@ class PartitionState:
             self._unplaced_dead = 0
         if self.clock.seen(stream, t):
             self._meta_dirty = True
-        for rid, e in self.table.pop_over_cap():
-            self._finish(rid, e, evicted=True)
+        table = self.table
+        if len(table.live) > table.max_pending:
+            for rid, e in table.pop_over_cap():
+                self._finish(rid, e, evicted=True)
         self._progress()
 
     def _progress(self) -> None:
@@ -461,8 +474,10 @@ class PartitionState:
         """State changes since the last call, as changelog (key, value or tombstone)."""
         w = self.windows
         w.fold()
-        for k, v in self.table.changes(KEY_ENTRY, KEY_DONE):
-            yield k, json.dumps(v).encode() if isinstance(v, list) else v
+        seq = self.table.seq
+        yield from self.table.changes(KEY_ENTRY, KEY_DONE, KEY_SEGMENT)
+        if self.table.seq != seq:
+            self._meta_dirty = True
         for key in w.removed - w.dirty:
             yield _acc_key(key), None
         for key in w.dirty:
@@ -484,19 +499,23 @@ class PartitionState:
             "primary_id": self.primary_id,
             "ledger": self.ledger.dump(),
             "unplaced_dead": self._unplaced_dead,
+            "entry_seq": self.table.seq,
         }
 
     def restore(self, key: bytes | None, value: bytes | None, decode_acc: DecodeAcc) -> None:
         """Apply one changelog record (in log order) while rebuilding after a restart.
 
-        Records of the previous release read too: entries were lists (open joins), the
-        meta had no ledger, and accumulators are Avro Partials of any known schema version.
+        Records of earlier releases read too: open joins were one JSON record each (now
+        per-batch segments, :mod:`streams.join.table`), the meta had no ledger, and
+        accumulators are Avro Partials of any known schema version.
         """
         if not key:
             return
         kind, rest = key[:1], key[1:]
         if kind == KEY_ENTRY:
             self.table.restore(rest.decode(), None if value is None else json.loads(value))
+        elif kind == KEY_SEGMENT:
+            self.table.restore_segment(KEY_SEGMENT, rest, value)
         elif kind == KEY_DONE:
             self.table.done.restore_segment(rest, value)
         elif kind == KEY_ACC:
@@ -516,6 +535,7 @@ class PartitionState:
             for cand in self.candidates:
                 self.ledger.add_candidate(cand)
             self._unplaced_dead = int(m.get("unplaced_dead", 0))
+            self.table.seq = max(self.table.seq, int(m.get("entry_seq", 0)))
 
     def finish_restore(self) -> None:
         self.table.finish_restore(self.clock.wm)

@@ -42,11 +42,12 @@ class EventClock:
     def seen(self, stream: str, t: int) -> bool:
         """Record an event time; True when the stream's newest time moved."""
         moved = False
-        if stream in self.idle:
+        if self.idle and stream in self.idle:
             self.idle.discard(stream)
             moved = True
-        if t > self.max_time.get(stream, NEVER):
-            self.max_time[stream] = t
+        max_time = self.max_time
+        if t > max_time.get(stream, NEVER):
+            max_time[stream] = t
             moved = True
         if moved:
             self._update()
@@ -62,9 +63,21 @@ class EventClock:
         watermark driven by one stream alone would close windows whose other halves are
         still unread.
         """
+        if not self.idle:  # the usual case, per event: the same rule, spelled out
+            mt = self.max_time
+            req, pred = mt.get("requests"), mt.get("predictions")
+            wm: int | None = None
+            if req is not None and pred is not None:
+                wm = min(req, pred) - self.lateness_ms
+                cand = mt.get("candidates")
+                if cand is not None:
+                    wm = min(wm, max(cand - self.lateness_ms, wm - self.max_lag_ms))
+            if self.floor is not None and (wm is None or self.floor > wm):
+                wm = self.floor
+            return wm
         active = [self.max_time[s] for s in REQUIRED if s in self.max_time and s not in self.idle]
         waiting = any(s not in self.max_time and s not in self.idle for s in REQUIRED)
-        wm: int | None = None
+        wm = None
         if active and not waiting:
             wm = min(active) - self.lateness_ms
             cand = self.max_time.get("candidates")

@@ -14,19 +14,23 @@ and when it is published depends on the event sequence alone.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from streams.metrics.partial import SHARED, PartialStats
+from streams.metrics.slices import SliceStats
 
 Key = tuple[str, int]
 
 
 @dataclass
 class SliceColumns:
-    """Values of one context slice not yet folded."""
+    """Values of one context (one or more slices) not yet folded."""
 
     requests: int = 0
     reg_p: list[float] = field(default_factory=list)
@@ -41,7 +45,14 @@ class SliceColumns:
 
 @dataclass
 class Columns:
-    """Per-accumulator values not yet folded."""
+    """Per-accumulator values not yet folded.
+
+    Features and slices are kept the way they arrive, grouped, and spread out only when
+    folded: a request's feature maps as they were decoded (one append each, instead of one
+    per feature), and each event's slice values under its context (the tuple of its slice
+    names: one append per event instead of one per slice). Folding spreads them out into
+    the same values, and the slices in the same first-seen order, as appending one by one.
+    """
 
     reg_p: list[float] = field(default_factory=list)
     reg_c: list[float] = field(default_factory=list)
@@ -51,16 +62,16 @@ class Columns:
     #: this side's model outputs (the primary's on '*', the candidate's on its own)
     out: list[float] = field(default_factory=list)
     out_labels: list[str] = field(default_factory=list)
-    #: the requests' features, on '*'
-    num: dict[str, list[float]] = field(default_factory=dict)
-    cat: dict[str, list[str]] = field(default_factory=dict)
-    #: by context slice, in first-seen order (which slices a capped key keeps)
-    slices: dict[str, SliceColumns] = field(default_factory=dict)
+    #: the requests' feature maps, on '*'
+    num_rows: list[Mapping[str, float]] = field(default_factory=list)
+    cat_rows: list[Mapping[str, str]] = field(default_factory=list)
+    #: by context (the events' slice names), in first-seen order
+    groups: dict[tuple[str, ...], SliceColumns] = field(default_factory=dict)
 
-    def slice(self, name: str) -> SliceColumns:
-        c = self.slices.get(name)
+    def group(self, ctx: tuple[str, ...]) -> SliceColumns:
+        c = self.groups.get(ctx)
         if c is None:
-            c = self.slices[name] = SliceColumns()
+            c = self.groups[ctx] = SliceColumns()
         return c
 
 
@@ -187,20 +198,101 @@ class Windows:
 def _fold_profile(s: PartialStats, b: Columns, *, primary: bool) -> None:
     """Features, outputs and slices of one accumulator's buffers."""
     p = s.profile
-    for name, values in b.num.items():
-        p.add_numeric(name, np.array(values, dtype=np.float64))
-    for name, labels in b.cat.items():
-        p.add_categorical(name, labels)
+    for name, values in _numeric_columns(b.num_rows):
+        p.add_numeric(name, values)
+    for name, labels in _columns(b.cat_rows):
+        p.add_categorical(name, list(labels))
     if b.out or b.out_labels:
         p.add_outputs(np.array(b.out, dtype=np.float64), b.out_labels, primary=primary)
-    for name, c in b.slices.items():
+    if b.groups:
+        _fold_slices(s, b.groups, primary=primary)
+
+
+def _aligned(rows: list[Mapping[str, Any]]) -> tuple[list[str], list[tuple[Any, ...]]] | None:
+    """The first row's keys and every row's values in that order, when every row has
+    exactly those keys (the usual case: every request alike); else None."""
+    names = list(rows[0])
+    if len(names) < 2 or sum(map(len, rows)) != len(names) * len(rows):
+        return None
+    try:  # each row has all the names and, with the total above, no other
+        return names, list(map(itemgetter(*names), rows))
+    except KeyError:
+        return None
+
+
+def _columns(rows: list[Mapping[str, Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Feature maps as (name, values in row order), names in first-seen order."""
+    if not rows:
+        return []
+    aligned = _aligned(rows)
+    if aligned is not None:
+        names, values = aligned
+        return list(zip(names, zip(*values, strict=True), strict=True))
+    cols: dict[str, list[Any]] = {}
+    for r in rows:
+        for name, v in r.items():
+            col = cols.get(name)
+            if col is None:
+                col = cols[name] = []
+            col.append(v)
+    return list(cols.items())
+
+
+def _numeric_columns(rows: list[Mapping[str, float]]) -> list[tuple[str, np.ndarray]]:
+    if not rows:
+        return []
+    aligned = _aligned(rows)
+    if aligned is not None:
+        names, values = aligned
+        flat = itertools.chain.from_iterable(values)
+        table = np.fromiter(flat, dtype=np.float64, count=len(rows) * len(names))
+        table = table.reshape(len(rows), len(names))
+        return list(zip(names, np.ascontiguousarray(table.T), strict=True))
+    return [(name, np.array(v, dtype=np.float64)) for name, v in _columns(rows)]
+
+
+def _fold_slices(
+    s: PartialStats, groups: dict[tuple[str, ...], SliceColumns], *, primary: bool
+) -> None:
+    """Each slice gets the values of every context that names it; slices are met in the
+    order their first value came (the order in which a capped key admits them)."""
+    by_name: dict[str, SliceColumns] = {}
+    for ctx, g in groups.items():
+        for name in ctx:
+            c = by_name.get(name)
+            if c is None:
+                c = by_name[name] = SliceColumns()
+            c.requests += g.requests
+            c.reg_p += g.reg_p
+            c.reg_c += g.reg_c
+            c.cls_p += g.cls_p
+            c.cls_c += g.cls_c
+            c.out += g.out
+    admitted: list[tuple[SliceStats, SliceColumns]] = []
+    for name, c in by_name.items():
         st = s.slices.get(name, c.size())
         if st is None:
             continue  # its key is full: counted in the overflow
         st.requests += c.requests
-        if c.reg_p:
-            st.add_regression(np.array(c.reg_p, dtype=np.float64), np.array(c.reg_c))
+        admitted.append((st, c))
         if c.cls_p:
             st.add_classification(c.cls_p, c.cls_c)
-        if c.out:
-            st.add_outputs(np.array(c.out, dtype=np.float64), primary=primary)
+    # every slice's sums and sketch in one vectorised pass each: the same numbers as one
+    # add_regression / add_outputs per slice (exact sums, bucket counts)
+    reg = [(st, c) for st, c in admitted if c.reg_p]
+    if reg:
+        sizes = [len(c.reg_p) for _, c in reg]
+        SliceStats.add_regression_segments(
+            [st for st, _ in reg],
+            np.array([v for _, c in reg for v in c.reg_p], dtype=np.float64),
+            np.array([v for _, c in reg for v in c.reg_c], dtype=np.float64),
+            np.repeat(np.arange(len(reg)), sizes),
+        )
+    out = [(st, c) for st, c in admitted if c.out]
+    if out:
+        SliceStats.add_outputs_segments(
+            [st for st, _ in out],
+            np.array([v for _, c in out for v in c.out], dtype=np.float64),
+            np.repeat(np.arange(len(out)), [len(c.out) for _, c in out]),
+            primary=primary,
+        )

@@ -231,6 +231,36 @@ class QuantileSketch:
             self.counts += np.bincount(index, minlength=self.n_buckets)
         return skipped
 
+    @staticmethod
+    def update_segments(
+        sketches: list[QuantileSketch], values: npt.ArrayLike, seg: npt.ArrayLike
+    ) -> list[int]:
+        """``sketches[k].update_many(values[seg == k])`` for every k, in one pass; the
+        sketches must share their parameters. Returns each one's skipped count.
+
+        Raises
+        ------
+        ValueError
+            If the sketches' parameters differ.
+        """
+        if not sketches:
+            return []
+        first = sketches[0]
+        for other in sketches[1:]:
+            first._check_same(other)
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        seg_arr = np.asarray(seg, dtype=np.intp).ravel()
+        finite = np.isfinite(arr)
+        skipped = np.bincount(seg_arr[~finite], minlength=len(sketches))
+        arr, seg_arr = arr[finite], seg_arr[finite]
+        if arr.size:
+            nb = first.n_buckets
+            index = np.searchsorted(first._grid.edges, arr, side="left") + seg_arr * nb
+            counts = np.bincount(index, minlength=len(sketches) * nb).reshape(len(sketches), nb)
+            for sketch, row in zip(sketches, counts, strict=True):
+                sketch.counts += row
+        return [int(k) for k in skipped]
+
     def merge(self, other: QuantileSketch) -> None:
         """Add another sketch's counts into this one.
 

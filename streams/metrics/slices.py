@@ -24,6 +24,7 @@ import numpy as np
 from streams.metrics.exact import ExactSum
 from streams.metrics.profile import quantiles_from, quantiles_record
 from streams.metrics.quantiles import QuantileSketch
+from streams.metrics.segmented import update_segments
 
 __all__ = ["MAX_KEYS", "MAX_VALUES", "MERGE_VALUES", "SliceStats", "Slices", "slice_names"]
 
@@ -95,6 +96,39 @@ class SliceStats:
             self.sum_diff.update_many(d)
             self.sum_abs.update_many(np.abs(d))
             self.sum_sq.update_many(sq)
+
+    @staticmethod
+    def add_regression_segments(
+        slices: list[SliceStats], primary: np.ndarray, candidate: np.ndarray, seg: np.ndarray
+    ) -> None:
+        """``slices[k].add_regression`` of the pairs where ``seg == k``, in one pass."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = candidate - primary
+            sq = d * d
+        ok = np.isfinite(d) & np.isfinite(sq)
+        d, sq, seg = d[ok], sq[ok], seg[ok]
+        if not d.size:
+            return
+        for st, n in zip(slices, np.bincount(seg, minlength=len(slices)).tolist(), strict=True):
+            st.n += n
+        update_segments([st.sum_diff for st in slices], d, seg)
+        update_segments([st.sum_abs for st in slices], np.abs(d), seg)
+        update_segments([st.sum_sq for st in slices], sq, seg)
+
+    @staticmethod
+    def add_outputs_segments(
+        slices: list[SliceStats], values: np.ndarray, seg: np.ndarray, *, primary: bool
+    ) -> None:
+        """``slices[k].add_outputs`` of the values where ``seg == k`` (every k has some)."""
+        side = "primary_output" if primary else "candidate_output"
+        sketches = []
+        for st in slices:
+            out = getattr(st, side)
+            if out is None:
+                out = QuantileSketch(alpha=SLICE_ALPHA)
+                setattr(st, side, out)
+            sketches.append(out)
+        QuantileSketch.update_segments(sketches, values, seg)
 
     def add_classification(self, primary: list[str], candidate: list[str]) -> None:
         self.class_n += len(primary)
