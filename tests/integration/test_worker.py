@@ -280,8 +280,17 @@ def test_two_workers_share_the_partitions(kafka_bootstrap: str, prefix: str) -> 
 class FakeMessage:
     """What a failed delivery report carries: enough to produce the message again."""
 
-    def __init__(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+    def __init__(
+        self, topic: str, partition: int, key: bytes | None, value: bytes, stamp: int = 0
+    ) -> None:
         self._coords = (topic, partition, key, value)
+        self._stamp = stamp
+
+    def timestamp(self) -> tuple[int, int]:
+        from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE
+
+        kind = TIMESTAMP_CREATE_TIME if self._stamp else TIMESTAMP_NOT_AVAILABLE
+        return kind, self._stamp
 
     def topic(self) -> str:
         return self._coords[0]
@@ -305,12 +314,23 @@ class LossyProducer:
         self.fail = fail
         self.reports: list[tuple[Callable[..., None], FakeMessage]] = []
 
-    def produce(self, topic: str, value: bytes, key: Any, partition: int, on_delivery: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: Any,
+        partition: int,
+        on_delivery: Any,
+        timestamp: int = 0,
+    ) -> None:
         if topic == self.topic and self.fail > 0:
             self.fail -= 1
-            self.reports.append((on_delivery, FakeMessage(topic, partition, key, value)))
+            failed = FakeMessage(topic, partition, key, value, timestamp)
+            self.reports.append((on_delivery, failed))
             return
-        self.inner.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+        self.inner.produce(
+            topic, value, key, partition=partition, on_delivery=on_delivery, timestamp=timestamp
+        )
 
     def flush(self, timeout: float) -> int:
         left = self.inner.flush(timeout)
@@ -443,7 +463,15 @@ class Unacknowledged:
         self.pending = 0
         self.purged = False
 
-    def produce(self, topic: str, value: bytes, key: Any, partition: int, on_delivery: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: Any,
+        partition: int,
+        on_delivery: Any,
+        timestamp: int = 0,
+    ) -> None:
         self.pending += 1
 
     def flush(self, timeout: float) -> int:
