@@ -6,6 +6,7 @@ import math
 import pickle
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def test_load_errors_are_clear() -> None:
         load_candidate("m@1=no_such_pkg.mod:model")
     with pytest.raises(ModelLoadError, match="has no attribute 'missing'"):
         load_candidate("m@1=streams.demo_models:missing")
-    with pytest.raises(ModelLoadError, match="neither predict_many"):
+    with pytest.raises(ModelLoadError, match="none of predict_many"):
         load_candidate("m@1=streams.demo_models:PRIMARY_ID")
 
 
@@ -164,7 +165,7 @@ def test_load_file_errors(tmp_path: Path) -> None:
         load_candidate(f"m@1={factory}:needs_args")
     with pytest.raises(ModelLoadError, match="OSError: weights missing"):
         load_candidate(f"m@1={factory}:broken")
-    with pytest.raises(ModelLoadError, match="is a int, which has neither"):
+    with pytest.raises(ModelLoadError, match="is a int, which has none of"):
         load_candidate(f"m@1={factory}:returns_nothing_useful")
 
 
@@ -201,13 +202,17 @@ def test_module_import_error_inside_module(tmp_path: Path, monkeypatch: pytest.M
 # -- scoring -------------------------------------------------------------------------------
 
 
-def test_vectorized_latency_is_split_evenly() -> None:
+def test_vectorized_latency_is_a_single_call_estimate() -> None:
     model = Doubler()
-    outs = Candidate("d@1", model).predict_batch([{"a": 1.0}, {"a": 2.5}, {"a": -1.0}])
+    cand = Candidate("d@1", model, sample_rate=0.0)
+    outs = cand.predict_batch([{"a": 1.0}, {"a": 2.5}, {"a": -1.0}], ["r1", "r2", "r3"])
     assert [o.value for o in outs] == [2.0, 5.0, -2.0]
-    assert model.batch_calls == 1
-    assert len({o.latency_ms for o in outs}) == 1
-    assert all(o.ok and o.latency_ms >= 0.0 for o in outs)
+    # one batch call, then one single call: the lowest hash when none falls in the sample
+    assert model.batch_calls == 2
+    assert cand.latency.batch_calls == 1 and cand.latency.batch_requests == 3
+    assert cand.latency.single_calls == 1
+    (measured,) = cand.latency.recent
+    assert all(o.ok and o.latency_ms == measured for o in outs)
 
 
 def test_empty_batch() -> None:
@@ -308,7 +313,7 @@ def test_unsupported_outputs_are_errors(output: Any, fragment: str) -> None:
 
 
 def test_model_without_predict_methods_is_refused() -> None:
-    with pytest.raises(ModelLoadError, match="neither predict_many"):
+    with pytest.raises(ModelLoadError, match="none of predict_many"):
         Candidate("x@1", object())
 
 
@@ -360,3 +365,247 @@ def test_output_objects_that_raise_become_errors() -> None:
             raise RuntimeError("cannot unwrap")
 
     assert to_outcome(Weird(), 0.5) == Outcome(latency_ms=0.5, error="RuntimeError: cannot unwrap")
+
+
+# -- array models (scikit-learn, ONNX), batch functions, warm-up -----------------------------
+
+
+def rows_of(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [{"a": float(rng.normal()), "b": float(rng.normal()), "c": "x"} for _ in range(n)]
+
+
+def fitted_regressor() -> Any:
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 2))
+    return LinearRegression().fit(X, 3.0 * X[:, 0] - 2.0 * X[:, 1] + 0.5)
+
+
+def test_parse_features_option() -> None:
+    spec = parse_spec("gbr@3=models/gbr.joblib?features=b, a")
+    assert (spec.kind, spec.model_id, spec.features) == ("joblib", "gbr@3", ("b", "a"))
+    assert parse_spec("m.onnx?features=x").kind == "onnx"
+    assert parse_spec("m=mod:attr?features=a,b").features == ("a", "b")
+    assert parse_spec("m=mod:attr").features is None
+    for bad, fragment in [
+        ("m=mod:attr?feature=a", "the only one is"),
+        ("m=mod:attr?features=a,,b", "empty feature name"),
+        ("m=mod:attr?features=a,a", "listed twice"),
+    ]:
+        with pytest.raises(ModelLoadError, match=fragment):
+            parse_spec(bad)
+
+
+def test_sklearn_joblib_predictions_equal_model_predict(tmp_path: Path) -> None:
+    import joblib
+
+    model = fitted_regressor()
+    path = tmp_path / "ridge.joblib"
+    joblib.dump(model, path)
+    # declared order b, a: the spec's order is the column order the model was fitted on
+    cand = load_candidate(f"lin@2={path}?features=b,a")
+    assert (cand.model_id, cand.kind, cand.features) == ("lin@2", "predict", ("b", "a"))
+    xs = rows_of(50)
+    outs = cand.predict_batch(xs, [f"r{i}" for i in range(50)])
+    X = np.array([[x["b"], x["a"]] for x in xs])
+    assert [o.value for o in outs] == model.predict(X).tolist()
+    assert all(o.ok and o.latency_ms > 0 for o in outs)
+
+
+def test_feature_order_from_feature_names_in(tmp_path: Path) -> None:
+    import joblib
+    import pyarrow as pa
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(100, 3))
+    table = pa.table({"c": X[:, 0], "a": X[:, 1], "b": X[:, 2]})
+    model = LinearRegression().fit(table, X @ np.array([1.0, 2.0, -4.0]))
+    assert list(model.feature_names_in_) == ["c", "a", "b"]
+    path = tmp_path / "named.joblib"
+    joblib.dump(model, path)
+    cand = load_candidate(f"named@1={path}")
+    assert cand.features == ("c", "a", "b")
+    xs = [{"a": 1.0, "b": 2.0, "c": 3.0}, {"b": -1.0, "c": 0.5, "a": 0.0}]
+    expected = model.predict(pa.table({k: [x[k] for x in xs] for k in "cab"}))
+    assert [o.value for o in cand.predict_batch(xs)] == expected.tolist()
+    assert load_candidate(f"named@1={path}?features=c,a,b").features == ("c", "a", "b")
+    with pytest.raises(ModelLoadError, match="fitted on c,a,b"):
+        load_candidate(f"named@1={path}?features=a,b,c")
+
+
+def test_missing_or_non_numeric_feature_fails_that_row_only() -> None:
+    model = fitted_regressor()
+    cand = Candidate("lin@1", model, ("a", "b"))
+    xs = [{"a": 1.0, "b": 2.0}, {"a": 1.0}, {"a": "high", "b": 0.0}, {"a": 0.0, "b": None}]
+    xs.append({"a": -1.0, "b": 1.0})
+    outs = cand.predict_batch(xs)
+    assert outs[1].error == "KeyError: missing feature 'b'"
+    assert outs[2].error == "ValueError: feature 'a' is not a number: 'high'"
+    assert outs[3].error == "ValueError: feature 'b' is not a number: None"
+    good = np.array([[1.0, 2.0], [-1.0, 1.0]])
+    assert [outs[0].value, outs[4].value] == model.predict(good).tolist()
+    # a batch where no row can be scored never calls the model
+    assert [o.error for o in cand.predict_batch([{}])] == ["KeyError: missing feature 'a'"]
+
+
+def test_predict_proba_gives_scores_and_argmax_label() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 2))
+    y = np.where(X[:, 0] + X[:, 1] > 0.5, "up", np.where(X[:, 0] < -0.5, "down", "flat"))
+    model = LogisticRegression().fit(X, y)
+    cand = Candidate("clf@1", model, ("a", "b"))
+    xs = rows_of(40, seed=4)
+    outs = cand.predict_batch(xs)
+    Xq = np.array([[x["a"], x["b"]] for x in xs])
+    proba = model.predict_proba(Xq)
+    for out, p, label in zip(outs, proba, model.predict(Xq), strict=True):
+        assert out.scores == dict(zip(model.classes_.tolist(), p.tolist(), strict=True))
+        assert out.label == label == model.classes_[int(np.argmax(p))]
+        assert out.value is None
+
+
+def test_batch_function(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "fn.py",
+        """
+        calls = []
+
+        def score(batch):
+            calls.append(len(batch))
+            return [x["a"] + 1.0 for x in batch]
+        """,
+    )
+    cand = load_candidate(f"fn@1={path}:score")
+    assert cand.kind == "function" and cand.vectorized
+    outs = cand.predict_batch([{"a": 1.0}, {"a": 2.0}])
+    assert [o.value for o in outs] == [2.0, 3.0]
+
+
+def test_bad_model_files_are_load_errors(tmp_path: Path) -> None:
+    (tmp_path / "junk.joblib").write_bytes(b"not a joblib file")
+    with pytest.raises(ModelLoadError, match="cannot load joblib file"):
+        load_candidate(f"m@1={tmp_path / 'junk.joblib'}?features=a")
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_candidate(f"m@1={tmp_path / 'absent.joblib'}")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelLoadError, match="onnxruntime cannot load"):
+        load_candidate(f"m@1={tmp_path / 'junk.onnx'}?features=a")
+    import joblib
+
+    joblib.dump(fitted_regressor(), tmp_path / "lin.joblib")
+    with pytest.raises(ModelLoadError, match=r"feature order is unknown: add \?features="):
+        load_candidate(f"m@1={tmp_path / 'lin.joblib'}")
+    with pytest.raises(ModelLoadError, match="takes 2 features but the spec declares 3"):
+        load_candidate(f"m@1={tmp_path / 'lin.joblib'}?features=a,b,c")
+    with pytest.raises(ModelLoadError, match="applies only to models scored on arrays"):
+        load_candidate("m@1=streams.demo_models:ridge_candidate?features=sqft")
+
+
+def test_warm_up_failure_refuses_the_model(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "broken.py",
+        """
+        class NeedsGPU:
+            def predict(self, X):
+                raise RuntimeError("CUDA device not found")
+
+        model = NeedsGPU()
+
+        class Fine:
+            def predict(self, X):
+                return X[:, 0]
+
+        fine = Fine()
+        """,
+    )
+    with pytest.raises(ModelLoadError, match="failed its warm-up call: RuntimeError: CUDA device"):
+        load_candidate(f"gpu@1={path}:model?features=a")
+    cand = load_candidate(f"gpu@1={path}:model?features=a", warm_up=False)
+    assert cand.kind == "predict"
+    assert (
+        load_candidate(f"fine@1={path}:fine?features=a").predict_batch([{"a": 2.0}])[0].value == 2.0
+    )
+    # a dict model has no declared features: nothing to warm it with until a request comes
+    ridge = load_candidate("m@1=streams.demo_models:ridge_candidate")
+    assert not ridge.warm_up()
+    with pytest.raises(ModelLoadError, match="failed its warm-up call: KeyError"):
+        ridge.warm_up({"a": 1.0})
+
+
+def test_onnx_model(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.array([[2.0], [-1.0]], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["X", "W"], ["XW"]),
+            helper.make_node("Add", ["XW", "B"], ["Y"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
+        [
+            helper.make_tensor("W", TensorProto.FLOAT, [2, 1], w.ravel().tolist()),
+            helper.make_tensor("B", TensorProto.FLOAT, [1], [0.5]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "linear.onnx"
+    onnx.save(model, path)
+    cand = load_candidate(f"lin-onnx@1={path}?features=a,b")
+    assert cand.kind == "onnx"
+    xs = rows_of(10)
+    X = np.array([[x["a"], x["b"]] for x in xs], dtype=np.float32)
+    expected = (X @ w + np.float32(0.5))[:, 0]
+    assert [o.value for o in cand.predict_batch(xs)] == expected.tolist()
+    with pytest.raises(ModelLoadError, match="feature order is unknown"):
+        load_candidate(f"lin-onnx@1={path}")
+
+
+# -- fair latency --------------------------------------------------------------------------
+
+
+class FixedCost:
+    """Costs ``call_ms`` per call plus nearly nothing per row: batching hides the call cost."""
+
+    def __init__(self, call_ms: float) -> None:
+        self.call_ms = call_ms
+        self.sizes: list[int] = []
+
+    def predict_many(self, xs: list[dict[str, Any]]) -> list[float]:
+        self.sizes.append(len(xs))
+        time.sleep(self.call_ms / 1000.0)
+        return [1.0] * len(xs)
+
+
+def test_sample_is_deterministic_by_request_id() -> None:
+    keys = [f"req-{i}" for i in range(2000)]
+    xs: list[dict[str, Any]] = [{} for _ in keys]
+    a, b = FixedCost(0.0), FixedCost(0.0)
+    Candidate("a@1", a, sample_rate=0.05).predict_batch(xs, keys)
+    Candidate("b@1", b, sample_rate=0.05).predict_batch(xs[::-1], keys[::-1])
+    singles = a.sizes.count(1)
+    assert singles == b.sizes.count(1) and 60 <= singles <= 140  # ~5% of 2,000
+
+
+def test_published_latency_estimates_the_single_call_cost() -> None:
+    model = FixedCost(2.0)
+    cand = Candidate("slow-call@1", model, sample_rate=0.05)
+    published: list[float] = []
+    for batch in range(4):
+        keys = [f"b{batch}-{i}" for i in range(200)]
+        published += [o.latency_ms for o in cand.predict_batch([{} for _ in keys], keys)]
+    stats = cand.latency
+    assert stats.batch_calls == 4 and stats.batch_requests == 800
+    assert stats.amortized_ms is not None and stats.amortized_ms < 0.1  # 2 ms / 200 rows
+    # every published figure is one measured single call, each >= the 2 ms sleep
+    assert min(published) >= 2.0
+    assert set(published) <= set(stats.recent)
+    assert 2.0 <= float(np.median(published)) < 10.0
