@@ -11,7 +11,9 @@ each, one primary and two candidate predictions (4 x N events), then times:
   context slices: all of it, as in production).
 
 Prints events/s for both and ``ratio`` = baseline / joiner (how many times slower the
-joiner is than the raw loop). Usage: ``python bench/joiner.py [--requests N]``; uses
+joiner is than the raw loop), then the CPU time of this process per event in each phase
+(librdkafka's threads included) and their ratio, which other load on the machine sways
+less than wall time. Usage: ``python bench/joiner.py [--requests N]``; uses
 KAFKA_BOOTSTRAP_SERVERS, else the running embedded broker, else one started for the run and
 stopped after it (``--keep-broker`` keeps it).
 """
@@ -34,6 +36,8 @@ from streams.joiner import Joiner
 from streams.kafka import Topics, ensure_topics
 from streams.schemas import default_codec
 
+CPU: dict[str, float] = {}
+"""CPU seconds of this process per event, by phase."""
 NUMERIC = 20
 CATEGORICAL = 3
 """Features per request; and 3 context keys (region, tenant, device)."""
@@ -121,15 +125,18 @@ def raw_loop(cfg: Config, total: int) -> float:
     c.subscribe([t.requests, t.predictions])
     seen = 0
     start = None
+    cpu = 0.0
     while seen < total:
         msgs = c.consume(num_messages=5000, timeout=1.0)
         if msgs and start is None:
             start = time.perf_counter()
+            cpu = time.process_time()
         for m in msgs:
             if m.error() is None:
                 decode(m.value())
                 seen += 1
     elapsed = time.perf_counter() - (start or time.perf_counter())
+    CPU["raw"] = (time.process_time() - cpu) / seen
     c.close()
     return seen / elapsed
 
@@ -161,8 +168,11 @@ def joiner_run(cfg: Config, total: int) -> float:
         consumed = joiner.stats.consumed
         if consumed and "start" not in marks:
             marks["start"] = time.perf_counter()
+            marks["cpu"] = time.process_time()
+            marks["first"] = consumed
         if consumed >= total and "end" not in marks:
             marks["end"] = time.perf_counter()
+            CPU["joiner"] = (time.process_time() - marks["cpu"]) / (consumed - marks["first"])
             stop.set()
 
     joiner.run(stop=stop, on_batch=on_batch)
@@ -192,6 +202,11 @@ def measure(bootstrap: str, requests: int) -> int:
     joined = joiner_run(cfg, total)
     print(f"joiner:             {joined:,.0f} events/s  ({total:,} events)")
     print(f"ratio raw/joiner: {raw / joined:.2f}")
+    # CPU time of this process (librdkafka's threads too) per event: less sensitive than
+    # wall time to whatever else the machine runs, the broker included
+    raw_us, joiner_us = CPU["raw"] * 1e6, CPU["joiner"] * 1e6
+    print(f"cpu per event: raw {raw_us:.1f} us, joiner {joiner_us:.1f} us")
+    print(f"cpu ratio joiner/raw: {joiner_us / raw_us:.2f}")
     return 0
 
 
