@@ -178,11 +178,17 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     if not args.candidate:
         raise UnderstudyError("give at least one --candidate ID=package.module:attr")
-    cfg = connect(args)
+    if args.budget <= 0:
+        raise UnderstudyError(f"--budget must be > 0 seconds, got {args.budget}")
+    if not 0.0 <= args.latency_sample <= 1.0:
+        raise UnderstudyError(f"--latency-sample must be in [0, 1], got {args.latency_sample}")
     from streams.models import load_candidate
+
+    # Models load (and warm up) before Kafka: a bad spec is one line at once, broker or not.
+    candidates = [load_candidate(spec, sample_rate=args.latency_sample) for spec in args.candidate]
+    cfg = connect(args)
     from streams.worker import run_worker
 
-    candidates = [load_candidate(spec) for spec in args.candidate]
     _err(f"worker: scoring {', '.join(c.model_id for c in candidates)} on {cfg.prefix}.requests")
     stats = run_worker(
         cfg,
@@ -190,6 +196,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         idle_exit_s=args.idle_exit,
         stop=_stop_on_signals(),
+        budget_s=args.budget,
     )
     _err(f"worker stopped: {stats}")
     return 0
@@ -310,9 +317,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ID=SPEC",
-        help="candidate model, e.g. ridge@2=package.module:attr (repeatable)",
+        help="candidate model (repeatable): ID=package.module:attr, ID=path/file.py:attr, "
+        "ID=model.joblib, ID=model.pkl or ID=model.onnx, with ?features=a,b,c for the column "
+        "order of an array model, e.g. 'gbr@3=gbr.joblib?features=sqft,bedrooms'",
     )
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="each candidate's time budget per batch; past it, its predictions for the batch "
+        "are published as timeouts (default 5)",
+    )
+    p.add_argument(
+        "--latency-sample",
+        type=float,
+        default=1 / 32,
+        metavar="FRACTION",
+        help="share of a vectorized candidate's requests also scored alone to measure the "
+        "single-call latency it publishes (default 1/32, at least one per batch)",
+    )
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_worker)

@@ -445,6 +445,8 @@ class Candidate:
     sample_rate: float = DEFAULT_SAMPLE_RATE
     latency: LatencyStats = field(init=False, repr=False, default_factory=LatencyStats)
     kind: str = field(init=False, default="")
+    #: Whether the model has had its warm-up call (at load, or on the worker's first request).
+    warmed: bool = field(init=False, default=False)
     _batch: Callable[[list[Features]], Sequence[Any]] | None = field(
         init=False, repr=False, default=None
     )
@@ -516,6 +518,7 @@ class Candidate:
             raise ModelLoadError(
                 f"model {self.model_id!r} failed its warm-up call: {_error_text(exc)}"
             ) from exc
+        self.warmed = True
         return True
 
     def predict_batch(

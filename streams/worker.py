@@ -5,6 +5,15 @@ micro-batch is decoded, scored by every candidate (vectorized where the model al
 :class:`streams.models.Candidate`), and answered with one Prediction per request per
 candidate on ``<prefix>.predictions``:
 
+- each candidate on its own thread, within a time budget per batch (``budget_s``), so one
+  that is slow, hangs or raises costs its own predictions only: past the budget they are
+  published as ``"timeout after N ms"`` errors (see :mod:`streams.isolation` for what then
+  happens to the hung call and the candidate's next batches), and a candidate's answers are
+  produced as soon as it has them, not after the slowest one's;
+- with a latency that estimates one request called alone, as the primary's is measured
+  (see :class:`streams.models.Candidate`); a vectorized call's amortized cost per request
+  is kept apart, in :attr:`WorkerStats.candidates` and the worker's closing log line;
+
 - keyed by request_id and written to *the request's partition*, explicitly, so predictions
   are co-partitioned with their requests whatever partitioner the service's producer used;
 - stamped with the *request's* event time, so a late shadow answer still lands in its
@@ -18,7 +27,8 @@ predictions), go to ``<prefix>.deadletter`` with the reason and their coordinate
 batch goes on.
 
 Delivery guarantee: at-least-once. The batch's offsets are committed only after every
-prediction and dead letter of the batch has been acknowledged by the broker; failed
+candidate's outcome for every request (an answer, an error or a timeout) and every dead
+letter of the batch has been acknowledged by the broker; failed
 deliveries are retried, and if they still fail the worker raises without committing, so a
 restarted worker scores that batch again (the joiner recognises the duplicates). Because
 the commit is synchronous and happens before the next ``consume()``, a rebalance (whose
@@ -34,7 +44,10 @@ again) raises :class:`~streams.errors.BrokerError` at once, so the process exits
 and a supervisor restarts it instead of it lingering idle.
 
 The features a model sees are ``{**numeric_features, **categorical_features}``: one flat
-dict, river style; a categorical feature shadows a numeric one of the same name.
+dict, river style; a categorical feature shadows a numeric one of the same name. A model
+not warmed up at load (a dict model: no declared features to build a request from) gets its
+warm-up call on the first request consumed, before anything is scored (see
+:meth:`streams.isolation.Lanes.warm_up`).
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from confluent_kafka import (
@@ -60,6 +73,7 @@ from streams.clientlog import CLIENT_LOG
 from streams.config import Config
 from streams.deadletter import MAX_ID_CHARS, clip, dead_letter_of
 from streams.errors import BrokerError, ConfigError, SchemaError
+from streams.isolation import DEFAULT_BUDGET_S, Lanes
 from streams.kafka import (
     Topics,
     check_copartitioned,
@@ -67,7 +81,7 @@ from streams.kafka import (
     scrub,
     validate_client_options,
 )
-from streams.models import Candidate
+from streams.models import Candidate, Outcome
 from streams.schemas import Codec, default_codec
 
 __all__ = ["ShadowWorker", "WorkerStats", "run_worker"]
@@ -116,12 +130,19 @@ class WorkerStats:
     requests: int = 0
     #: Prediction events produced: ``requests x candidates``.
     predictions: int = 0
-    #: Error predictions among ``predictions`` (model exceptions, NaN, bad output types).
+    #: Error predictions among ``predictions`` (model exceptions, NaN, bad output types,
+    #: timeouts).
     errors: int = 0
+    #: Timeout predictions among ``errors``: past the budget, or the candidate still busy.
+    timeouts: int = 0
     dead_letters: int = 0
     batches: int = 0
     #: Messages re-produced after a failed delivery.
     redelivered: int = 0
+    #: Per candidate: its lane's counts (:class:`streams.isolation.LaneStats`) and its call
+    #: costs: ``single_ms`` (mean single call, what the published latencies estimate),
+    #: ``amortized_ms`` (batch call cost per request, kept apart), ``single_calls``.
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ShadowWorker:
@@ -135,6 +156,7 @@ class ShadowWorker:
         group_id: str | None = None,
         batch_size: int = 500,
         codec: Codec | None = None,
+        budget_s: float = DEFAULT_BUDGET_S,
     ) -> None:
         if not candidates:
             raise ValueError("a shadow worker needs at least one candidate model")
@@ -143,6 +165,10 @@ class ShadowWorker:
             raise ValueError(f"candidate model ids must be distinct, got {ids}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+        self.budget_s = budget_s
+        self._lanes: Lanes | None = None
         self.cfg = cfg
         self.candidates = list(candidates)
         self.group_id = group_id or f"{cfg.prefix}.worker"
@@ -189,6 +215,7 @@ class ShadowWorker:
             ", ".join(c.model_id for c in self.candidates),
         )
         try:
+            self._lanes = Lanes(self.candidates, self.budget_s)
             self._open()
             last_activity = time.monotonic()
             while stop is None or not stop.is_set():
@@ -274,6 +301,10 @@ class ShadowWorker:
         committed its own offsets, and an unfinished one must be scored again."""
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
+        lanes, self._lanes = self._lanes, None
+        if lanes is not None:
+            lanes.close()
+            self._report_candidates(lanes)
         try:
             if producer is not None:
                 # Left-overs of an abandoned or failed batch, whose offsets were not committed:
@@ -350,15 +381,20 @@ class ShadowWorker:
     def _score(
         self, requests: list[dict[str, Any]], partitions: list[int], stamps: list[int]
     ) -> None:
+        """Score the batch on every candidate's lane; produce each one's answers as they come."""
         features = [{**r["numeric_features"], **r["categorical_features"]} for r in requests]
-        keys = [r["request_id"].encode() for r in requests]
+        ids = [r["request_id"] for r in requests]
+        keys = [i.encode() for i in ids]
         topic = self.topics.predictions
         encode = self._encode_prediction
         produce = self._produce
-        for candidate in self.candidates:
-            outcomes = candidate.predict_batch(features)
-            model_id = candidate.model_id
-            errors = 0
+        lanes = self._lanes
+        assert lanes is not None
+        lanes.warm_up(features[0])
+
+        def deliver(index: int, outcomes: list[Outcome]) -> None:
+            model_id = self.candidates[index].model_id
+            errors = timeouts = 0
             for record, key, partition, stamp, out in zip(
                 requests, keys, partitions, stamps, outcomes, strict=True
             ):
@@ -379,8 +415,35 @@ class ShadowWorker:
                 produce(topic, value, key, partition, stamp)
                 if out.error is not None:
                     errors += 1
+                    if out.error.startswith("timeout"):
+                        timeouts += 1
+            self._producer.poll(0)  # hand them to librdkafka's sender now, not at flush
             self.stats.predictions += len(outcomes)
             self.stats.errors += errors
+            self.stats.timeouts += timeouts
+
+        lanes.score(features, ids, deliver)
+
+    def _report_candidates(self, lanes: Lanes) -> None:
+        """Each candidate's lane counts and call costs into the stats, and one log line."""
+        for lane in lanes.lanes:
+            cand = lane.candidate
+            cost = cand.latency
+            report: dict[str, Any] = asdict(lane.stats)
+            report.update(
+                single_calls=cost.single_calls,
+                single_ms=cost.single_mean_ms,
+                amortized_ms=cost.amortized_ms,
+            )
+            self.stats.candidates[cand.model_id] = report
+            log.info(
+                "candidate %s: %s",
+                cand.model_id,
+                ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in report.items()
+                ),
+            )
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.stats.dead_letters += 1
@@ -504,13 +567,17 @@ def run_worker(
     stop: threading.Event | None = None,
     idle_exit_s: float | None = None,
     on_batch: Callable[[int], None] | None = None,
+    budget_s: float = DEFAULT_BUDGET_S,
 ) -> WorkerStats:
     """Run one shadow worker until ``stop`` is set or ``idle_exit_s`` passes without input.
 
     The consumer group defaults to ``<prefix>.worker``: start more workers with the same
-    group to share the partitions of ``<prefix>.requests``.
+    group to share the partitions of ``<prefix>.requests``. ``budget_s``: each candidate's
+    time budget per batch (see :mod:`streams.isolation`).
     """
-    worker = ShadowWorker(cfg, candidates, group_id=group_id, batch_size=batch_size)
+    worker = ShadowWorker(
+        cfg, candidates, group_id=group_id, batch_size=batch_size, budget_s=budget_s
+    )
     return worker.run(stop=stop, idle_exit_s=idle_exit_s, on_batch=on_batch)
 
 
