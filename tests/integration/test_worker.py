@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -210,7 +210,7 @@ def test_restarted_worker_rescores_nothing(kafka_bootstrap: str, prefix: str) ->
 
     # Restarted: its committed offsets are the end offsets, so it scores nothing.
     second = run_worker(cfg, candidates, group_id=group, idle_exit_s=IDLE_S)
-    assert second == WorkerStats()
+    assert replace(second, candidates={}) == WorkerStats()  # counts only, not call costs
 
     # New traffic after the restart: only that is scored.
     run_service(cfg, events=100, rate=0, seed=2)
@@ -237,7 +237,7 @@ def test_stop_event_ends_an_idle_worker(kafka_bootstrap: str, prefix: str) -> No
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
-    assert result == [WorkerStats()]
+    assert [replace(r, candidates={}) for r in result] == [WorkerStats()]
 
 
 def test_two_workers_share_the_partitions(kafka_bootstrap: str, prefix: str) -> None:
@@ -608,3 +608,208 @@ def test_a_backlog_older_than_max_age_still_joins(kafka_bootstrap: str, prefix: 
     assert joined.dead_letters == 0
     totals = fold_partials(cfg)
     assert totals["price-ridge@4"].to_record()["coverage"]["pairs"] == n
+
+
+# ---------------------------------------------------------------------------------------
+# Isolation (issue 9): each candidate on its own, within a budget
+
+
+SLOW_AND_RAISING = """
+import time
+
+class SlowFirstBatch:
+    '''Sleeps past the budget in its first batch call (after the warm-up call).'''
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict_many(self, xs):
+        self.calls += 1
+        if self.calls == 2:  # call 1 is the warm-up on the first request
+            time.sleep(4.0)
+        return [1.0] * len(xs)
+
+class RaisesOnSomeBatches:
+    '''Raises on every 3rd call (a batch, or a batch of one when a sample is timed).'''
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict_many(self, xs):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise RuntimeError(f"model server restarting (call {self.calls})")
+        return [2.0] * len(xs)
+
+slow = SlowFirstBatch()
+raising = RaisesOnSomeBatches()
+"""
+
+
+class Arrivals:
+    """A reader of the predictions topic that notes when each prediction arrives."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.codec = default_codec()
+        self.seen: list[tuple[float, dict]] = []
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"arrivals-{uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,  # arrival times to ~10 ms, not librdkafka's 500
+                "enable.auto.commit": False,
+            }
+        )
+        self._consumer.subscribe([topic])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(num_messages=1000, timeout=0.05):
+                if msg.error() is None:
+                    pred = self.codec.decode_as("Prediction", msg.value())
+                    self.seen.append((time.monotonic(), pred))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def test_a_candidate_past_its_budget_does_not_delay_the_other(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    models = tmp_path / "isolation_models.py"
+    models.write_text(SLOW_AND_RAISING)
+    candidates = [load_candidate(f"slow@1={models}:slow"), load_candidate(RIDGE)]
+    run_service(cfg, events=400, rate=0, seed=11)
+    arrivals = Arrivals(kafka_bootstrap, topics.predictions)
+    time.sleep(1.0)  # the reader has joined its group before the first prediction
+
+    worker = ShadowWorker(cfg, candidates, batch_size=500, budget_s=1.5)
+    batches: list[tuple[float, list[str]]] = []
+    score = worker._score
+
+    def timed_score(requests: list[dict], partitions: list[int], stamps: list[int]) -> None:
+        batches.append((time.monotonic(), [r["request_id"] for r in requests]))
+        score(requests, partitions, stamps)
+
+    worker._score = timed_score  # type: ignore[method-assign]
+    try:
+        stats = worker.run(idle_exit_s=IDLE_S)
+        time.sleep(1.0)
+    finally:
+        arrivals.close()
+
+    assert stats.requests == stats.consumed == 400
+    assert stats.predictions == 800
+    first_start, first_ids = batches[0]
+    first = set(first_ids)
+    fast = [(t, p) for t, p in arrivals.seen if p["model_id"] == "price-ridge@4"]
+    slow = [(t, p) for t, p in arrivals.seen if p["model_id"] == "slow@1"]
+    assert len({p["request_id"] for _, p in fast}) == 400
+    assert all(p["error"] is None for _, p in fast)
+    # the fast candidate's answers for the first batch were published (read back by another
+    # consumer) before the slow one's 1.5 s budget for that batch ran out
+    fast_first = [t - first_start for t, p in fast if p["request_id"] in first]
+    slow_first = [(t - first_start, p) for t, p in slow if p["request_id"] in first]
+    assert len(fast_first) == len(first) == len(slow_first)
+    assert max(fast_first) < 1.5, max(fast_first)
+    assert min(t for t, _ in slow_first) >= 1.5
+    assert {p["error"] for _, p in slow_first} == {"timeout after 1500 ms"}
+    assert {p["latency_ms"] for _, p in slow_first} == {1500.0}
+    # the hung call kept its lane busy: batches of the next 2.5 s timed out at once
+    later = [p for _, p in slow if p["request_id"] not in first]
+    assert all(
+        p["error"] is None or p["error"].startswith("timeout: busy with a call past its 1500 ms")
+        for p in later
+    )
+    assert stats.candidates["slow@1"]["timed_out"] == 1
+    assert stats.timeouts == sum(1 for _, p in slow if p["error"] is not None)
+    committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    assert committed == ends
+
+
+def test_a_raising_candidate_leaves_the_others_predictions_intact(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    models = tmp_path / "isolation_models.py"
+    models.write_text(SLOW_AND_RAISING)
+    candidates = [load_candidate(f"raising@1={models}:raising"), load_candidate(RIDGE)]
+    run_service(cfg, events=1000, rate=0, seed=12)
+    stats = run_worker(cfg, candidates, batch_size=50, idle_exit_s=IDLE_S)
+    assert stats.requests == 1000
+    preds = candidate_predictions(kafka_bootstrap, topics.predictions)
+    ridge = [p for _, p in preds if p["model_id"] == "price-ridge@4"]
+    raising = [p for _, p in preds if p["model_id"] == "raising@1"]
+    assert len({p["request_id"] for p in ridge}) == len(ridge) == 1000
+    assert all(p["error"] is None and p["value"] is not None for p in ridge)
+    assert len({p["request_id"] for p in raising}) == len(raising) == 1000
+    failed = [p for p in raising if p["error"] is not None]
+    assert failed, "the raising candidate never raised"
+    assert all(p["error"].startswith("RuntimeError: model server restarting") for p in failed)
+    assert all(p["value"] == 2.0 for p in raising if p["error"] is None)
+    assert stats.errors == len(failed) and stats.timeouts == 0
+    committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    assert committed == ends
+
+
+def test_a_joblib_sklearn_model_named_on_the_command_line_shadows_the_demo(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    from streams.demo_models import NUMERIC
+
+    rng = np.random.default_rng(5)
+    X = rng.uniform(0.0, 5.0, size=(500, len(NUMERIC)))
+    model = Ridge(alpha=0.5).fit(X, X @ np.arange(1.0, len(NUMERIC) + 1) + 40.0)
+    path = tmp_path / "price-sk.joblib"
+    joblib.dump(model, path)
+    order = ",".join(NUMERIC)
+
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=3)
+    topics = Topics(prefix)
+    ensure_topics(cfg)
+    run_service(cfg, events=600, rate=0, seed=13)
+    log = tmp_path / "worker.log"
+    proc = stage(
+        cfg,
+        "worker",
+        "--candidate",
+        f"price-sk@1={path}?features={order}",
+        "--idle-exit",
+        "3",
+        log=log,
+    )
+    try:
+        assert proc.wait(120) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    codec = default_codec()
+    requests = {}
+    for rec in read_all(kafka_bootstrap, topics.requests):
+        req = codec.decode_as("Request", rec.value)
+        requests[req["request_id"]] = req
+    preds = [p for _, p in candidate_predictions(kafka_bootstrap, topics.predictions)]
+    assert len(requests) == 600 and len(preds) == 600
+    assert {p["model_id"] for p in preds} == {"price-sk@1"}
+    assert all(p["error"] is None for p in preds)
+    ids = [p["request_id"] for p in preds]
+    rows = np.array([[requests[i]["numeric_features"][n] for n in NUMERIC] for i in ids])
+    assert [p["value"] for p in preds] == model.predict(rows).tolist()
+    assert all(p["latency_ms"] > 0 for p in preds)
