@@ -60,3 +60,28 @@ def test_soak_prints_its_report_lines(kafka_bootstrap: str) -> None:
         r"^drained: ",
     ):
         assert re.search(line, done.stdout, re.MULTILINE), (line, done.stdout)
+
+
+def test_statistics_bench_prints_its_lines() -> None:
+    """No broker: profiles, merges and drift alone (bench/statistics.py)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "statistics.py"),
+            "--pairs",
+            "3000",
+            "--window",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in (
+        r"^statistics: [\d,]+ pairs/s ",
+        r"^numpy baseline: [\d,]+ values/s ",
+        r"^ratio statistics/baseline time: \d+\.\d \(lower is better\)$",
+    ):
+        assert re.search(line, done.stdout, re.MULTILINE), done.stdout
