@@ -32,7 +32,7 @@ from functools import partial
 from typing import Any
 
 from streams.errors import ModelLoadError
-from streams.models import Candidate, Features, Outcome
+from streams.models import Candidate, Features, Outcome, sample_points
 
 __all__ = ["DEFAULT_BUDGET_S", "WARM_UP_TIMEOUT_S", "LaneStats", "Lanes"]
 
@@ -174,6 +174,7 @@ class Lanes:
         been delivered, at most :attr:`budget_s` after the call.
         """
         n = len(features)
+        points = sample_points(keys)
         token = self._next_token()
         start = time.monotonic()
         pending: set[int] = set()
@@ -182,7 +183,7 @@ class Lanes:
             if lane.busy:
                 busy.append(lane)
                 continue
-            lane.submit(token, partial(lane.candidate.predict_batch, features, keys))
+            lane.submit(token, partial(lane.candidate.predict_batch, features, keys, points))
             pending.add(lane.index)
         for lane in busy:
             lane.stats.busy_batches += 1

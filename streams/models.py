@@ -87,7 +87,7 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -246,10 +246,11 @@ def _is_batch_function(obj: Any) -> bool:
     return len(required) == 1
 
 
-def _sample_point(key: str) -> float:
-    """A request's place in [0, 1), from its id: the same request is sampled in every run."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
+def sample_points(keys: Iterable[str]) -> list[float]:
+    """Each request's place in [0, 1), from its id: the same request is sampled in every run,
+    by every worker and every candidate."""
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    return [from_bytes(blake2b(k.encode(), digest_size=8).digest()) / 2.0**64 for k in keys]
 
 
 # -- array models --------------------------------------------------------------------------
@@ -522,17 +523,21 @@ class Candidate:
         return True
 
     def predict_batch(
-        self, features: list[Features], keys: Sequence[str] | None = None
+        self,
+        features: list[Features],
+        keys: Sequence[str] | None = None,
+        points: Sequence[float] | None = None,
     ) -> list[Outcome]:
         """One :class:`Outcome` per feature dict, in order; never raises for model errors.
 
         ``keys`` are the requests' ids, which choose the requests timed alone (see the
-        class); without them, the positions do.
+        class); without them, the positions do. ``points``: their :func:`sample_points`,
+        when the caller has them already (one hash per request for all candidates).
         """
         if not features:
             return []
-        if keys is None:
-            keys = [str(i) for i in range(len(features))]
+        if points is None:
+            points = sample_points(keys if keys is not None else map(str, range(len(features))))
         if self._batch is not None:
             start = time.perf_counter()
             try:
@@ -545,13 +550,12 @@ class Candidate:
                 stats.batch_calls += 1
                 stats.batch_requests += len(features)
                 stats.batch_ms += elapsed_ms
-                return self._with_single_latencies(features, keys, outputs)
+                return self._with_single_latencies(features, points, outputs)
         return [self._predict_single(x) for x in features]
 
     def _with_single_latencies(
-        self, features: list[Features], keys: Sequence[str], outputs: list[Any]
+        self, features: list[Features], points: Sequence[float], outputs: list[Any]
     ) -> list[Outcome]:
-        points = [_sample_point(k) for k in keys]
         sampled = [i for i, p in enumerate(points) if p < self.sample_rate]
         if not sampled:
             sampled = [min(range(len(points)), key=points.__getitem__)]

@@ -91,7 +91,7 @@ def test_a_hung_candidate_does_not_delay_the_others() -> None:
 def test_an_exception_out_of_one_candidate_fails_only_its_outcomes() -> None:
     broken = Candidate("broken@1", Fast())
 
-    def crash(features: Any, keys: Any = None) -> list[Outcome]:
+    def crash(features: Any, keys: Any = None, points: Any = None) -> list[Outcome]:
         raise RuntimeError("adapter bug")
 
     broken.predict_batch = crash  # type: ignore[method-assign]
