@@ -609,3 +609,31 @@ def test_published_latency_estimates_the_single_call_cost() -> None:
     assert min(published) >= 2.0
     assert set(published) <= set(stats.recent)
     assert 2.0 <= float(np.median(published)) < 10.0
+
+
+def test_worker_cli_refuses_a_bad_model_in_one_line_before_kafka(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    broken = write(
+        tmp_path / "gpu.py",
+        """
+        class NeedsGPU:
+            def predict(self, X):
+                raise RuntimeError("CUDA device not found")
+
+        model = NeedsGPU()
+        """,
+    )
+    # an address where no broker answers: the models are refused before it is tried
+    for spec, fragment in [
+        (f"m@1={tmp_path / 'absent.joblib'}", "not found"),
+        (f"gpu@1={broken}:model?features=a", "failed its warm-up call: RuntimeError: CUDA"),
+    ]:
+        started = time.monotonic()
+        rc = main(["worker", "--candidate", spec, "--bootstrap", "127.0.0.1:9"])
+        err = capsys.readouterr().err
+        assert rc == 1 and time.monotonic() - started < 2.0
+        assert err.count("\n") == 1 and err.startswith("understudy: error: ")
+        assert fragment in err
