@@ -184,8 +184,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UnderstudyError(f"--latency-sample must be in [0, 1], got {args.latency_sample}")
     from streams.models import load_candidate
 
+    example = _warm_up_request(args.warm_up_request)
     # Models load (and warm up) before Kafka: a bad spec is one line at once, broker or not.
-    candidates = [load_candidate(spec, sample_rate=args.latency_sample) for spec in args.candidate]
+    candidates = [
+        load_candidate(spec, sample_rate=args.latency_sample, example=example)
+        for spec in args.candidate
+    ]
     cfg = connect(args)
     from streams.worker import run_worker
 
@@ -200,6 +204,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     _err(f"worker stopped: {stats}")
     return 0
+
+
+def _warm_up_request(text: str | None) -> dict[str, Any] | None:
+    """``--warm-up-request``: a JSON object of features, inline or ``@path/to/file.json``."""
+    if text is None:
+        return None
+    import json
+
+    try:
+        raw = Path(text[1:]).read_text() if text.startswith("@") else text
+        example = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise UnderstudyError(f"--warm-up-request: cannot read a JSON object: {exc}") from None
+    if not isinstance(example, dict):
+        raise UnderstudyError("--warm-up-request must be a JSON object of feature: value")
+    return example
 
 
 def cmd_joiner(args: argparse.Namespace) -> int:
@@ -337,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRACTION",
         help="share of a vectorized candidate's requests also scored alone to measure the "
         "single-call latency it publishes (default 1/32, at least one per batch)",
+    )
+    p.add_argument(
+        "--warm-up-request",
+        metavar="JSON",
+        help="features of a request every candidate is called with once at start (a JSON "
+        "object, or @file.json); a candidate that raises on it is refused",
     )
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)

@@ -60,12 +60,13 @@ prediction, conventionally ``name@version``; an id without ``@`` gets ``@1`` so 
 id has a version. ``ID=`` may be left out: the attribute's name (or the file's stem) then
 becomes the name.
 
-Warm-up: a model whose feature order is declared is called once at load on a synthetic
-request (every feature 0.0); one that raises, or answers a batch of one with a number of
-outputs other than one, is refused with :class:`~streams.errors.ModelLoadError` before any
-traffic. A dict model has no declared features to make a request from: the worker warms it
-up on the first request it consumes, before it publishes anything (see
-:mod:`streams.worker`).
+Warm-up: every model is called once at load on the operator's example request
+(``understudy worker --warm-up-request``) when there is one, else, when its feature order
+is declared, on a synthetic request (every feature 0.0); one that raises, or answers a batch
+of one with a number of outputs other than one, is refused with
+:class:`~streams.errors.ModelLoadError` before any traffic. A dict model without an example
+has no request to be called with: the worker warms it up on the first request it consumes,
+before it publishes anything (see :mod:`streams.worker`).
 
 Latency (see :class:`Candidate`): every published latency estimates what *one request
 called alone* costs, as the production service pays it, never a batch's amortized share.
@@ -803,15 +804,20 @@ def _resolve(module: Any, attr: str, where: str, spec: str) -> Any:
 
 
 def load_candidate(
-    spec: str, *, sample_rate: float = DEFAULT_SAMPLE_RATE, warm_up: bool = True
+    spec: str,
+    *,
+    sample_rate: float = DEFAULT_SAMPLE_RATE,
+    warm_up: bool = True,
+    example: Features | None = None,
 ) -> Candidate:
     """Import, build, check and warm up the model a spec names; :class:`ModelLoadError`
     otherwise.
 
     Loading happens once, at worker start, so that a typo, a missing dependency or a model
     that cannot answer fails fast with a message that says what to fix instead of turning
-    into a stream of error predictions. ``warm_up``: call the model once on a synthetic
-    request when its features are declared (see :meth:`Candidate.warm_up`).
+    into a stream of error predictions. ``warm_up``: call the model once, on ``example``
+    (a request's features, as the operator gives them: ``--warm-up-request``) or else on a
+    synthetic request when its features are declared (see :meth:`Candidate.warm_up`).
     """
     parsed = parse_spec(spec)
     if parsed.kind == "pickle":
@@ -839,5 +845,5 @@ def load_candidate(
     except ModelLoadError as exc:
         raise ModelLoadError(f"{exc} (candidate spec {spec!r})") from exc
     if warm_up:
-        candidate.warm_up()
+        candidate.warm_up(example)
     return candidate

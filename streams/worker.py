@@ -45,9 +45,9 @@ and a supervisor restarts it instead of it lingering idle.
 
 The features a model sees are ``{**numeric_features, **categorical_features}``: one flat
 dict, river style; a categorical feature shadows a numeric one of the same name. A model
-not warmed up at load (a dict model: no declared features to build a request from) gets its
-warm-up call on the first request consumed, before anything is scored (see
-:meth:`streams.isolation.Lanes.warm_up`).
+not warmed up at load (a dict model without an operator's example request: no declared
+features to build one from) gets its warm-up call on the first request consumed, before
+anything is scored (see :meth:`streams.isolation.Lanes.warm_up`).
 """
 
 from __future__ import annotations

@@ -637,3 +637,26 @@ def test_worker_cli_refuses_a_bad_model_in_one_line_before_kafka(
         assert rc == 1 and time.monotonic() - started < 2.0
         assert err.count("\n") == 1 and err.startswith("understudy: error: ")
         assert fragment in err
+
+
+def test_warm_up_request_refuses_a_dict_model_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    example = {"sqft": 80.0, "bedrooms": 2.0, "bathrooms": 1.0, "age_years": 10.0}
+    example |= {"distance_km": 3.0, "lot_size": 0.0, "region": "north"}
+    ridge = "m@1=streams.demo_models:ridge_candidate"
+    assert load_candidate(ridge, example=example).warmed
+    with pytest.raises(ModelLoadError, match="failed its warm-up call: KeyError: 'sqft'"):
+        load_candidate(ridge, example={"rooms": 3.0})
+    (tmp_path / "request.json").write_text('{"rooms": 3}')
+    for arg, fragment in [
+        (f"@{tmp_path / 'request.json'}", "failed its warm-up call: KeyError: 'sqft'"),
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "cannot read a JSON object"),
+    ]:
+        argv = ["worker", "--candidate", ridge, "--warm-up-request", arg]
+        rc = main([*argv, "--bootstrap", "127.0.0.1:9"])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and fragment in err, err
