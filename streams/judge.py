@@ -222,12 +222,13 @@ class Judge:
 
     def _slices(self, stats: PartialStats, ref: PartialStats | None) -> list[dict[str, Any]]:
         rows = []
+        shared_ref = self._shared_reference()  # decoded once per window, not per slice
         for name, s in stats.slices.by_name.items():
             row = {"slice": name, **s.summary()}
             for col, side in (("output_psi", False), ("primary_output_psi", True)):
                 row[col] = None
                 cur = s.output(side)
-                base_slices = ref if not side else self._shared_reference()
+                base_slices = ref if not side else shared_ref
                 r = None if base_slices is None else base_slices.slices.by_name.get(name)
                 base = None if r is None else r.output(side)
                 if cur is not None and base is not None and cur.count and base.count:
