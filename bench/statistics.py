@@ -86,18 +86,16 @@ def fill(w: Windows, win: Window, rows: list[int]) -> None:
         ctx = win.ctx[i]
         shared.num_rows.append(win.num_rows[i])
         shared.cat_rows.append(win.cat_rows[i])
-        shared.group(ctx).requests += 1
+        shared.slices.request(ctx)
         shared.out.append(win.prim[i])
         shared.latency.append(win.lat_p[i])
-        shared.group(ctx).out.append(win.prim[i])
+        shared.slices.output(ctx, win.prim[i])
         cand.out.append(win.cand[i])
         cand.latency.append(win.lat_c[i])
         cand.reg_p.append(win.prim[i])
         cand.reg_c.append(win.cand[i])
-        g = cand.group(ctx)
-        g.out.append(win.cand[i])
-        g.reg_p.append(win.prim[i])
-        g.reg_c.append(win.cand[i])
+        cand.slices.output(ctx, win.cand[i])
+        cand.slices.regression(ctx, win.prim[i], win.cand[i])
 
 
 def drift(ref: PartialStats, cur: PartialStats) -> int:

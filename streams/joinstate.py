@@ -198,7 +198,7 @@ class PartitionState:
             b.cat_rows.append(cat)
         names = self._slice_names(rec.get("context"))
         if names:
-            b.group(names).requests += 1
+            b.slices.request(names)
         return names
 
     def _slice_names(self, context: Any) -> tuple[str, ...]:
@@ -229,7 +229,7 @@ class PartitionState:
     def _slice_output(self, key: str, ws: int, ctx: tuple[str, ...], ans: Answer) -> None:
         if ans[0] is None or ans[3] is not None:
             return
-        self.windows.columns((key, ws)).group(ctx).out.append(ans[0])
+        self.windows.columns((key, ws)).slices.output(ctx, ans[0])
 
     def _slice_pair(
         self, cand: str, ws: int, ctx: tuple[str, ...], prim: Answer, cans: Answer
@@ -238,13 +238,9 @@ class PartitionState:
             return
         b = self.windows.columns((cand, ws))
         if prim[0] is not None and cans[0] is not None:
-            c = b.group(ctx)
-            c.reg_p.append(prim[0])
-            c.reg_c.append(cans[0])
+            b.slices.regression(ctx, prim[0], cans[0])
         elif prim[1] is not None and cans[1] is not None:
-            c = b.group(ctx)
-            c.cls_p.append(prim[1])
-            c.cls_c.append(cans[1])
+            b.slices.classification(ctx, prim[1], cans[1])
 
     def on_prediction(self, rec: dict[str, Any], now: int | None = None) -> str | None:
         """Apply a decoded Prediction; returns why it was refused (a dead letter), or None."""

@@ -17,7 +17,7 @@ that are NaN or infinite are counted in ``non_finite``, never sketched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,6 +98,29 @@ class Profile:
         if s is None:
             s = self.numeric[name] = QuantileSketch()
         self.non_finite += s.update_many(values)
+
+    def add_numeric_table(self, names: Sequence[str], table: np.ndarray) -> None:
+        """:meth:`add_numeric` of ``table[i]`` under ``names[i]``, for every i, with one
+        vectorised pass over the whole table instead of one per feature (the per-call
+        cost of ~20 numpy calls was a third of a 1,000-request fold)."""
+        n = int(table.shape[1])
+        if not n:
+            return
+        rows: list[int] = []
+        sketches: list[QuantileSketch] = []
+        for i, name in enumerate(names):
+            if not self._room(name, n):
+                continue
+            s = self.numeric.get(name)
+            if s is None:
+                s = self.numeric[name] = QuantileSketch()
+            rows.append(i)
+            sketches.append(s)
+        if not rows:
+            return
+        values = table if len(rows) == len(names) else table[rows]
+        seg = np.repeat(np.arange(len(rows), dtype=np.intp), n)
+        self.non_finite += sum(QuantileSketch.update_segments(sketches, values.ravel(), seg))
 
     def add_categorical(self, name: str, values: list[str]) -> None:
         if not values or not self._room(name, len(values)):

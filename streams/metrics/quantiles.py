@@ -31,17 +31,25 @@ Layout (``alpha`` 1% and ``|x|`` in ``[1e-9, 1e15]`` by default): buckets in val
 negative overflow, negative log buckets, one zero bucket, positive log buckets, positive
 overflow; each log bucket spans a factor ``gamma = (1 + alpha) / (1 - alpha)``. Bucket
 boundaries are powers ``gamma**k`` built by repeated IEEE multiplication and division from
-``1.0`` (no ``log``, no ``pow``), and a value is placed by binary search over them, so
+``1.0`` (no ``log``, no ``pow``), and a value is placed by exact comparison with them, so
 placement is the same on every machine, for :meth:`QuantileSketch.update` and
 :meth:`QuantileSketch.update_many`, and for any batch split.
+
+How a batch is placed (:func:`_place`): the top 19 bits of each float64 (sign, exponent and
+7 mantissa bits) index a table that gives the bucket of the cell's smallest value, a
+lower bound; the value then steps up while it is above its bucket's upper edge (a cell is
+narrower than a bucket, so at most one step with the defaults). The result is the very
+index ``np.searchsorted(edges, x, side="left")`` gives (tested against it on edges and
+their float neighbours); it costs about a fifth of that binary search (16,660 values:
+~110 us against ~570 us on this machine, ``timeit``). The table is 2**19 int32, 2 MB,
+built once per parameter set on first use.
 
 Memory, measured: 5,531 buckets of int64, a 44,248-byte count array, 44,488 bytes per
 sketch with the array and object headers (tracemalloc), whatever the traffic; the bucket
 layout (edges and representatives, 88 KB) is shared by every sketch with the same
 parameters. On the wire (:meth:`QuantileSketch.to_sparse`) only non-empty buckets travel.
-``update_many`` on a batch of 1,000 values costs 20-35 ns per value (numpy
-``searchsorted`` over the edges, ~17 ns, plus one full-length ``bincount``; measured on
-this project's 2-core machine).
+``update_many`` on a batch of 1,000 values costs about 10-20 ns per value (placement,
+plus one full-length ``bincount``; measured on this project's 2-core machine).
 """
 
 from __future__ import annotations
@@ -68,6 +76,36 @@ class _Layout:
     edge_list: list[float]  # the same, for bisect in the scalar path
     values: npt.NDArray[np.float64]  # what quantile() reports for each bucket
     zero: int  # index of the zero bucket
+    #: per 19-bit float prefix, the bucket of the smallest value with that prefix
+    cells: npt.NDArray[np.int32]
+    #: ``edges`` and a last ``+inf``: the upper edge of every bucket
+    upper: npt.NDArray[np.float64]
+
+
+_CELL_SHIFT = 45  # 64 - 19: sign, 11 exponent bits and 7 mantissa bits index a cell
+
+
+def _cells(edges: npt.NDArray[np.float64]) -> npt.NDArray[np.int32]:
+    prefix = np.arange(1 << (64 - _CELL_SHIFT), dtype=np.uint64)
+    negative = prefix >= (1 << (63 - _CELL_SHIFT))
+    # a cell's smallest value: its lowest bit pattern if positive, its highest if negative
+    low = np.where(negative, ((prefix + 1) << _CELL_SHIFT) - 1, prefix << _CELL_SHIFT)
+    # NaN cells (exponent all ones) are never looked up: _place gets finite values only
+    lowest = np.nan_to_num(low.astype(np.uint64).view(np.float64))
+    cells = np.searchsorted(edges, lowest, side="left").astype(np.int32)
+    cells.flags.writeable = False
+    return cells
+
+
+def _place(grid: _Layout, arr: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+    """``np.searchsorted(grid.edges, arr, side="left")`` for finite ``arr``, faster."""
+    est = grid.cells[arr.view(np.uint64) >> np.uint64(_CELL_SHIFT)].astype(np.intp)
+    upper = grid.upper
+    while True:
+        above = arr > upper[est]
+        if not above.any():
+            return est
+        est += above
 
 
 @lru_cache(maxsize=32)
@@ -109,9 +147,18 @@ def _layout(alpha: float, min_value: float, max_value: float) -> _Layout:
         [-max_value, *(-r for r in reversed(reps)), 0.0, *reps, max_value], dtype=np.float64
     )
     edges = np.array(edge_list, dtype=np.float64)
-    edges.flags.writeable = False
-    values.flags.writeable = False
-    return _Layout(gamma=gamma, edges=edges, edge_list=edge_list, values=values, zero=len(reps) + 1)
+    upper = np.append(edges, np.inf)
+    for a in (edges, values, upper):
+        a.flags.writeable = False
+    return _Layout(
+        gamma=gamma,
+        edges=edges,
+        edge_list=edge_list,
+        values=values,
+        zero=len(reps) + 1,
+        cells=_cells(edges),
+        upper=upper,
+    )
 
 
 class QuantileSketch:
@@ -225,7 +272,7 @@ class QuantileSketch:
         if skipped:
             arr = arr[finite]
         if arr.size:
-            index = np.searchsorted(self._grid.edges, arr, side="left")
+            index = _place(self._grid, arr)
             # A full-length bincount (~5 us) measured faster than adding only the span of
             # buckets the batch touches (min, max, shift and slice: ~10 us).
             self.counts += np.bincount(index, minlength=self.n_buckets)
@@ -255,7 +302,7 @@ class QuantileSketch:
         arr, seg_arr = arr[finite], seg_arr[finite]
         if arr.size:
             nb = first.n_buckets
-            index = np.searchsorted(first._grid.edges, arr, side="left") + seg_arr * nb
+            index = _place(first._grid, arr) + seg_arr * nb
             counts = np.bincount(index, minlength=len(sketches) * nb).reshape(len(sketches), nb)
             for sketch, row in zip(sketches, counts, strict=True):
                 sketch.counts += row

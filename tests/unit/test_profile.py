@@ -259,6 +259,34 @@ def test_scalar_updates_equal_vectorised_update(values: list[float]) -> None:
     assert scalar == batch
 
 
+@pytest.mark.parametrize(
+    ("alpha", "lo", "hi"), [(0.01, 1e-9, 1e15), (0.05, 1e-9, 1e15), (0.02, 1e-3, 1e6)]
+)
+def test_batch_placement_is_binary_search_over_the_edges(
+    alpha: float, lo: float, hi: float
+) -> None:
+    """The bit-prefix table plus step-up places every value where np.searchsorted does,
+    on the edges themselves, their float neighbours, both signs and the extremes."""
+    s = QuantileSketch(alpha, lo, hi)
+    e = np.asarray(s.edges)
+    rng = np.random.default_rng(7)
+    tiny, big = 5e-324, np.finfo(np.float64).max
+    probes = np.concatenate(
+        [
+            e,
+            np.nextafter(e, np.inf),
+            np.nextafter(e, -np.inf),
+            -e,
+            rng.normal(0.0, 1e3, 20_000),
+            rng.standard_cauchy(20_000) * 1e10,
+            [0.0, -0.0, tiny, -tiny, big, -big, 2.2250738585072014e-308, lo, -lo, hi, -hi],
+        ]
+    )
+    expected = np.bincount(np.searchsorted(e, probes, side="left"), minlength=s.n_buckets)
+    assert s.update_many(probes) == 0
+    assert np.array_equal(s.counts, expected)
+
+
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(finite, min_size=1, max_size=80), q=st.floats(0.0, 1.0))
 def test_any_finite_values_quantile_guarantee(values: list[float], q: float) -> None:
