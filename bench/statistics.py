@@ -13,7 +13,8 @@ Jensen-Shannon with :func:`~streams.metrics.drift.categorical_drift`, as
 :mod:`streams.judge` does).
 
 Only the statistics are timed: generating the traffic (and the joiner's per-event appends
-into the column buffers) is not. Prints ``statistics: N pairs/s``, the time of each phase,
+into the column buffers) is not. Each batch's feature maps are built just before it is
+folded, as the joiner's decoder builds them just before its fold. Prints ``statistics: N pairs/s``, the time of each phase,
 ``numpy baseline: N values/s`` (``np.sort`` of every numeric feature column of the same
 windows, once) and the ratio of the two times (statistics / baseline: how many times
 longer than sorting the numeric values once; lower is better). One process, one core.
@@ -52,8 +53,8 @@ class Window:
     """One window of traffic, as the joiner's column buffers would hold it."""
 
     numeric: np.ndarray  # (pairs, NUMERIC)
-    num_rows: list[dict[str, float]]
-    cat_rows: list[dict[str, str]]
+    num_rows: list[list[float]]  # feature values; fill() makes the maps
+    cat_rows: list[list[str]]
     ctx: list[tuple[str, ...]]
     prim: list[float]
     cand: list[float]
@@ -68,8 +69,8 @@ def make_window(rng: np.random.Generator, n: int, shift: float) -> Window:
     prim = rng.normal(300.0, 50.0, n)
     return Window(
         numeric=numeric,
-        num_rows=[dict(zip(NAMES, row, strict=True)) for row in numeric.tolist()],
-        cat_rows=[{c: LEVELS[c][cats[c][i]] for c in LEVELS} for i in range(n)],
+        num_rows=numeric.tolist(),
+        cat_rows=[[LEVELS[c][cats[c][i]] for c in LEVELS] for i in range(n)],
         ctx=[slice_names({c: CONTEXT[c][ctx_ix[c][i]] for c in CONTEXT}) for i in range(n)],
         prim=prim.tolist(),
         cand=(prim + rng.normal(1.0, 5.0, n)).tolist(),
@@ -84,8 +85,8 @@ def fill(w: Windows, win: Window, rows: list[int]) -> None:
     cand = w.columns((CANDIDATE, 0))
     for i in rows:
         ctx = win.ctx[i]
-        shared.num_rows.append(win.num_rows[i])
-        shared.cat_rows.append(win.cat_rows[i])
+        shared.num_rows.append(dict(zip(NAMES, win.num_rows[i], strict=True)))
+        shared.cat_rows.append(dict(zip(LEVELS, win.cat_rows[i], strict=True)))
         shared.slices.request(ctx)
         shared.out.append(win.prim[i])
         shared.latency.append(win.lat_p[i])

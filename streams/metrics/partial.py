@@ -15,6 +15,7 @@ import numpy as np
 
 from streams.metrics.exact import ExactSum
 from streams.metrics.profile import Profile
+from streams.metrics.segmented import update_segments
 from streams.metrics.sketch import LatencySketch
 from streams.metrics.slices import Slices
 
@@ -126,9 +127,11 @@ class PartialStats:
         if d.size == 0:
             return
         self.regression_n += int(d.size)
-        self.sum_diff.update_many(d)
-        self.sum_abs_diff.update_many(np.abs(d))
-        self.sum_sq_diff.update_many(sq)
+        update_segments(  # the three sums in one vectorised pass
+            [self.sum_diff, self.sum_abs_diff, self.sum_sq_diff],
+            np.concatenate([d, np.abs(d), sq]),
+            np.repeat(np.arange(3, dtype=np.intp), d.size),
+        )
 
     def add_classification(self, primary: list[str], candidate: list[str]) -> None:
         self.class_n += len(primary)

@@ -119,8 +119,7 @@ class Profile:
         if not rows:
             return
         values = table if len(rows) == len(names) else table[rows]
-        seg = np.repeat(np.arange(len(rows), dtype=np.intp), n)
-        self.non_finite += sum(QuantileSketch.update_segments(sketches, values.ravel(), seg))
+        self.non_finite += sum(QuantileSketch.update_rows(sketches, values))
 
     def add_categorical(self, name: str, values: list[str]) -> None:
         if not values or not self._room(name, len(values)):

@@ -109,11 +109,17 @@ class SliceStats:
         d, sq, seg = d[ok], sq[ok], seg[ok]
         if not d.size:
             return
-        for st, n in zip(slices, np.bincount(seg, minlength=len(slices)).tolist(), strict=True):
+        k = len(slices)
+        for st, n in zip(slices, np.bincount(seg, minlength=k).tolist(), strict=True):
             st.n += n
-        update_segments([st.sum_diff for st in slices], d, seg)
-        update_segments([st.sum_abs for st in slices], np.abs(d), seg)
-        update_segments([st.sum_sq for st in slices], sq, seg)
+        # the three sums of every slice in one pass: segments k.. and 2k.. are |d| and d^2
+        update_segments(
+            [st.sum_diff for st in slices]
+            + [st.sum_abs for st in slices]
+            + [st.sum_sq for st in slices],
+            np.concatenate([d, np.abs(d), sq]),
+            np.concatenate([seg, seg + k, seg + 2 * k]),
+        )
 
     @staticmethod
     def add_outputs_segments(

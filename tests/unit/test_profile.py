@@ -288,6 +288,31 @@ def test_batch_placement_is_binary_search_over_the_edges(
 
 
 @settings(max_examples=100, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    cols=st.integers(1, 40),
+    data=st.data(),
+)
+def test_update_rows_equals_one_update_many_per_row(
+    rows: int, cols: int, data: st.DataObject
+) -> None:
+    """Rows counted over their own bucket spans (or, with a NaN, by segment) give the
+    same sketches and skipped counts as one update_many per row."""
+    values = data.draw(st.sampled_from([finite, any_float]))  # the span path, or NaN's
+    table = np.array(
+        data.draw(
+            st.lists(st.lists(values, min_size=cols, max_size=cols), min_size=rows, max_size=rows)
+        ),
+        dtype=np.float64,
+    )
+    by_row = [QuantileSketch() for _ in range(rows)]
+    skipped = [s.update_many(r) for s, r in zip(by_row, table, strict=True)]
+    together = [QuantileSketch() for _ in range(rows)]
+    assert QuantileSketch.update_rows(together, table) == skipped
+    assert together == by_row
+
+
+@settings(max_examples=100, deadline=None)
 @given(values=st.lists(finite, min_size=1, max_size=80), q=st.floats(0.0, 1.0))
 def test_any_finite_values_quantile_guarantee(values: list[float], q: float) -> None:
     s = QuantileSketch()
