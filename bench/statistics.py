@@ -14,7 +14,8 @@ Jensen-Shannon with :func:`~streams.metrics.drift.categorical_drift`, as
 
 Only the statistics are timed: generating the traffic (and the joiner's per-event appends
 into the column buffers) is not. Each batch's feature maps are built just before it is
-folded, as the joiner's decoder builds them just before its fold. Prints ``statistics: N pairs/s``, the time of each phase,
+folded, as the joiner's decoder builds them just before its fold. Prints
+``statistics: N pairs/s``, the time of each phase,
 ``numpy baseline: N values/s`` (``np.sort`` of every numeric feature column of the same
 windows, once) and the ratio of the two times (statistics / baseline: how many times
 longer than sorting the numeric values once; lower is better). One process, one core.
