@@ -124,3 +124,53 @@ def test_the_previous_releases_entry_records_restore_and_are_tombstoned() -> Non
         feed(ref, batch)
         ref_out += ref.advance()
     assert per_window(out) == per_window(ref_out)
+
+
+def test_json_segments_of_the_first_segment_release_still_restore() -> None:
+    """Segments were JSON before they were pickles: a log with JSON segments, then pickled
+    ones after a restart, restores the same live joins as an all-new log."""
+    _, batches = generate(601, n=300)
+    st = new()
+    log: list[tuple[bytes, bytes | None]] = []
+    for batch in batches[: len(batches) // 2]:
+        feed(st, batch)
+        st.advance()
+        for key, value in st.changes(encode_acc):
+            if key[:1] == KEY_SEGMENT and value is not None:
+                value = json.dumps(table_mod._load_segment(value)).encode()  # as 0.4 wrote
+                assert value[:1] == b"{"
+            log.append((key, value))
+    again = restored(log)
+    assert again.pending
+    assert {r: json.dumps(e.dump()) for r, e in again.pending.items()} == {
+        r: json.dumps(e.dump()) for r, e in st.pending.items()
+    }
+
+
+def test_a_segment_that_names_a_global_is_refused() -> None:
+    """The segment reader builds plain data only: a pickle naming any class or function
+    (here os.system) is refused before anything is called."""
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("echo should-never-run",))
+
+    with pytest.raises(pickle.UnpicklingError, match=r"may not name (posix|os)\.system"):
+        table_mod._load_segment(pickle.dumps({"base": False, "put": {"x": Evil()}}, protocol=5))
+
+
+def test_segments_keep_non_finite_outputs() -> None:
+    """A NaN or infinite model output survives the changelog as it was (JSON did too,
+    non-standardly; a stricter codec would not)."""
+    t = table_mod.JoinTable(ttl_ms=1_000, remember_ms=10_000, max_pending=10)
+    e = t.open("r1", 5, 1)
+    e.prim = (float("nan"), None, float("inf"), None)
+    e.cands = {"c@1": (float("-inf"), None, 1.0, None)}
+    [(key, value)] = [(k, v) for k, v in t.changes(b"e", b"d", b"s") if k[:1] == b"s"]
+    back = table_mod.JoinTable(ttl_ms=1_000, remember_ms=10_000, max_pending=10)
+    back.restore_segment(b"s", key[1:], value)
+    prim = back.live["r1"].prim
+    assert prim is not None and prim[0] != prim[0] and prim[2] == float("inf")
+    assert back.live["r1"].cands == {"c@1": (float("-inf"), None, 1.0, None)}
