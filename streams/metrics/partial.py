@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from streams.metrics.exact import ExactSum
+from streams.metrics.labelled import LabelStats
 from streams.metrics.profile import Profile
 from streams.metrics.segmented import update_segments
 from streams.metrics.sketch import LatencySketch
@@ -37,6 +38,11 @@ COVERAGE_FIELDS = (
     "dead_letters",
     "dropped_latencies",
     "evicted",
+    "labels",
+    "label_duplicates",
+    "labels_early",
+    "labels_unmatched",
+    "labels_evicted",
 )
 
 SHARED = "*"
@@ -86,6 +92,7 @@ class PartialStats:
         "class_disagreements",
         "class_n",
         "coverage",
+        "labelled",
         "primary_latency",
         "profile",
         "regression_n",
@@ -109,6 +116,14 @@ class PartialStats:
         self.profile = Profile()
         #: disagreement and outputs by context slice
         self.slices = Slices()
+        #: losses on labelled requests (a candidate's side only: see streams.metrics.labelled)
+        self.labelled: LabelStats | None = None
+
+    def labels(self) -> LabelStats:
+        """The labelled-loss sums, created on first use."""
+        if self.labelled is None:
+            self.labelled = LabelStats()
+        return self.labelled
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -165,6 +180,8 @@ class PartialStats:
         self.candidate_latency.merge(other.candidate_latency)
         self.profile.merge(other.profile)
         self.slices.merge(other.slices)
+        if other.labelled is not None:
+            self.labels().merge(other.labelled)
 
     def is_empty(self) -> bool:
         return (
@@ -175,6 +192,7 @@ class PartialStats:
             and self.candidate_latency.count == 0
             and self.profile.is_empty()
             and self.slices.is_empty()
+            and (self.labelled is None or self.labelled.is_empty())
         )
 
     def __eq__(self, other: object) -> bool:
@@ -211,6 +229,11 @@ class PartialStats:
                 if cov["candidate_predictions"]
                 else None
             ),
+            "labelled": (
+                None
+                if self.labelled is None or self.labelled.is_empty()
+                else self.labelled.summary()
+            ),
         }
         for side, sketch in (
             ("primary", self.primary_latency),
@@ -238,6 +261,11 @@ class PartialStats:
             "candidate_latency": _sketch_record(self.candidate_latency),
             "profile": self.profile.to_record(),
             **self.slices.to_record(),
+            "labelled": (
+                None
+                if self.labelled is None or self.labelled.is_empty()
+                else self.labelled.to_record()
+            ),
         }
 
     def to_partial(self, **identity: Any) -> dict[str, Any]:
@@ -278,4 +306,6 @@ class PartialStats:
         s.candidate_latency = _sketch_from(rec["candidate_latency"])
         s.profile = Profile.from_record(rec.get("profile"))
         s.slices = Slices.from_record(rec)
+        if rec.get("labelled") is not None:
+            s.labelled = LabelStats.from_record(rec["labelled"])
         return s

@@ -21,7 +21,7 @@ from streams.kafka import Topics, client_config, ensure_topics, read_compacted
 from streams.metrics.partial import COVERAGE_FIELDS, PartialStats
 from streams.schemas import default_codec
 
-NEW_COUNTERS = ("no_prediction", "dead_letters", "dropped_latencies", "evicted")
+NEW_COUNTERS = COVERAGE_FIELDS[12:]  # every counter Partial v1 did not have
 WS = 1_700_000_000_000
 
 
@@ -40,8 +40,8 @@ def stats(seed: int) -> PartialStats:
 
 def as_v1(record: dict[str, Any]) -> dict[str, Any]:
     """A current Partial record as Partial v1 had it: no ledger, twelve counters, and none
-    of v3's profiles and slices."""
-    v3 = ("ledger", "profile", "slices", "slice_overflow")
+    of v3's profiles and slices or v4's labelled losses."""
+    v3 = ("ledger", "profile", "slices", "slice_overflow", "labelled")
     rec = {k: v for k, v in record.items() if k not in v3}
     rec["coverage"] = {k: v for k, v in record["coverage"].items() if k not in NEW_COUNTERS}
     return rec

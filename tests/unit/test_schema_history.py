@@ -29,6 +29,9 @@ from streams.errors import SchemaError
 from streams.metrics.partial import COVERAGE_FIELDS, PartialStats
 from streams.schemas import EVENTS, HEADER_LEN, HISTORY, MAGIC, Codec, default_codec
 
+#: the coverage counters of v1, and the four v2 added (later versions add more after them)
+V1_COVERAGE = COVERAGE_FIELDS[:12]
+V2_COUNTERS = COVERAGE_FIELDS[12:16]
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 HISTORY_DIR = SCHEMA_DIR / HISTORY
 
@@ -310,7 +313,7 @@ def test_the_first_evolution_is_there() -> None:
     """Partial and MetricSnapshot v2: what other stages are written against."""
     assert ("Partial", 1) in PAIRS and ("MetricSnapshot", 1) in PAIRS
     counters = ("no_prediction", "dead_letters", "dropped_latencies", "evicted")
-    assert COVERAGE_FIELDS[-4:] == counters
+    assert V2_COUNTERS == counters
     for name in ("Partial", "MetricSnapshot"):
         cov = next(f for f in current(name)["fields"] if f["name"] == "coverage")["type"]
         assert tuple(f["name"] for f in cov["fields"]) == COVERAGE_FIELDS
@@ -355,7 +358,7 @@ def test_hand_built_partials_cross_v1_and_v2_both_ways() -> None:
     # the new reader fills the new fields with their defaults
     got = fast_resolve(fast_encode(v[1], partial_v1()), v[1], v[2])
     assert got["ledger"] == {}
-    assert [got["coverage"][k] for k in COVERAGE_FIELDS[-4:]] == [0, 0, 0, 0]
+    assert [got["coverage"][k] for k in V2_COUNTERS] == [0, 0, 0, 0]
     # the old reader drops them
     got = apache_resolve(fast_encode(v[2], partial_v2()), v[2], v[1])
     assert "ledger" not in got and "evicted" not in got["coverage"]
@@ -407,7 +410,7 @@ def test_a_v1_partial_decodes_into_partial_stats_with_new_fields_at_defaults() -
     rec = codec.decode_as("Partial", codec.versions["Partial"][1].encode(partial_v1()))
     assert rec["ledger"] == {}
     stats = PartialStats.from_record(rec)
-    assert stats.coverage == {**partial_v1()["coverage"], **dict.fromkeys(COVERAGE_FIELDS[-4:], 0)}
+    assert stats.coverage == {**partial_v1()["coverage"], **dict.fromkeys(COVERAGE_FIELDS[12:], 0)}
     assert stats.class_n == 4 and stats.class_disagreements == 1
     # written back, it is a current Partial with the same numbers
     again = PartialStats.from_record(
@@ -471,7 +474,8 @@ def test_a_directory_without_history_reads_the_current_version_only(tmp_path: Pa
     assert codec.schemas["Partial"].version is None
     with pytest.raises(SchemaError, match="unknown writer schema fingerprint"):
         codec.decode(default_codec().versions["Partial"][1].encode(partial_v1()))
-    current = {**partial_v2(), **PartialStats().to_record(), **partial_v2()}  # v3 defaults
+    current = {**partial_v2(), **PartialStats().to_record(), **partial_v2()}  # later defaults
+    current["coverage"] = {**PartialStats().to_record()["coverage"], **partial_v2()["coverage"]}
     message = codec.encode("Partial", current)
     assert codec.decode_as("Partial", message) == current
 
@@ -557,7 +561,7 @@ def partial_v1() -> dict[str, Any]:
         "window_end": T0,
         "seq": 2,
         "watermark": T0 - 2_000,
-        "coverage": {k: i + 1 for i, k in enumerate(COVERAGE_FIELDS[:-4])},
+        "coverage": {k: i + 1 for i, k in enumerate(V1_COVERAGE)},
         "regression": {
             "n": 7,
             "exact_scale": 1126,
@@ -573,7 +577,7 @@ def partial_v1() -> dict[str, Any]:
 
 def partial_v2() -> dict[str, Any]:
     rec = partial_v1()
-    rec["coverage"] = {k: i + 1 for i, k in enumerate(COVERAGE_FIELDS)}
+    rec["coverage"] = {k: i + 1 for i, k in enumerate(V1_COVERAGE + V2_COUNTERS)}
     rec["ledger"] = {
         "*": {"requests": 4, "no_prediction": 4},
         "cand@2": {"requests": 20, "pairs": 15, "no_candidate": 2, "pending": 2, "dead_letters": 1},
@@ -593,7 +597,7 @@ def snapshot_v1() -> dict[str, Any]:
         "late_partials": 1,
         "emitted_at": T0 + 20_000,
         "task": "regression",
-        "coverage": {k: i + 1 for i, k in enumerate(COVERAGE_FIELDS[:-4])},
+        "coverage": {k: i + 1 for i, k in enumerate(V1_COVERAGE)},
         "mae": 0.5,
         "rmse": 0.75,
         "mean_signed_diff": -0.25,
@@ -616,7 +620,7 @@ def snapshot_v1() -> dict[str, Any]:
 
 def snapshot_v2() -> dict[str, Any]:
     rec = snapshot_v1()
-    rec["coverage"] = {k: i + 1 for i, k in enumerate(COVERAGE_FIELDS)}
+    rec["coverage"] = {k: i + 1 for i, k in enumerate(V1_COVERAGE + V2_COUNTERS)}
     rec["conservation"] = {
         "requests": 20,
         "terms": {"pairs": 15, "no_candidate": 2, "pending": 2, "dead_letters": 1},

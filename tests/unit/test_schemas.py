@@ -25,6 +25,8 @@ import avro.schema
 import pytest
 
 from streams.errors import SchemaError
+from streams.metrics.labelled import LabelStats
+from streams.metrics.partial import PartialStats
 from streams.schemas import EVENTS, HEADER_LEN, MAGIC, default_codec, schema_dir
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -182,6 +184,11 @@ def sample_partial() -> dict[str, Any]:
         "dead_letters": 1,
         "dropped_latencies": 4,
         "evicted": 5,
+        "labels": 6,
+        "label_duplicates": 1,
+        "labels_early": 2,
+        "labels_unmatched": 1,
+        "labels_evicted": 3,
     }
     return {
         "joiner_partition": 3,
@@ -243,7 +250,22 @@ def sample_partial() -> dict[str, Any]:
             }
         },
         "slice_overflow": {"tenant": 9},
+        "labelled": labelled_sums(),
     }
+
+
+def labelled_sums() -> dict[str, Any]:
+    """Losses of 3 labelled regression pairs and 2 classification pairs with scores."""
+    ls = LabelStats()
+    for model, primary in (
+        ((0.5, 0.25, None), (1.0, 1.0, None)),
+        ((2.0, 4.0, None), (0.0, 0.0, None)),
+    ):
+        ls.add(model, primary)
+    ls.add((0.0, 0.25, None), (0.5, 0.25, None))
+    ls.add((1.0, None, 2.3), (0.0, None, 0.1))
+    ls.add((0.0, None, 0.2), (0.0, None, 0.3))
+    return ls.to_record()
 
 
 def sample_label() -> dict[str, Any]:
@@ -333,6 +355,7 @@ def sample_snapshot() -> dict[str, Any]:
         ],
         "slice_overflow": {"tenant": 4},
         "alerts": ["feature-drift|*|sqft"],
+        "labelled": PartialStats.from_record(sample_partial()).summary()["labelled"],
     }
 
 
