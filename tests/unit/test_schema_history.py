@@ -313,7 +313,7 @@ def test_the_first_evolution_is_there() -> None:
     """Partial and MetricSnapshot v2: what other stages are written against."""
     assert ("Partial", 1) in PAIRS and ("MetricSnapshot", 1) in PAIRS
     counters = ("no_prediction", "dead_letters", "dropped_latencies", "evicted")
-    assert V2_COUNTERS == counters
+    assert counters == V2_COUNTERS
     for name in ("Partial", "MetricSnapshot"):
         cov = next(f for f in current(name)["fields"] if f["name"] == "coverage")["type"]
         assert tuple(f["name"] for f in cov["fields"]) == COVERAGE_FIELDS
