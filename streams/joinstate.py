@@ -471,7 +471,7 @@ class PartitionState:
         w = self.windows
         w.fold()
         seq = self.table.seq
-        yield from self.table.changes(KEY_ENTRY, KEY_DONE, KEY_SEGMENT)
+        yield from self.table.changes(KEY_ENTRY, KEY_DONE)
         if self.table.seq != seq:
             self._meta_dirty = True
         for key in w.removed - w.dirty:
@@ -511,7 +511,7 @@ class PartitionState:
         if kind == KEY_ENTRY:
             self.table.restore(rest.decode(), None if value is None else json.loads(value))
         elif kind == KEY_SEGMENT:
-            self.table.restore_segment(KEY_SEGMENT, rest, value)
+            self.table.restore_segment(rest, value)
         elif kind == KEY_DONE:
             self.table.done.restore_segment(rest, value)
         elif kind == KEY_ACC:

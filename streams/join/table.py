@@ -8,47 +8,24 @@ watermark is ``max_age`` past its event time: an event older than that is refuse
 letter anyway (:mod:`streams.join.timecheck`), so every duplicate is recognised as one,
 whenever it arrives, in memory bounded by rate x max_age.
 
-Changelog of the live entries: one *segment* record per batch (per 2,000 entries), the
-batch's delta: the entries that changed, as they are now, and the ids that left (finished).
-A restore applies the segments in order. So that the compacted topic does not keep every
-delta for ever, once the deltas written since the last *base* outweigh it 8 times (and
-8 MB), a new base is written: every live entry, in segments of its own, with tombstones
-for every earlier segment in the same transaction. Replaying holds at most the base and
-the deltas after it. The previous release wrote one JSON record per entry and change (key
-``e`` + request_id, tombstoned when the join finished): for bench/joiner.py's 50,000
-requests x 4 events its changelog grew by 115,359 offsets then, 466 now (transaction
-markers included; one run each on the embedded broker, issue 7). Those records still
-restore, and each is tombstoned when its entry next changes or at the next base.
-
-A segment is a pickle (protocol 5) of plain lists, dicts, tuples, strings, numbers and
-None, read back by an unpickler that refuses every global (:class:`_PlainUnpickler`), so
-a record can build nothing else and run no code. Why not JSON, as segments were first
-written (and still restore): on 2,000 entries of bench/joiner.py's shape, ``json.dumps``
-took 5.8 ms and 378 KB, ``pickle.dumps`` 1.0 ms and 212 KB, and reading back 4.7 ms
-against 1.3 ms (``timeit``, this machine); the JSON encoding was 11% of the joiner's time
-in a py-spy sample of bench/joiner.py. Pickle also keeps NaN and infinities (a model's
-output may be either) and tuples as they were.
+Changelog of the live entries: one segment record per batch, the batch's delta (the
+entries that changed, as they are now, and the ids that left), and now and then a base
+(:mod:`streams.join.segments`). The previous release wrote one JSON record per entry and
+change (key ``e`` + request_id, tombstoned when the join finished): for bench/joiner.py's
+50,000 requests x 4 events its changelog grew by 115,359 offsets then, 466 with segments
+(transaction markers included; one run each on the embedded broker, issue 7). Those
+records still restore, and each is tombstoned when its entry next changes or at the next
+base.
 """
 
 from __future__ import annotations
 
 import heapq
-import io
-import json
-import pickle
-import struct
 from collections.abc import Iterator
 from typing import Any
 
 from streams.join.finished import Finished, FinishedStore, digest
-
-#: live entries per segment record: about 110 bytes each, well under a Kafka message
-SEGMENT_ENTRIES = 2_000
-#: a new base once the deltas since the last one weigh this many times the base ...
-BASE_RATIO = 8
-#: ... and at least this many bytes
-BASE_MIN_BYTES = 8 << 20
-_SEG_KEY = struct.Struct(">QI")  # sequence number, part
+from streams.join.segments import SegmentLog
 
 #: a model's answer kept while the join is open: (value, label, latency_ms, error)
 Answer = tuple[float | None, str | None, float | None, str | None]
@@ -97,12 +74,7 @@ class JoinTable:
         self._deadlines: list[tuple[int, str]] = []
         #: request ids whose live record changed since the last changelog write
         self.dirty: set[str] = set()
-        #: sequence number of the last segment written or restored
-        self.seq = 0
-        #: segment keys of the last base and the deltas after it (tombstoned at the next)
-        self._segments: list[bytes] = []
-        self._base_bytes = 0
-        self._delta_bytes = 0
+        self.log = SegmentLog(b"s")
         #: live entries restored from the previous release's per-entry records
         self._legacy_live: set[str] = set()
 
@@ -147,8 +119,17 @@ class JoinTable:
 
     # -- changelog ---------------------------------------------------------------------
 
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last segment written or restored."""
+        return self.log.seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self.log.seq = value
+
     def changes(
-        self, entry_prefix: bytes, done_prefix: bytes, segment_prefix: bytes = b"s"
+        self, entry_prefix: bytes, done_prefix: bytes
     ) -> Iterator[tuple[bytes, bytes | None]]:
         """Changelog records of what changed since the last call: the batch's segment
         of live entries (or a new base), tombstones, then the finished joins' segments."""
@@ -159,8 +140,11 @@ class JoinTable:
                 for rid in dirty & legacy:
                     yield entry_prefix + rid.encode(), None
                 legacy -= dirty
-            if self._delta_bytes > max(BASE_RATIO * self._base_bytes, BASE_MIN_BYTES):
-                yield from self._base(entry_prefix, segment_prefix)
+            if self.log.wants_base():
+                yield from self.log.base({rid: e.dump() for rid, e in self.live.items()})
+                for rid in sorted(legacy):
+                    yield entry_prefix + rid.encode(), None
+                legacy.clear()
             else:
                 live = self.live
                 put: dict[str, Any] = {}
@@ -171,66 +155,20 @@ class JoinTable:
                         gone.append(rid)
                     else:
                         put[rid] = e.dump()
-                for key, value in self._segment(segment_prefix, False, put, gone):
-                    self._delta_bytes += len(value)
-                    yield key, value
+                yield from self.log.delta(put, gone)
             dirty.clear()
         yield from self.done.changes(done_prefix)
 
-    def _base(self, entry_prefix: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes | None]]:
-        """Every live entry, then tombstones of what the base replaces."""
-        old = self._segments
-        self._segments = []
-        put = {rid: e.dump() for rid, e in self.live.items()}
-        self._base_bytes = self._delta_bytes = 0
-        for key, value in self._segment(prefix, True, put, []):
-            self._base_bytes += len(value)
-            yield key, value
-        for key in old:
-            yield key, None
-        for rid in sorted(self._legacy_live):
-            yield entry_prefix + rid.encode(), None
-        self._legacy_live.clear()
-
-    def _segment(
-        self, prefix: bytes, base: bool, put: dict[str, Any], gone: list[str]
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """One sequence number, in parts of at most SEGMENT_ENTRIES entries; a base always
-        has a part 0, which empties the live entries when it is replayed."""
-        self.seq += 1
-        puts = list(put.items())
-        n = len(puts) + len(gone)
-        for part, lo in enumerate(range(0, max(n, 1), SEGMENT_ENTRIES)):
-            hi = lo + SEGMENT_ENTRIES
-            chunk = {
-                "base": base,
-                "put": dict(puts[lo:hi]),
-                "gone": gone[max(0, lo - len(puts)) : max(0, hi - len(puts))],
-            }
-            key = prefix + _SEG_KEY.pack(self.seq, part)
-            self._segments.append(key)
-            yield key, pickle.dumps(chunk, protocol=5)
-
-    def restore_segment(self, prefix: bytes, rest: bytes, value: bytes | None) -> None:
-        """A segment record (its key: ``prefix`` + ``rest``), in log order."""
-        seq, part = _SEG_KEY.unpack(rest)
-        self.seq = max(self.seq, seq)
-        if value is None:
-            return  # replaced by a later base
-        seg = _load_segment(value)
-        if seg["base"]:
-            if part == 0:
-                self.live.clear()
-                self._segments = []
-                self._base_bytes = 0
-            self._base_bytes += len(value)
-            self._delta_bytes = 0
-        else:
-            self._delta_bytes += len(value)
-        self._segments.append(prefix + rest)
-        for rid, data in seg["put"].items():
+    def restore_segment(self, rest: bytes, value: bytes | None) -> None:
+        """A segment record (its key: the segment prefix + ``rest``), in log order."""
+        seg = self.log.restore(rest, value)
+        if seg is None:
+            return
+        if seg.starts_base:
+            self.live.clear()
+        for rid, data in seg.put.items():
             self.live[rid] = Entry.load(data, digest(rid))
-        for rid in seg["gone"]:
+        for rid in seg.gone:
             self.live.pop(rid, None)
 
     def restore(self, rid: str, data: Any | None) -> None:
@@ -261,17 +199,3 @@ class JoinTable:
         self._deadlines = sorted((e.deadline, rid) for rid, e in self.live.items())
         self.dirty.clear()
         self.done.finish_restore(wm)
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds only what the pickle opcodes make by themselves: no class, no function."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"a changelog segment may not name {module}.{name}")
-
-
-def _load_segment(value: bytes) -> Any:
-    """A segment as written now (a pickle) or by the first segment release (JSON)."""
-    if value[:1] == b"{":
-        return json.loads(value)
-    return _PlainUnpickler(io.BytesIO(value)).load()

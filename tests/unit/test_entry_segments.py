@@ -22,6 +22,7 @@ from test_joinstate import (
     run,
 )
 
+from streams.join import segments as segments_mod
 from streams.join import table as table_mod
 from streams.joinstate import KEY_ENTRY, KEY_SEGMENT, PartitionState
 
@@ -48,9 +49,9 @@ def restored(log: list[tuple[bytes, bytes | None]]) -> PartitionState:
 @pytest.fixture(params=[(0, 3), (0, 2_000), (1 << 20, 3)], ids=["base-always", "base", "parts"])
 def thresholds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     base_min, entries = request.param
-    monkeypatch.setattr(table_mod, "BASE_MIN_BYTES", base_min)
-    monkeypatch.setattr(table_mod, "BASE_RATIO", 0 if base_min == 0 else 4)
-    monkeypatch.setattr(table_mod, "SEGMENT_ENTRIES", entries)
+    monkeypatch.setattr(segments_mod, "BASE_MIN_BYTES", base_min)
+    monkeypatch.setattr(segments_mod, "BASE_RATIO", 0 if base_min == 0 else 4)
+    monkeypatch.setattr(segments_mod, "SEGMENT_ENTRIES", entries)
 
 
 @pytest.mark.usefixtures("thresholds")
@@ -80,7 +81,7 @@ def test_restored_from_segments_emits_what_an_uninterrupted_state_does(seed: int
 
 
 def test_bases_keep_the_compacted_log_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(table_mod, "BASE_MIN_BYTES", 20_000)
+    monkeypatch.setattr(segments_mod, "BASE_MIN_BYTES", 20_000)
     _, batches = generate(500, n=2_000)
     st = new()
     log: list[tuple[bytes, bytes | None]] = []
@@ -137,7 +138,7 @@ def test_json_segments_of_the_first_segment_release_still_restore() -> None:
         st.advance()
         for key, value in st.changes(encode_acc):
             if key[:1] == KEY_SEGMENT and value is not None:
-                value = json.dumps(table_mod._load_segment(value)).encode()  # as 0.4 wrote
+                value = json.dumps(segments_mod.load_segment(value)).encode()  # as 0.4 wrote
                 assert value[:1] == b"{"
             log.append((key, value))
     again = restored(log)
@@ -158,7 +159,7 @@ def test_a_segment_that_names_a_global_is_refused() -> None:
             return (os.system, ("echo should-never-run",))
 
     with pytest.raises(pickle.UnpicklingError, match=r"may not name (posix|os)\.system"):
-        table_mod._load_segment(pickle.dumps({"base": False, "put": {"x": Evil()}}, protocol=5))
+        segments_mod.load_segment(pickle.dumps({"base": False, "put": {"x": Evil()}}, protocol=5))
 
 
 def test_segments_keep_non_finite_outputs() -> None:
@@ -168,9 +169,9 @@ def test_segments_keep_non_finite_outputs() -> None:
     e = t.open("r1", 5, 1)
     e.prim = (float("nan"), None, float("inf"), None)
     e.cands = {"c@1": (float("-inf"), None, 1.0, None)}
-    [(key, value)] = [(k, v) for k, v in t.changes(b"e", b"d", b"s") if k[:1] == b"s"]
+    [(key, value)] = [(k, v) for k, v in t.changes(b"e", b"d") if k[:1] == b"s"]
     back = table_mod.JoinTable(ttl_ms=1_000, remember_ms=10_000, max_pending=10)
-    back.restore_segment(b"s", key[1:], value)
+    back.restore_segment(key[1:], value)
     prim = back.live["r1"].prim
     assert prim is not None and prim[0] != prim[0] and prim[2] == float("inf")
     assert back.live["r1"].cands == {"c@1": (float("-inf"), None, 1.0, None)}
