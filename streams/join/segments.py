@@ -82,7 +82,9 @@ class SegmentLog:
         for key in old:
             yield key, None
 
-    def _segment(self, base: bool, put: dict[Any, Any], gone: list[Any]) -> Iterator[Record]:
+    def _segment(
+        self, base: bool, put: dict[Any, Any], gone: list[Any]
+    ) -> Iterator[tuple[bytes, bytes]]:
         """One sequence number, in parts of at most SEGMENT_ENTRIES items; a base always
         has a part 0, which empties the state when it is replayed."""
         self.seq += 1
