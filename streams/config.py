@@ -79,6 +79,13 @@ class Config:
     #: Open joins kept per joiner partition; beyond it the oldest are finished early and
     #: counted ``evicted``.
     max_pending: int = 1_000_000
+    #: How long (event time) after a request its label may still come and be scored; 0:
+    #: only labels that come while its join is open.
+    label_horizon_ms: int = 86_400_000
+    #: Finished requests' answers kept per joiner partition to await their labels (once a
+    #: label has been seen there); beyond it the oldest are dropped, counted
+    #: ``labels_evicted`` (bench/labels.py measures what each costs).
+    label_budget: int = 200_000
     #: The evaluator closes a window once any joiner partition is this far past its end
     #: (event time), even if others have not reported; 0 means two windows.
     evaluator_grace_ms: int = 0
@@ -110,6 +117,9 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("label_horizon_ms", "label_budget"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.evaluator_grace_ms < 0:
             raise ConfigError(f"evaluator_grace_ms must be >= 0, got {self.evaluator_grace_ms}")
         if self.slice_top_k < 0:

@@ -136,7 +136,7 @@ class Joiner:
         except KafkaException as exc:
             raise UnderstudyError(f"joiner cannot initialise transactions: {exc}") from exc
         self.consumer.subscribe(
-            [self.topics.requests, self.topics.predictions],
+            [self.topics.requests, self.topics.predictions, self.topics.labels],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -220,6 +220,8 @@ class Joiner:
             max_age_ms=c.max_age_ms,
             max_skew_ms=c.max_skew_ms,
             max_pending=c.max_pending,
+            label_horizon_ms=c.label_horizon_ms,
+            label_budget=c.label_budget,
         )
 
     def _decode_acc(self, value: bytes) -> PartialStats:
@@ -233,6 +235,7 @@ class Joiner:
     def _process(self, msgs: list[Message]) -> None:
         decode = self.codec.decode
         requests, predictions = self.topics.requests, self.topics.predictions
+        labels = self.topics.labels
         states = self.states
         touched: set[int] = set()
         dead: list[tuple[Message, str]] = []
@@ -253,7 +256,11 @@ class Joiner:
             if st is None:  # not ours any more; the new owner will read it
                 continue
             topic = m.topic()
-            stream = "requests" if topic == requests else "predictions"
+            stream = (
+                "requests"
+                if topic == requests
+                else ("labels" if topic == labels else "predictions")
+            )
             touched.add(part)
             ts_type, ts = m.timestamp()
             now = ts if ts_type != TIMESTAMP_NOT_AVAILABLE else int(time.time() * 1000)
@@ -269,6 +276,8 @@ class Joiner:
                     kind = "predictions" if rec.get("role") == "PRIMARY" else "candidates"
                     last_seen[(part, kind)] = wall
                     reason = st.on_prediction(rec, now)
+                elif topic == labels and name == "Label":
+                    reason = st.on_label(rec, now)  # labels never hold the watermark back
                 else:
                     raise SchemaError(f"a {name} message does not belong on {topic}")
                 if reason is not None:

@@ -37,10 +37,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from streams.deadletter import MAX_ID_CHARS
+from streams.join.awaiting import KEY_AWAITING, AwaitingLabels
 from streams.join.clock import EventClock
 from streams.join.finished import digest
+from streams.join.labelling import answer_loss, score_pairs
 from streams.join.ledger import Ledger
-from streams.join.table import Answer, Entry, JoinTable
+from streams.join.table import Answer, Entry, JoinTable, Truth
 from streams.join.timecheck import check_event_time
 from streams.join.windows import Emitted, Key, Windows
 from streams.metrics.partial import SHARED, PartialStats
@@ -77,6 +79,8 @@ class PartitionState:
         max_age_ms: int = 600_000,
         max_skew_ms: int = 60_000,
         max_pending: int = 1_000_000,
+        label_horizon_ms: int = 86_400_000,
+        label_budget: int = 200_000,
     ) -> None:
         self.partition = partition
         self.window_ms = window_ms
@@ -87,6 +91,9 @@ class PartitionState:
         self.table = JoinTable(ttl_ms, max_age_ms, max_pending)
         self.windows = Windows(window_ms)
         self.ledger = Ledger()
+        #: finished joins' answers awaiting their labels, once this partition has seen one
+        self.awaiting = AwaitingLabels(label_horizon_ms, label_budget)
+        self.labels_seen = False
         #: candidates in the order first seen
         self.candidates: list[str] = []
         self.primary_id = ""
@@ -267,6 +274,8 @@ class PartitionState:
         assert isinstance(rid, str) and isinstance(t, int) and isinstance(model, str)
         primary = rec["role"] == "PRIMARY"
         ans: Answer = (rec["value"], rec["label"], rec["latency_ms"], rec["error"])
+        if rec["label"] is not None and rec.get("scores"):
+            ans = (*ans, dict(rec["scores"]))  # a classifier's scores: its log-loss
         key = SHARED if primary else model
         if primary:
             if model != self.primary_id:
@@ -309,6 +318,8 @@ class PartitionState:
                     self._pair(cand, ws, ans, cans)
                 if e.ctx:
                     self._slice_answers(e)
+                if e.label is not None:
+                    score_pairs(self.windows, e.label, ans, e.cands.items())
                 if e.req and e.cands:
                     self.ledger.pair(e.cands)
                     self._meta_dirty = True
@@ -324,11 +335,92 @@ class PartitionState:
                     self._slice_pair(model, ws, e.ctx, e.prim, ans)
             if e.prim is not None:
                 self._pair(model, self.windows.start(e.t), e.prim, ans)
+                if e.label is not None:
+                    score_pairs(self.windows, e.label, e.prim, ((model, ans),))
                 if e.req:
                     self.ledger.pair((model,))
                     self._meta_dirty = True
         self._after("predictions" if primary else "candidates", t)
         return None
+
+    def on_label(self, rec: dict[str, Any], now: int | None = None) -> str | None:
+        """Apply a decoded Label; returns why it was refused (a dead letter), or None.
+
+        Labels never move the watermark (they may come hours late, or never): they are
+        scored against the answers they find, into windows at their own event time (see
+        :mod:`streams.join.labelling`). A label before any prediction opens the join, as
+        an answer before its request does.
+        """
+        rid, t = rec.get("request_id"), rec.get("event_time")
+        value, label = rec.get("value"), rec.get("label")
+        reason = self._refuse(rid, t, now)
+        if reason is None and value is None and label is None:
+            reason = "label has neither a value nor a class"
+        elif reason is None and value is not None and not math.isfinite(value):
+            reason = f"label value {value!r} is not finite"
+        if reason is not None:
+            self.on_dead_letter("labels")
+            return reason
+        assert isinstance(rid, str) and isinstance(t, int)
+        truth: Truth = (value, label, t)
+        w, table = self.windows, self.table
+        if not self.labels_seen:
+            self.labels_seen = True
+            self._meta_dirty = True
+        e = table.live.get(rid)
+        if e is not None:
+            if e.label is not None:
+                w.count(SHARED, t, "label_duplicates")
+            else:
+                e.label = truth
+                table.dirty.add(rid)
+                w.count(SHARED, t, "labels")
+                score_pairs(w, truth, e.prim, e.cands.items())
+            return None
+        h = digest(rid)
+        kept = self.awaiting.get(h)
+        if kept is not None and kept[3]:
+            w.count(SHARED, t, "label_duplicates")
+        elif kept is not None:
+            w.count(SHARED, t, "labels")
+            if not score_pairs(w, truth, kept[1], kept[2]):
+                w.count(SHARED, t, "labels_unmatched")
+            self.awaiting.mark_labelled(h)
+        elif table.done.get(h) is not None:  # finished, its answers not kept
+            w.count(SHARED, t, "labels")
+            w.count(SHARED, t, "labels_unmatched")
+            self._evicted_labels(t, self.awaiting.mark_labelled(h, t))
+        else:  # before any prediction (or for a request never seen): open its join
+            e = table.open(rid, t, h)
+            e.label = truth
+            w.count(SHARED, t, "labels")
+            w.count(SHARED, t, "labels_early")
+            if len(table.live) > table.max_pending:
+                for old_rid, old in table.pop_over_cap():
+                    self._finish(old_rid, old, evicted=True)
+        return None
+
+    def _evicted_labels(self, t: int, n: int) -> None:
+        if n:
+            self.windows.count(SHARED, t, "labels_evicted", n)
+
+    def _label_finish(self, e: Entry, at: int) -> None:
+        """A join ends: keep its answers for a label to come, or settle the label it had."""
+        truth = e.label
+        if truth is not None:
+            scored = answer_loss(truth, e.prim) is not None and any(
+                answer_loss(truth, a) is not None for a in e.cands.values()
+            )
+            if not scored:
+                self.windows.count(SHARED, at, "labels_unmatched")
+        if not self.labels_seen or self.awaiting.horizon_ms <= 0:
+            return
+        first_seen = e.deadline - self.ttl_ms
+        if truth is not None:
+            self._evicted_labels(at, self.awaiting.mark_labelled(e.h, first_seen))
+        elif e.prim is not None or e.cands:
+            n = self.awaiting.keep(e.h, first_seen, e.prim, tuple(e.cands.items()))
+            self._evicted_labels(at, n)
 
     def _answered(self, key: str, t: int, ans: Answer, primary: bool) -> None:
         w = self.windows
@@ -391,6 +483,7 @@ class PartitionState:
             for rid, e in self.table.pop_due(wm):
                 self._finish(rid, e)
         self.table.forget(wm)
+        self.awaiting.forget(wm)
         target = wm - wm % self.window_ms
         closed = self.windows.closed_until
         if closed is None or target > closed:
@@ -427,6 +520,7 @@ class PartitionState:
         else:
             for cand in answered:
                 w.count(cand, at, "no_request" if prim else "no_primary")
+        self._label_finish(e, at)
         self.table.finish(rid, e)
 
     def mark_idle(self, stream: str) -> None:
@@ -472,6 +566,7 @@ class PartitionState:
         w.fold()
         seq = self.table.seq
         yield from self.table.changes(KEY_ENTRY, KEY_DONE)
+        yield from self.awaiting.changes()
         if self.table.seq != seq:
             self._meta_dirty = True
         for key in w.removed - w.dirty:
@@ -496,6 +591,8 @@ class PartitionState:
             "ledger": self.ledger.dump(),
             "unplaced_dead": self._unplaced_dead,
             "entry_seq": self.table.seq,
+            "labels_seen": self.labels_seen,
+            "label_seq": self.awaiting.log.seq,
         }
 
     def restore(self, key: bytes | None, value: bytes | None, decode_acc: DecodeAcc) -> None:
@@ -514,6 +611,8 @@ class PartitionState:
             self.table.restore_segment(rest, value)
         elif kind == KEY_DONE:
             self.table.done.restore_segment(rest, value)
+        elif kind == KEY_AWAITING:
+            self.awaiting.restore_segment(rest, value)
         elif kind == KEY_ACC:
             c, ws = json.loads(rest)
             if value is None:
@@ -532,6 +631,8 @@ class PartitionState:
                 self.ledger.add_candidate(cand)
             self._unplaced_dead = int(m.get("unplaced_dead", 0))
             self.table.seq = max(self.table.seq, int(m.get("entry_seq", 0)))
+            self.labels_seen = bool(m.get("labels_seen", False))
+            self.awaiting.log.seq = max(self.awaiting.log.seq, int(m.get("label_seq", 0)))
 
     def finish_restore(self) -> None:
         self.table.finish_restore(self.clock.wm)

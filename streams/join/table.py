@@ -27,14 +27,17 @@ from typing import Any
 from streams.join.finished import Finished, FinishedStore, digest
 from streams.join.segments import SegmentLog
 
-#: a model's answer kept while the join is open: (value, label, latency_ms, error)
-Answer = tuple[float | None, str | None, float | None, str | None]
+#: a model's answer kept while the join is open: (value, label, latency_ms, error), and a
+#: classifier's class scores as a fifth element when it published any (for the log-loss)
+Answer = tuple[Any, ...]
+#: a request's ground truth: (true value, true class, the label's event time)
+Truth = tuple[float | None, str | None, int]
 
 
 class Entry:
     """An open join: the request (seen or not), the primary's and each candidate's answer."""
 
-    __slots__ = ("cands", "ctx", "deadline", "h", "prim", "req", "t")
+    __slots__ = ("cands", "ctx", "deadline", "h", "label", "prim", "req", "t")
 
     def __init__(self, t: int, deadline: int, h: int) -> None:
         self.t = t
@@ -45,9 +48,13 @@ class Entry:
         self.cands: dict[str, Answer] = {}
         #: the request's context slices (``key=value``), once the request came
         self.ctx: tuple[str, ...] = ()
+        #: its ground truth, once the label came while the join was open
+        self.label: Truth | None = None
 
     def dump(self) -> list[Any]:
         out = [self.t, self.deadline, self.req, self.prim, self.cands]
+        if self.label is not None:
+            return [*out, list(self.ctx), self.label]
         return [*out, list(self.ctx)] if self.ctx else out
 
     @classmethod
@@ -59,6 +66,8 @@ class Entry:
         e.cands = {k: tuple(v) for k, v in cands.items()}
         if len(data) > 5:
             e.ctx = tuple(data[5])
+        if len(data) > 6:
+            e.label = tuple(data[6])
         return e
 
 
