@@ -193,14 +193,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cfg = connect(args)
     from streams.worker import run_worker
 
-    _err(f"worker: scoring {', '.join(c.model_id for c in candidates)} on {cfg.prefix}.requests")
+    exactly_once = args.exactly_once or cfg.worker_exactly_once
+    guarantee = "exactly-once" if exactly_once else "at-least-once"
+    _err(
+        f"worker ({guarantee}): scoring {', '.join(c.model_id for c in candidates)} on "
+        f"{cfg.prefix}.requests"
+    )
     stats = run_worker(
         cfg,
         candidates,
         batch_size=args.batch_size,
         idle_exit_s=args.idle_exit,
-        stop=_stop_on_signals(),
+        # a transactional worker's unfinished batch is aborted by the broker: it may exit
+        # past the grace; an at-least-once one bounds its own stop (worker.STOP_GRACE_S)
+        stop=_stop_on_signals(grace_s=STOP_GRACE_S if exactly_once else None),
         budget_s=args.budget,
+        exactly_once=exactly_once,
+        instance=args.instance,
     )
     _err(f"worker stopped: {stats}")
     return 0
@@ -312,6 +321,16 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
+def _instance_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--instance",
+        default=os.environ.get("UNDERSTUDY_INSTANCE") or None,
+        help="stable id of this instance: enables static membership and a fixed "
+        "transactional id (where the stage uses transactions), so a restart with the same "
+        "id resumes at once; omit for a unique one (also UNDERSTUDY_INSTANCE)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="understudy", description="Streaming shadow evaluation of ML models on Kafka."
@@ -364,18 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="features of a request every candidate is called with once at start (a JSON "
         "object, or @file.json); a candidate that raises on it is refused",
     )
+    p.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="commit each batch's predictions and offsets in one Kafka transaction, so a "
+        "restart after a crash publishes no duplicate (also worker_exactly_once in the "
+        "config); default: at-least-once",
+    )
+    _instance_argument(p)
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("joiner", help="join events and accumulate partial statistics")
-    p.add_argument(
-        "--instance",
-        default=os.environ.get("UNDERSTUDY_INSTANCE") or None,
-        help="stable id of this instance: enables static membership and a fixed "
-        "transactional id, so a restart with the same id resumes at once; omit for a "
-        "unique one (also UNDERSTUDY_INSTANCE)",
-    )
+    _instance_argument(p)
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_joiner)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from hypothesis import strategies as st
 
 from streams.config import Config
@@ -33,6 +33,21 @@ def recent_base(n: int, step_ms: int = 10) -> int:
     boundary: the joiner refuses event times far from their message's Kafka timestamp."""
     now = int(time.time() * 1000)
     return (now - n * step_ms - 10_000) // 10_000 * 10_000
+
+
+def pipeline_cfg(bootstrap: str, prefix: str, **overrides: Any) -> Config:
+    """Settings for a fault test of the whole pipeline: short windows, a join TTL longer
+    than the data's span (no join expires while a backlog is read), and a short session
+    (a SIGKILLed member without --instance holds its partitions only this long)."""
+    settings: dict[str, Any] = {
+        "window_ms": 2000,
+        "lateness_ms": 1000,
+        "idle_flush_ms": 1500,
+        "join_ttl_ms": 30_000,
+        "kafka": {"session.timeout.ms": "6000"},
+    }
+    settings.update(overrides)
+    return Config(bootstrap_servers=bootstrap, prefix=prefix, **settings)
 
 
 def stage(cfg: Config, role: str, *argv: str, log: Path) -> subprocess.Popen[bytes]:
@@ -67,16 +82,21 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
 
 def read_all(
-    cfg: Config, topic: str, idle_s: float = 3.0, max_s: float = 60.0
+    cfg: Config,
+    topic: str,
+    idle_s: float = 3.0,
+    max_s: float = 60.0,
+    isolation: str = "read_committed",
 ) -> list[tuple[bytes | None, bytes | None, int]]:
-    """Every committed message of ``topic`` as (key, value, partition), in partition order."""
+    """Every committed message of ``topic`` as (key, value, partition), in partition order
+    (``isolation="read_uncommitted"``: aborted and open transactions' messages too)."""
     c = Consumer(
         {
             "bootstrap.servers": cfg.bootstrap_servers,
             "group.id": f"read-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
         }
     )
     # assign, not subscribe: no group join to wait for, so idle_s really means "nothing new"
@@ -236,6 +256,34 @@ def committed_total(cfg: Config, group: str, topics: list[str], partitions: int)
         return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
     finally:
         c.close()
+
+
+def kill_with_answers_not_committed(
+    proc: subprocess.Popen[bytes], cfg: Config, primaries: int, candidates: int, requests: int
+) -> tuple[int, int]:
+    """Freeze an at-least-once worker now and then; SIGKILL it once predictions of requests
+    beyond its committed offsets are on the topic: its successor must score those requests
+    again. ``primaries``: the messages on the predictions topic that are not the worker's.
+    Returns (requests committed, worker answers on the topic) at the kill."""
+    t = Topics(cfg.prefix)
+    group = f"{cfg.prefix}.worker"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}) before the kill"
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            committed = committed_total(cfg, group, [t.requests], cfg.partitions)
+            answers = end_total(cfg, [t.predictions], cfg.partitions) - primaries
+            if 0 < committed < requests and answers > candidates * committed:
+                kill(proc)
+                return committed, answers
+        except KafkaException:
+            pass  # a fresh group's coordinator is still loading ("Not coordinator")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("never caught the worker with answers beyond its committed offsets")
 
 
 def end_total(cfg: Config, topics: list[str], partitions: int) -> int:
@@ -735,12 +783,14 @@ def without(record: dict[str, Any], *paths: str) -> dict[str, Any]:
     return out
 
 
-def messages_per_key(cfg: Config, topic: str) -> dict[tuple[str, str], int]:
+def messages_per_key(
+    cfg: Config, topic: str, isolation: str = "read_committed"
+) -> dict[tuple[str, str], int]:
     """How many times each (request_id, model_id) is on the predictions topic, or each
-    (request_id, "") on the requests topic."""
+    (request_id, "") on the requests topic, for a reader of that ``isolation``."""
     codec = default_codec()
     out: dict[tuple[str, str], int] = {}
-    for _, v, _ in read_all(cfg, topic, idle_s=1.0):
+    for _, v, _ in read_all(cfg, topic, idle_s=1.0, isolation=isolation):
         name, rec = codec.decode(v)
         key = (rec["request_id"], rec.get("model_id", "") if name == "Prediction" else "")
         out[key] = out.get(key, 0) + 1

@@ -1,0 +1,187 @@
+"""The shadow worker's delivery guarantees under SIGKILL, on a real broker (issue 9, item 5).
+
+- ``--exactly-once``: the worker killed at random points while it scores 20,000 requests
+  with two candidates, and started again each time: a read_committed reader of
+  ``<prefix>.predictions`` sees exactly one prediction per request per candidate, although
+  the log holds the killed batches' aborted predictions too (a read_uncommitted reader sees
+  them: the kills did land inside transactions).
+- at-least-once (the default): the same kill, caught with predictions on the topic beyond
+  the committed offsets, leaves duplicates; the joiner counts each pair once, as the
+  evaluator's cumulative MetricSnapshot of each candidate shows (pairs == requests, and the
+  duplicates counted apart).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+from support import (
+    committed_total,
+    end_total,
+    final_cumulative,
+    kill,
+    kill_with_answers_not_committed,
+    messages_per_key,
+    pipeline_cfg,
+    send,
+    served_base,
+    stage,
+    terminate,
+    wait_for,
+)
+
+from streams.config import Config
+from streams.demo_models import PRIMARY_ID, HouseMarket, primary
+from streams.kafka import Topics, ensure_topics
+from streams.schemas import default_codec
+
+N = 20_000
+RIDGE = "price-ridge@4=streams.demo_models:ridge_candidate"
+TREE = "price-tree@1=streams.demo_models:tree_candidate"
+CANDIDATES = ("price-ridge@4", "price-tree@1")
+WORKER = ("--candidate", RIDGE, "--candidate", TREE, "--batch-size", "200")
+
+
+def fill(cfg: Config, n: int) -> None:
+    """``n`` requests of the demo's market, each with one primary answer, event times 1 ms
+    apart ending 45 s ago: a span shorter than the join TTL, so no join expires while the
+    joiner reads the candidates' answers, which come after every primary's in the log."""
+    ensure_topics(cfg)
+    t = Topics(cfg.prefix)
+    codec = default_codec()
+    enc_req, enc_pred = codec.encoder("Request"), codec.encoder("Prediction")
+    latency = np.random.default_rng(4).lognormal(1.0, 0.6, n)
+    base = served_base(n, step_ms=1)
+    p = Producer({"bootstrap.servers": cfg.bootstrap_servers, "linger.ms": 20})
+    for i, (numeric, categorical, context) in enumerate(HouseMarket(9).sample(n)):
+        rid, ts = f"d-{i}", base + i
+        common = {"request_id": rid, "event_time": ts, "use_case": "house-price"}
+        request = {
+            **common,
+            "numeric_features": numeric,
+            "categorical_features": categorical,
+            "context": context,
+        }
+        answer = {
+            **common,
+            "model_id": PRIMARY_ID,
+            "role": "PRIMARY",
+            "value": float(primary.predict_one({**numeric, **categorical})),
+            "latency_ms": float(latency[i]),
+        }
+        send(p, t.requests, enc_req(request), rid.encode())
+        send(p, t.predictions, enc_pred(answer), rid.encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+def candidate_counts(cfg: Config, isolation: str = "read_committed") -> dict[tuple[str, str], int]:
+    return {
+        key: count
+        for key, count in messages_per_key(cfg, Topics(cfg.prefix).predictions, isolation).items()
+        if key[1] in CANDIDATES
+    }
+
+
+def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    assert proc.wait(timeout) == 0, log.read_text()[-3000:]
+
+
+def test_exactly_once_worker_killed_twice_publishes_each_prediction_once(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    cfg = pipeline_cfg(kafka_bootstrap, prefix, partitions=4)
+    fill(cfg, N)
+    t = Topics(cfg.prefix)
+    args = (*WORKER, "--exactly-once", "--instance", "w1")
+    rng = random.Random()
+    started = time.monotonic()
+    kills = []
+    for round_ in range(2):
+        log = tmp_path / f"worker-{round_}.log"
+        proc = stage(cfg, "worker", *args, log=log)
+        try:
+            # a random point while it works: once the log (uncommitted batches included)
+            # holds a random share of the answers still to come
+            before = end_total(cfg, [t.predictions], cfg.partitions)
+            goal = before + int(rng.uniform(0.1, 0.35) * len(CANDIDATES) * N)
+            wait_for(
+                lambda goal=goal: end_total(cfg, [t.predictions], cfg.partitions) >= goal,
+                timeout=120,
+                what="the worker's answers",
+                procs=[proc],
+            )
+        finally:
+            kill(proc)
+        kills.append(committed_total(cfg, f"{cfg.prefix}.worker", [t.requests], cfg.partitions))
+    log = tmp_path / "worker-last.log"
+    finish(stage(cfg, "worker", *args, "--idle-exit", "3", log=log), log)
+    took = time.monotonic() - started
+
+    assert 0 < kills[0] <= kills[1] < N, kills  # both kills landed mid-run
+    committed = candidate_counts(cfg)
+    assert len(committed) == len(CANDIDATES) * N  # every request, every candidate
+    assert set(committed.values()) == {1}, "a read_committed reader saw a duplicate"
+    # the kills did land inside transactions: their predictions are in the log, aborted
+    everything = candidate_counts(cfg, "read_uncommitted")
+    aborted = sum(everything.values()) - sum(committed.values())
+    assert aborted > 0, "no kill caught an open transaction with predictions in it"
+    assert "exactly-once" in log.read_text()
+    print(
+        f"\nexactly-once: killed with {kills} requests committed; {aborted} predictions "
+        f"aborted; {N} requests x {len(CANDIDATES)} candidates once each, in {took:.1f} s"
+    )
+
+
+def test_at_least_once_worker_killed_duplicates_and_the_joiner_counts_once(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    cfg = pipeline_cfg(kafka_bootstrap, prefix, partitions=4)
+    fill(cfg, N)
+    started = time.monotonic()
+    proc = stage(cfg, "worker", *WORKER, log=tmp_path / "killed-worker.log")
+    try:
+        committed, answered = kill_with_answers_not_committed(proc, cfg, N, len(CANDIDATES), N)
+    finally:
+        kill(proc)
+    log = tmp_path / "worker.log"
+    finish(stage(cfg, "worker", *WORKER, "--idle-exit", "3", log=log), log)
+
+    counts = candidate_counts(cfg)
+    assert len(counts) == len(CANDIDATES) * N
+    scored_twice = sum(n - 1 for n in counts.values())
+    assert scored_twice > 0, "the kill must leave answers that are scored again"
+    assert set(counts.values()) <= {1, 2}
+
+    evaluator = stage(cfg, "evaluator", log=tmp_path / "evaluator.log")
+    joiner = stage(cfg, "joiner", log=tmp_path / "joiner.log")
+    try:
+        final: dict[str, dict[str, Any]] = wait_for(
+            lambda: final_cumulative(cfg, N, len(CANDIDATES)),
+            timeout=240,
+            what="cumulative snapshots with every pair",
+            procs=[evaluator, joiner],
+        )
+    finally:
+        terminate(joiner)
+        terminate(evaluator)
+    duplicates = 0
+    for cand in CANDIDATES:
+        cov = final[cand]["coverage"]
+        assert cov["requests"] == N, cand
+        assert cov["pairs"] == N, cand  # each pair once, the second answers not paired again
+        assert cov["candidate_predictions"] == N, cand
+        duplicates += cov["duplicates"]
+    assert duplicates == scored_twice  # ... but counted, as duplicates
+    print(
+        f"\nat-least-once: killed with {committed} requests committed and {answered} answers "
+        f"on the topic; {scored_twice} answers scored twice, each counted once as a duplicate; "
+        f"{time.monotonic() - started:.1f} s"
+    )
