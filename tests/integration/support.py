@@ -142,6 +142,19 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def answer_or_none(check: Callable[[], Any]) -> Callable[[], Any]:
+    """``check`` for :func:`wait_for`, reading a Kafka error as "not yet" (a fresh group's
+    coordinator answers "Not coordinator" while it loads)."""
+
+    def run() -> Any:
+        try:
+            return check()
+        except KafkaException:
+            return None
+
+    return run
+
+
 def final_cumulative(cfg: Config, pairs: int, candidates: int) -> dict[str, dict[str, Any]] | None:
     """The last CUMULATIVE snapshot per candidate, once each shows ``pairs`` pairs."""
     last: dict[str, dict[str, Any]] = {}

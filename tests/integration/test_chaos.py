@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from support import (
+    answer_or_none,
     committed_total,
     end_total,
     fold_partials,
@@ -86,19 +87,6 @@ class Scorer:
 model = Scorer()
 """
 CANDIDATES = ("price-tree@1", "scorer@1")
-
-
-def _answer(check: Callable[[], Any]) -> Callable[[], Any]:
-    """``check`` for wait_for, reading a Kafka error as "not yet" (a fresh group's
-    coordinator answers "Not coordinator" while it loads)."""
-
-    def run() -> Any:
-        try:
-            return check()
-        except KafkaException:
-            return None
-
-    return run
 
 
 def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
@@ -245,7 +233,7 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
     b: subprocess.Popen[bytes] | None = None
     try:
         wait_for(
-            _answer(lambda: committed_total(moved, group, inputs, moved.partitions)),
+            answer_or_none(lambda: committed_total(moved, group, inputs, moved.partitions)),
             120,
             "joiner a's first commit",
             [a],
@@ -261,7 +249,7 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
             os.killpg(a.pid, signal.SIGCONT)
         b_id = f"{moved.prefix}.joiner.b"
         held = wait_for(
-            _answer(lambda: _assignment(admin, group).get(b_id)),
+            answer_or_none(lambda: _assignment(admin, group).get(b_id)),
             120,
             "joiner b's partitions",
             [a, b],
@@ -276,7 +264,7 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
         assert at_leave < total, "joiner b must leave while work remains"
         # a static member's partitions come back after its session times out
         wait_for(
-            _answer(
+            answer_or_none(
                 lambda: _assignment(admin, group).get(f"{moved.prefix}.joiner.a") == set(range(6))
             ),
             120,
@@ -285,7 +273,9 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
         )
 
         wait_for(
-            _answer(lambda: committed_total(moved, group, inputs, moved.partitions) >= total),
+            answer_or_none(
+                lambda: committed_total(moved, group, inputs, moved.partitions) >= total
+            ),
             180,
             "joiner a to commit every input",
             [a],
@@ -543,7 +533,7 @@ def test_a_restarted_joiner_with_nothing_left_to_read_closes_its_windows_when_id
     first = stage(busy, "joiner", "--instance", "r", log=first_log)
     try:
         wait_for(
-            _answer(lambda: committed_total(busy, group, inputs, busy.partitions) >= total),
+            answer_or_none(lambda: committed_total(busy, group, inputs, busy.partitions) >= total),
             120,
             "the first joiner to commit every input",
             [first],

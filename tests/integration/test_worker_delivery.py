@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from confluent_kafka import Producer
 from support import (
+    answer_or_none,
     committed_total,
     end_total,
     final_cumulative,
@@ -38,7 +40,7 @@ from support import (
 
 from streams.config import Config
 from streams.demo_models import PRIMARY_ID, HouseMarket, primary
-from streams.kafka import Topics, ensure_topics
+from streams.kafka import Topics, admin, ensure_topics
 from streams.schemas import default_codec
 
 N = 20_000
@@ -184,4 +186,87 @@ def test_at_least_once_worker_killed_duplicates_and_the_joiner_counts_once(
         f"\nat-least-once: killed with {committed} requests committed and {answered} answers "
         f"on the topic; {scored_twice} answers scored twice, each counted once as a duplicate; "
         f"{time.monotonic() - started:.1f} s"
+    )
+
+
+# -- scale-out: two workers, one killed ------------------------------------------------------
+
+N_SCALE = 10_000
+
+SLOW_PY = """
+import time
+
+
+def slow(xs):
+    '''100 ms a batch: two workers take seconds over the data, so one dies mid-run.'''
+    time.sleep(0.1)
+    return [1.0] * len(xs)
+"""
+
+
+def members(cfg: Config) -> int:
+    """Members of the worker group that hold partitions now."""
+    client = admin(cfg)  # alive until the answer is in
+    group = client.describe_consumer_groups([f"{cfg.prefix}.worker"])[f"{cfg.prefix}.worker"]
+    return sum(1 for m in group.result(10).members if m.assignment.topic_partitions)
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_two_workers_one_killed_mid_run_every_request_is_scored(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, mode: str
+) -> None:
+    # a killed exactly-once member's open transaction holds its partitions' committed
+    # offsets until the broker aborts it (transaction.timeout.ms, then a sweep every 10 s)
+    kafka = {"session.timeout.ms": "6000", "transaction.timeout.ms": "10000"}
+    cfg = pipeline_cfg(kafka_bootstrap, prefix, partitions=4, kafka=kafka)
+    ensure_topics(cfg)
+    t = Topics(cfg.prefix)
+    group = f"{cfg.prefix}.worker"
+    slow = tmp_path / "slow.py"
+    slow.write_text(SLOW_PY)
+    extra = ("--exactly-once",) if mode == "exactly-once" else ()
+    args = ("--candidate", RIDGE, "--candidate", f"slow@1={slow}:slow", "--batch-size", "100")
+    logs = [tmp_path / f"worker-{name}.log" for name in "ab"]
+    procs = [stage(cfg, "worker", *args, *extra, log=log) for log in logs]
+
+    def committed() -> int:
+        return committed_total(cfg, group, [t.requests], cfg.partitions)
+
+    started = time.monotonic()
+    try:
+        wait_for(answer_or_none(lambda: members(cfg) == 2), 60, "both workers in the group", procs)
+        fill(cfg, N_SCALE)
+        wait_for(
+            answer_or_none(lambda: committed() >= 1000),
+            120,
+            "the first commits",
+            procs,
+        )
+        at_kill = committed()
+        kill(procs[0])
+        assert at_kill < N_SCALE, "the kill came after the run"
+        wait_for(
+            answer_or_none(lambda: committed() == N_SCALE),
+            120,
+            "the survivor to score the rest",
+            procs[1:],
+        )
+        terminate(procs[1])
+        assert procs[1].returncode == 0, logs[1].read_text()[-3000:]
+    finally:
+        for proc in procs:
+            kill(proc)
+    took = time.monotonic() - started
+
+    counts = {
+        key: n
+        for key, n in messages_per_key(cfg, t.predictions).items()
+        if key[1] in ("price-ridge@4", "slow@1")
+    }
+    assert len(counts) == 2 * N_SCALE  # every request scored by both candidates
+    if mode == "exactly-once":
+        assert set(counts.values()) == {1}
+    print(
+        f"\n{mode}: worker killed with {at_kill} requests committed; survivor done; "
+        f"{sum(counts.values()) - 2 * N_SCALE} answers scored twice; {took:.1f} s"
     )
