@@ -165,6 +165,24 @@ def final_cumulative(cfg: Config, pairs: int, candidates: int) -> dict[str, dict
     return last if len(done) >= candidates else None
 
 
+def judged(cfg: Config, logs: Path, pairs: int, candidates: int) -> dict[str, dict[str, Any]]:
+    """Run a joiner and an evaluator over what is on the topics until every candidate's
+    cumulative MetricSnapshot counts ``pairs`` pairs; those snapshots, by candidate."""
+    evaluator = stage(cfg, "evaluator", log=logs / "evaluator.log")
+    joiner = stage(cfg, "joiner", log=logs / "joiner.log")
+    try:
+        final: dict[str, dict[str, Any]] = wait_for(
+            lambda: final_cumulative(cfg, pairs, candidates),
+            timeout=240,
+            what="cumulative snapshots with every pair",
+            procs=[evaluator, joiner],
+        )
+    finally:
+        terminate(joiner)
+        terminate(evaluator)
+    return final
+
+
 def send(p: Producer, topic: str, value: bytes | None, key: bytes | None, **kw: Any) -> None:
     """``produce`` that waits for room when the client's queue is full.
 
@@ -749,6 +767,43 @@ def produce_served(
             p.poll(0)
     assert p.flush(60) == 0
     return counts
+
+
+def produce_answered(cfg: Config, n: int) -> None:
+    """``n`` requests of the demo's market (``d-0``, ``d-1``, ...), each with exactly one
+    primary answer, event times 1 ms apart ending 45 s ago: a span shorter than the join
+    TTL of :func:`pipeline_cfg`, so no join expires while a joiner reads the candidates'
+    answers, which a worker wrote after every primary's."""
+    from streams.demo_models import PRIMARY_ID, HouseMarket, primary
+
+    ensure_topics(cfg)
+    t = Topics(cfg.prefix)
+    codec = default_codec()
+    enc_req, enc_pred = codec.encoder("Request"), codec.encoder("Prediction")
+    latency = np.random.default_rng(4).lognormal(1.0, 0.6, n)
+    base = served_base(n, step_ms=1)
+    p = Producer({"bootstrap.servers": cfg.bootstrap_servers, "linger.ms": 20})
+    for i, (numeric, categorical, context) in enumerate(HouseMarket(9).sample(n)):
+        rid, ts = f"d-{i}", base + i
+        common = {"request_id": rid, "event_time": ts, "use_case": "house-price"}
+        request = {
+            **common,
+            "numeric_features": numeric,
+            "categorical_features": categorical,
+            "context": context,
+        }
+        answer = {
+            **common,
+            "model_id": PRIMARY_ID,
+            "role": "PRIMARY",
+            "value": float(primary.predict_one({**numeric, **categorical})),
+            "latency_ms": float(latency[i]),
+        }
+        send(p, t.requests, enc_req(request), rid.encode())
+        send(p, t.predictions, enc_pred(answer), rid.encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
 
 
 def served_base(n: int, step_ms: int = 2, end_ago_ms: int = 45_000) -> int:

@@ -17,71 +17,31 @@ import random
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from confluent_kafka import Producer
 from support import (
     answer_or_none,
     committed_total,
     end_total,
-    final_cumulative,
+    judged,
     kill,
     kill_with_answers_not_committed,
     messages_per_key,
     pipeline_cfg,
-    send,
-    served_base,
+    produce_answered,
     stage,
     terminate,
     wait_for,
 )
 
 from streams.config import Config
-from streams.demo_models import PRIMARY_ID, HouseMarket, primary
 from streams.kafka import Topics, admin, ensure_topics
-from streams.schemas import default_codec
 
 N = 20_000
 RIDGE = "price-ridge@4=streams.demo_models:ridge_candidate"
 TREE = "price-tree@1=streams.demo_models:tree_candidate"
 CANDIDATES = ("price-ridge@4", "price-tree@1")
 WORKER = ("--candidate", RIDGE, "--candidate", TREE, "--batch-size", "200")
-
-
-def fill(cfg: Config, n: int) -> None:
-    """``n`` requests of the demo's market, each with one primary answer, event times 1 ms
-    apart ending 45 s ago: a span shorter than the join TTL, so no join expires while the
-    joiner reads the candidates' answers, which come after every primary's in the log."""
-    ensure_topics(cfg)
-    t = Topics(cfg.prefix)
-    codec = default_codec()
-    enc_req, enc_pred = codec.encoder("Request"), codec.encoder("Prediction")
-    latency = np.random.default_rng(4).lognormal(1.0, 0.6, n)
-    base = served_base(n, step_ms=1)
-    p = Producer({"bootstrap.servers": cfg.bootstrap_servers, "linger.ms": 20})
-    for i, (numeric, categorical, context) in enumerate(HouseMarket(9).sample(n)):
-        rid, ts = f"d-{i}", base + i
-        common = {"request_id": rid, "event_time": ts, "use_case": "house-price"}
-        request = {
-            **common,
-            "numeric_features": numeric,
-            "categorical_features": categorical,
-            "context": context,
-        }
-        answer = {
-            **common,
-            "model_id": PRIMARY_ID,
-            "role": "PRIMARY",
-            "value": float(primary.predict_one({**numeric, **categorical})),
-            "latency_ms": float(latency[i]),
-        }
-        send(p, t.requests, enc_req(request), rid.encode())
-        send(p, t.predictions, enc_pred(answer), rid.encode())
-        if i % 1000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
 
 
 def candidate_counts(cfg: Config, isolation: str = "read_committed") -> dict[tuple[str, str], int]:
@@ -100,7 +60,7 @@ def test_exactly_once_worker_killed_twice_publishes_each_prediction_once(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     cfg = pipeline_cfg(kafka_bootstrap, prefix, partitions=4)
-    fill(cfg, N)
+    produce_answered(cfg, N)
     t = Topics(cfg.prefix)
     args = (*WORKER, "--exactly-once", "--instance", "w1")
     rng = random.Random()
@@ -146,7 +106,7 @@ def test_at_least_once_worker_killed_duplicates_and_the_joiner_counts_once(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     cfg = pipeline_cfg(kafka_bootstrap, prefix, partitions=4)
-    fill(cfg, N)
+    produce_answered(cfg, N)
     started = time.monotonic()
     proc = stage(cfg, "worker", *WORKER, log=tmp_path / "killed-worker.log")
     try:
@@ -162,18 +122,7 @@ def test_at_least_once_worker_killed_duplicates_and_the_joiner_counts_once(
     assert scored_twice > 0, "the kill must leave answers that are scored again"
     assert set(counts.values()) <= {1, 2}
 
-    evaluator = stage(cfg, "evaluator", log=tmp_path / "evaluator.log")
-    joiner = stage(cfg, "joiner", log=tmp_path / "joiner.log")
-    try:
-        final: dict[str, dict[str, Any]] = wait_for(
-            lambda: final_cumulative(cfg, N, len(CANDIDATES)),
-            timeout=240,
-            what="cumulative snapshots with every pair",
-            procs=[evaluator, joiner],
-        )
-    finally:
-        terminate(joiner)
-        terminate(evaluator)
+    final = judged(cfg, tmp_path, N, len(CANDIDATES))
     duplicates = 0
     for cand in CANDIDATES:
         cov = final[cand]["coverage"]
@@ -235,7 +184,7 @@ def test_two_workers_one_killed_mid_run_every_request_is_scored(
     started = time.monotonic()
     try:
         wait_for(answer_or_none(lambda: members(cfg) == 2), 60, "both workers in the group", procs)
-        fill(cfg, N_SCALE)
+        produce_answered(cfg, N_SCALE)
         wait_for(
             answer_or_none(lambda: committed() >= 1000),
             120,
