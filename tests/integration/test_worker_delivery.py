@@ -17,8 +17,10 @@ import random
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from support import (
     answer_or_none,
     committed_total,
@@ -36,6 +38,9 @@ from support import (
 
 from streams.config import Config
 from streams.kafka import Topics, admin, ensure_topics
+from streams.models import load_candidate
+from streams.simulation import run_service
+from streams.worker import run_worker
 
 N = 20_000
 RIDGE = "price-ridge@4=streams.demo_models:ridge_candidate"
@@ -219,3 +224,36 @@ def test_two_workers_one_killed_mid_run_every_request_is_scored(
         f"\n{mode}: worker killed with {at_kill} requests committed; survivor done; "
         f"{sum(counts.values()) - 2 * N_SCALE} answers scored twice; {took:.1f} s"
     )
+
+
+def test_an_aborted_transaction_is_scored_again_and_published_once(
+    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose transaction fails abortably (as when a broker aborts it) is aborted,
+    the consumer rewinds to the last commit, and the batch is scored again: its first
+    predictions, already in the log, are never seen by a read_committed reader."""
+    import streams.worker as worker_module
+
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
+    ensure_topics(cfg)
+    run_service(cfg, events=1000, rate=0, seed=4)
+    injected = KafkaError(KafkaError._STATE, "injected abort", txn_requires_abort=True)
+    failures = [KafkaException(injected)]
+    real_commit = worker_module.commit
+
+    def commit_failing_once(producer: Any, consumer: Any, offsets: Any, timeout: float) -> None:
+        if failures:
+            assert producer.flush(10) == 0  # the batch's predictions are in the log
+            raise failures.pop()
+        real_commit(producer, consumer, offsets, timeout)
+
+    monkeypatch.setattr(worker_module, "commit", commit_failing_once)
+    stats = run_worker(
+        cfg, [load_candidate(RIDGE)], batch_size=200, idle_exit_s=3.0, exactly_once=True
+    )
+    assert stats.aborted == 1
+    assert stats.requests > 1000  # the aborted batch, scored again
+    committed = candidate_counts(cfg)
+    assert len(committed) == 1000 and set(committed.values()) == {1}
+    everything = candidate_counts(cfg, "read_uncommitted")
+    assert sum(everything.values()) == stats.predictions > 1000
