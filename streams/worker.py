@@ -204,6 +204,9 @@ class ShadowWorker:
             cfg.prefix, "worker", instance
         )
         self._in_transaction = False
+        #: monotonic time the open transaction began, None between transactions: the CLI's
+        #: watchdog ends a process whose Kafka call hangs past its timeouts
+        self.busy_since: float | None = None
         self.batch_size = batch_size
         self.topics = Topics(cfg.prefix)
         self.codec = codec or default_codec()
@@ -625,6 +628,7 @@ class ShadowWorker:
         except KafkaException as exc:
             raise BrokerError(f"the worker cannot begin a transaction: {exc}") from exc
         self._in_transaction = True
+        self.busy_since = time.monotonic()
 
     def _commit_transaction(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit the batch's predictions, dead letters and offsets as one; on an abortable
@@ -633,6 +637,7 @@ class ShadowWorker:
             commit(self._producer, self._consumer, self._owned(offsets), TXN_CALL_S)
         except KafkaException as exc:
             self._in_transaction = False
+            self.busy_since = None  # recovery bounds its own calls
             self._raise_if_fatal()
             recover(
                 self._producer,
@@ -644,11 +649,13 @@ class ShadowWorker:
             self.stats.aborted += 1
             return
         self._in_transaction = False
+        self.busy_since = None
 
     def _abort_open_transaction(self, producer: Any) -> None:
         """Abort the batch in flight (a stop, an error, a revoke on the way out): none of it
         is committed, and the partitions' next owner scores it from the last commit."""
         self._in_transaction = False
+        self.busy_since = None
         try:
             producer.abort_transaction(STOP_GRACE_S)
         except KafkaException as exc:
