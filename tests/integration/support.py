@@ -289,36 +289,74 @@ def committed_total(cfg: Config, group: str, topics: list[str], partitions: int)
         c.close()
 
 
-def kill_with_answers_not_committed(
-    proc: subprocess.Popen[bytes], cfg: Config, primaries: int, candidates: int, requests: int
-) -> tuple[int, int]:
-    """Freeze an at-least-once worker now and then; SIGKILL it once predictions of requests
-    beyond its committed offsets are on the topic: its successor must score those requests
-    again. ``primaries``: the messages on the predictions topic that are not the worker's.
-    Returns (requests committed, worker answers on the topic) at the kill."""
-    t = Topics(cfg.prefix)
-    group = f"{cfg.prefix}.worker"
+def kill_when(proc: subprocess.Popen[bytes], check: Callable[[], Any], what: str) -> Any:
+    """Freeze the stage now and then (SIGSTOP) and ask ``check`` about the topics while it
+    cannot change them; SIGKILL it at the first truthy answer, which is returned."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the worker exited ({proc.returncode}) before the kill"
+        assert proc.poll() is None, f"the stage exited ({proc.returncode}) before the kill"
         os.killpg(proc.pid, signal.SIGSTOP)
         try:
-            committed = committed_total(cfg, group, [t.requests], cfg.partitions)
-            answers = end_total(cfg, [t.predictions], cfg.partitions) - primaries
-            if 0 < committed < requests and answers > candidates * committed:
+            found = check()
+            if found:
                 kill(proc)
-                return committed, answers
+                return found
         except KafkaException:
             pass  # a fresh group's coordinator is still loading ("Not coordinator")
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(0.05)
-    raise AssertionError("never caught the worker with answers beyond its committed offsets")
+    raise AssertionError(f"never caught the stage with {what}")
 
 
-def end_total(cfg: Config, topics: list[str], partitions: int) -> int:
-    c = Consumer({"bootstrap.servers": cfg.bootstrap_servers, "group.id": "watermarks"})
+def kill_with_answers_not_committed(
+    proc: subprocess.Popen[bytes], cfg: Config, primaries: int, candidates: int, requests: int
+) -> tuple[int, int]:
+    """SIGKILL an at-least-once worker once predictions of requests beyond its committed
+    offsets are on the topic: its successor must score those requests again.
+    ``primaries``: the messages on the predictions topic that are not the worker's.
+    Returns (requests committed, worker answers on the topic) at the kill."""
+    t = Topics(cfg.prefix)
+
+    def check() -> tuple[int, int] | None:
+        committed = committed_total(cfg, f"{cfg.prefix}.worker", [t.requests], cfg.partitions)
+        answers = end_total(cfg, [t.predictions], cfg.partitions) - primaries
+        if 0 < committed < requests and answers > candidates * committed:
+            return committed, answers
+        return None
+
+    found: tuple[int, int] = kill_when(proc, check, "answers beyond its committed offsets")
+    return found
+
+
+def kill_inside_a_transaction(proc: subprocess.Popen[bytes], cfg: Config, at_least: int) -> int:
+    """SIGKILL an exactly-once worker once ``<prefix>.predictions`` holds ``at_least``
+    messages and some of an open transaction (beyond the last stable offset, which is what
+    a read_committed client is told the end is). Returns the log's end at the kill."""
+    topic = Topics(cfg.prefix).predictions
+
+    def check() -> int | None:
+        end = end_total(cfg, [topic], cfg.partitions, "read_uncommitted")
+        stable = end_total(cfg, [topic], cfg.partitions, "read_committed")
+        return end if end >= at_least and end > stable else None
+
+    found: int = kill_when(proc, check, "an open transaction holding predictions")
+    return found
+
+
+def end_total(
+    cfg: Config, topics: list[str], partitions: int, isolation: str = "read_committed"
+) -> int:
+    """Sum of the topics' end offsets: the high watermarks, or for ``read_committed`` (the
+    client's default) the last stable offsets, before any open transaction's messages."""
+    c = Consumer(
+        {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "group.id": "watermarks",
+            "isolation.level": isolation,
+        }
+    )
     try:
         return sum(
             c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]

@@ -1,14 +1,17 @@
 """The shadow worker's delivery guarantees under SIGKILL, on a real broker (issue 9, item 5).
 
 - ``--exactly-once``: the worker killed at random points while it scores 20,000 requests
-  with two candidates, and started again each time: a read_committed reader of
-  ``<prefix>.predictions`` sees exactly one prediction per request per candidate, although
-  the log holds the killed batches' aborted predictions too (a read_uncommitted reader sees
-  them: the kills did land inside transactions).
+  with two candidates, each time with a transaction open and predictions of it in the log,
+  and started again: a read_committed reader of ``<prefix>.predictions`` sees exactly one
+  prediction per request per candidate, although the log holds the killed batches'
+  aborted predictions too (a read_uncommitted reader sees them); and a transaction that
+  fails abortably is aborted and its batch scored again.
 - at-least-once (the default): the same kill, caught with predictions on the topic beyond
   the committed offsets, leaves duplicates; the joiner counts each pair once, as the
   evaluator's cumulative MetricSnapshot of each candidate shows (pairs == requests, and the
   duplicates counted apart).
+- scale-out: two workers in one group, one SIGKILLed mid-run: the survivor scores every
+  request (exactly once with ``--exactly-once``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from support import (
     end_total,
     judged,
     kill,
+    kill_inside_a_transaction,
     kill_with_answers_not_committed,
     messages_per_key,
     pipeline_cfg,
@@ -75,16 +79,11 @@ def test_exactly_once_worker_killed_twice_publishes_each_prediction_once(
         log = tmp_path / f"worker-{round_}.log"
         proc = stage(cfg, "worker", *args, log=log)
         try:
-            # a random point while it works: once the log (uncommitted batches included)
-            # holds a random share of the answers still to come
-            before = end_total(cfg, [t.predictions], cfg.partitions)
+            # a random point while it works: once the log holds a random share of the
+            # answers still to come, and an open transaction's predictions
+            before = end_total(cfg, [t.predictions], cfg.partitions, "read_uncommitted")
             goal = before + int(rng.uniform(0.1, 0.35) * len(CANDIDATES) * N)
-            wait_for(
-                lambda goal=goal: end_total(cfg, [t.predictions], cfg.partitions) >= goal,
-                timeout=120,
-                what="the worker's answers",
-                procs=[proc],
-            )
+            kill_inside_a_transaction(proc, cfg, goal)
         finally:
             kill(proc)
         kills.append(committed_total(cfg, f"{cfg.prefix}.worker", [t.requests], cfg.partitions))
