@@ -397,8 +397,9 @@ def test_undeliverable_batch_raises_without_commit(kafka_bootstrap: str, prefix:
 # Keys, stopping and fatal errors
 
 
+@pytest.mark.parametrize("exactly_once", [False, True])
 def test_null_key_empty_key_and_empty_request_id_are_dead_letters(
-    kafka_bootstrap: str, prefix: str
+    kafka_bootstrap: str, prefix: str, exactly_once: bool
 ) -> None:
     cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
     topics = Topics(prefix)
@@ -413,7 +414,7 @@ def test_null_key_empty_key_and_empty_request_id_are_dead_letters(
     producer.produce(topics.requests, request, b"r-1", partition=1)  # fine
     assert producer.flush(10) == 0
 
-    stats = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S)
+    stats = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S, exactly_once=exactly_once)
     assert (stats.consumed, stats.requests, stats.dead_letters) == (4, 1, 3)
     reasons = sorted(
         codec.decode_as("DeadLetter", rec.value)["reason"]
