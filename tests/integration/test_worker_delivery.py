@@ -151,8 +151,8 @@ import time
 
 
 def slow(xs):
-    '''100 ms a batch: two workers take seconds over the data, so one dies mid-run.'''
-    time.sleep(0.1)
+    '''50 ms a batch of 100: two workers take seconds over the data, so one dies mid-run.'''
+    time.sleep(0.05)
     return [1.0] * len(xs)
 """
 
