@@ -59,21 +59,22 @@ def _stop_on_signals(grace_s: float | None = None) -> threading.Event:
 
 
 STUCK_S = 75.0
-"""A joiner transaction still open after this long is stuck in librdkafka (seen after a
-broker outage: send_offsets_to_transaction never returned although its timeout was 30 s; the
-calls' own timeouts add up to 60 s); the process exits 1 so that a supervisor restarts it
-rather than it lingering idle."""
+"""A joiner's (or exactly-once worker's) transaction still open after this long is stuck in
+librdkafka (seen after a broker outage: send_offsets_to_transaction never returned although
+its timeout was 30 s; the calls' own timeouts add up to 60 s); the process exits 1 so that a
+supervisor restarts it rather than it lingering idle. A worker's batch includes scoring,
+bounded by its --budget per candidate: the watchdog allows for that on top."""
 
 
-def _watch_transactions(joiner: Any) -> None:
+def _watch_transactions(stage: Any, role: str, allowance_s: float = 0.0) -> None:
     while True:
         time.sleep(1.0)
-        since = joiner.busy_since
-        if since is not None and time.monotonic() - since > STUCK_S:
+        since = stage.busy_since
+        if since is not None and time.monotonic() - since > STUCK_S + allowance_s:
             _err(
-                f"understudy: error: a joiner transaction has been open for over {STUCK_S:.0f} s "
-                "(a Kafka call that never returned); exiting so that a restart resumes from "
-                "the last commit"
+                f"understudy: error: a {role} transaction has been open for over "
+                f"{STUCK_S + allowance_s:.0f} s (a Kafka call that never returned); exiting so "
+                "that a restart resumes from the last commit"
             )
             os._exit(1)
 
@@ -191,16 +192,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for spec in args.candidate
     ]
     cfg = connect(args)
-    from streams.worker import run_worker
+    from streams.worker import ShadowWorker
 
-    _err(f"worker: scoring {', '.join(c.model_id for c in candidates)} on {cfg.prefix}.requests")
-    stats = run_worker(
+    exactly_once = args.exactly_once or cfg.worker_exactly_once
+    guarantee = "exactly-once" if exactly_once else "at-least-once"
+    _err(
+        f"worker ({guarantee}): scoring {', '.join(c.model_id for c in candidates)} on "
+        f"{cfg.prefix}.requests"
+    )
+    worker = ShadowWorker(
         cfg,
         candidates,
         batch_size=args.batch_size,
-        idle_exit_s=args.idle_exit,
-        stop=_stop_on_signals(),
         budget_s=args.budget,
+        exactly_once=exactly_once,
+        instance=args.instance,
+    )
+    if exactly_once:
+        watch = (worker, "worker", args.budget)  # the lanes score side by side
+        threading.Thread(target=_watch_transactions, args=watch, daemon=True).start()
+    stats = worker.run(
+        idle_exit_s=args.idle_exit,
+        # a transactional worker's unfinished batch is aborted by the broker: it may exit
+        # past the grace; an at-least-once one bounds its own stop (worker.STOP_GRACE_S)
+        stop=_stop_on_signals(grace_s=STOP_GRACE_S if exactly_once else None),
     )
     _err(f"worker stopped: {stats}")
     return 0
@@ -231,7 +246,7 @@ def cmd_joiner(args: argparse.Namespace) -> int:
     # instance=None: the joiner picks a unique id, so joiners started without --instance
     # never fence each other (see the flag's help)
     joiner = Joiner(cfg, instance=args.instance)
-    threading.Thread(target=_watch_transactions, args=(joiner,), daemon=True).start()
+    threading.Thread(target=_watch_transactions, args=(joiner, "joiner"), daemon=True).start()
     stats = joiner.run(idle_exit_s=args.idle_exit, stop=_stop_on_signals(grace_s=STOP_GRACE_S))
     _err(f"joiner stopped: {stats}")
     return 0
@@ -312,6 +327,16 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
+def _instance_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--instance",
+        default=os.environ.get("UNDERSTUDY_INSTANCE") or None,
+        help="stable id of this instance: enables static membership and a fixed "
+        "transactional id (where the stage uses transactions), so a restart with the same "
+        "id resumes at once; omit for a unique one (also UNDERSTUDY_INSTANCE)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="understudy", description="Streaming shadow evaluation of ML models on Kafka."
@@ -364,18 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="features of a request every candidate is called with once at start (a JSON "
         "object, or @file.json); a candidate that raises on it is refused",
     )
+    p.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="commit each batch's predictions and offsets in one Kafka transaction, so a "
+        "restart after a crash publishes no duplicate (also worker_exactly_once in the "
+        "config); default: at-least-once",
+    )
+    _instance_argument(p)
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("joiner", help="join events and accumulate partial statistics")
-    p.add_argument(
-        "--instance",
-        default=os.environ.get("UNDERSTUDY_INSTANCE") or None,
-        help="stable id of this instance: enables static membership and a fixed "
-        "transactional id, so a restart with the same id resumes at once; omit for a "
-        "unique one (also UNDERSTUDY_INSTANCE)",
-    )
+    _instance_argument(p)
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_joiner)

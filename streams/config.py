@@ -99,6 +99,9 @@ class Config:
     rules_path: str = ""
     #: Slices listed in each snapshot, those that disagree most first.
     slice_top_k: int = 5
+    #: The shadow worker commits each batch in a Kafka transaction (exactly-once) instead
+    #: of after delivery (at-least-once); ``understudy worker --exactly-once`` sets it too.
+    worker_exactly_once: bool = False
     #: librdkafka options passed unchanged to every client (SASL, TLS, ...).
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -238,6 +241,10 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off"})
+
+
 def _coerce(name: str, annotation: Any, value: Any) -> Any:
     kind = str(annotation)
     try:
@@ -249,6 +256,12 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             return int(value)
         if kind == "str":
             return str(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in _TRUE | _FALSE:
+                return str(value).strip().lower() in _TRUE
+            raise ValueError("expected true or false")
         if "Mapping" in kind:
             if not isinstance(value, Mapping):
                 raise TypeError("expected a mapping")

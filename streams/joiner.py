@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
@@ -38,6 +35,7 @@ from streams.joinstate import Emitted, PartitionState
 from streams.kafka import Topics, check_copartitioned, client_config, read_compacted
 from streams.metrics.partial import PartialStats
 from streams.schemas import Codec, default_codec
+from streams.transactions import commit, instance_ids, recover, rewind
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +90,10 @@ class Joiner:
         self.busy_since: float | None = None
         self._encode_partial = self.codec.encoder("Partial")
         self._encode_dead = self.codec.encoder("DeadLetter")
-        static = instance is not None
         # a fixed id (``--instance``) fences the previous incarnation at once and takes its
         # partitions back without a rebalance; without one, a unique id per process, so
         # that two joiners started the same way never fence each other
-        self.instance = instance if static else f"{socket.gethostname()}-{os.getpid()}"
+        self.instance, transactional_id, member = instance_ids(cfg.prefix, "joiner", instance)
         consumer_extra: dict[str, object] = {
             "group.id": f"{cfg.prefix}.joiner",
             "session.timeout.ms": 15000,
@@ -106,13 +103,13 @@ class Joiner:
             "partition.assignment.strategy": "range",
             "error_cb": self._on_error,
         }
-        if static:
-            consumer_extra["group.instance.id"] = f"{cfg.prefix}.joiner.{self.instance}"
+        if member is not None:
+            consumer_extra["group.instance.id"] = member
         self.producer = Producer(
             client_config(
                 cfg,
                 **{
-                    "transactional.id": f"{cfg.prefix}.joiner.{self.instance}",
+                    "transactional.id": transactional_id,
                     "linger.ms": 5,
                     "transaction.timeout.ms": 30000,
                     "error_cb": self._on_error,
@@ -399,10 +396,7 @@ class Joiner:
             positions = [
                 tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0
             ]
-            producer.send_offsets_to_transaction(
-                positions, self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
-            )
-            producer.commit_transaction(TXN_TIMEOUT_S)
+            commit(producer, self.consumer, positions, TXN_TIMEOUT_S)
         except KafkaException as exc:
             self.busy_since = None  # recovery bounds its own calls
             self._recover_from(exc)
@@ -412,38 +406,19 @@ class Joiner:
         self.stats.batches += 1
 
     def _recover_from(self, exc: KafkaException) -> None:
-        err = exc.args[0] if exc.args else None
-        if err is not None and getattr(err, "fatal", lambda: False)():
-            raise UnderstudyError(
-                f"joiner transaction failed fatally (fenced by another instance with the same "
-                f"--instance, or the broker lost the transaction): {exc}"
-            ) from exc
-        if err is not None and getattr(err, "txn_requires_abort", lambda: False)():
-            log.warning("aborting joiner transaction: %s; rewinding to the last commit", err)
-            try:
-                self.producer.abort_transaction(RECOVERY_TIMEOUT_S)
-                self._rewind()
-            except (KafkaException, UnderstudyError) as again:
-                raise UnderstudyError(
-                    f"joiner could not rewind to its last commit after {err}: {again}; "
-                    "exiting so that a restart resumes from it"
-                ) from again
-            return
-        raise UnderstudyError(
-            f"joiner transaction failed: {exc}; exiting so that a restart resumes from the "
-            "last commit"
-        ) from exc
+        recover(
+            self.producer,
+            exc,
+            stage="joiner",
+            timeout=RECOVERY_TIMEOUT_S,
+            back_to_commit=self._rewind,
+        )
 
     def _rewind(self) -> None:
         """After an abort: state and positions go back to the last committed batch."""
-        assignment = self.consumer.assignment()
-        committed = self.consumer.committed(assignment, timeout=RECOVERY_TIMEOUT_S)
-        for p in {tp.partition for tp in assignment}:
+        for p in {tp.partition for tp in self.consumer.assignment()}:
             self.states[p] = self._restore(p, timeout=RECOVERY_TIMEOUT_S)
-        for tp in committed:
-            if tp.offset < 0:
-                tp.offset = OFFSET_BEGINNING
-            self.consumer.seek(tp)
+        rewind(self.consumer, RECOVERY_TIMEOUT_S)
 
     def _dead_letter(self, m: Message, reason: str) -> bytes:
         return self._encode_dead(dead_letter_of("joiner", m, reason))

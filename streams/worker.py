@@ -26,14 +26,23 @@ or empty (the key must be the request_id, or the request cannot be co-partitione
 predictions), go to ``<prefix>.deadletter`` with the reason and their coordinates, and the
 batch goes on.
 
-Delivery guarantee: at-least-once. The batch's offsets are committed only after every
-candidate's outcome for every request (an answer, an error or a timeout) and every dead
-letter of the batch has been acknowledged by the broker; failed
-deliveries are retried, and if they still fail the worker raises without committing, so a
-restarted worker scores that batch again (the joiner recognises the duplicates). Because
-the commit is synchronous and happens before the next ``consume()``, a rebalance (whose
-callbacks run inside ``consume()``) never finds uncommitted work: nothing needs doing on
-revoke but forgetting the partitions.
+Delivery guarantee, by default at-least-once. The batch's offsets are committed only after
+every candidate's outcome for every request (an answer, an error or a timeout) and every
+dead letter of the batch has been acknowledged by the broker; failed deliveries are
+retried, and if they still fail the worker raises without committing, so a restarted worker
+scores that batch again (the joiner recognises the duplicates).
+
+With ``exactly_once`` (``understudy worker --exactly-once``), each batch is one Kafka
+transaction instead (see :mod:`streams.transactions`): its predictions, its dead letters
+and its input offsets are committed together or not at all, so a worker killed at any
+point and started again leaves exactly one prediction per request per candidate for a
+read_committed reader (the joiner is one). A failed transaction is aborted and the batch
+scored again from the last commit; a fenced or fatally failed one ends the worker.
+
+Either way the batch is finished (committed, or aborted) before the next ``consume()``, and
+a rebalance's callbacks run inside ``consume()``: so revoked partitions never have work in
+flight. A transaction still open at revoke can only be a batch abandoned by a stop or an
+error on its way out (``close`` leaves the group): it is aborted there, never committed.
 
 Stopping: ``stop`` ends the loop after the current batch, whose predictions are delivered
 and offsets committed before :meth:`ShadowWorker.run` returns. When the broker is away, the
@@ -83,6 +92,7 @@ from streams.kafka import (
 )
 from streams.models import Candidate, Outcome
 from streams.schemas import Codec, default_codec
+from streams.transactions import commit, instance_ids, recover, rewind
 
 __all__ = ["ShadowWorker", "WorkerStats", "run_worker"]
 
@@ -102,6 +112,15 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     # within a minute instead of librdkafka's five.
     "message.timeout.ms": 60_000,
 }
+
+#: ``transaction.timeout.ms`` of an exactly-once worker (the user's option wins): how long
+#: the broker lets a killed worker's open transaction hold read_committed readers back
+#: when no restart with the same ``--instance`` aborts it first. It must exceed a batch's
+#: longest life: the budget plus delivery.
+TXN_TIMEOUT_MS = 30_000
+
+#: Bound on each transactional call (init, send offsets, commit, abort, rewind).
+TXN_CALL_S = 30.0
 
 #: Extra seconds ``idle_exit_s`` waits for the group's first partition assignment.
 JOIN_GRACE_S = 30.0
@@ -139,6 +158,8 @@ class WorkerStats:
     batches: int = 0
     #: Messages re-produced after a failed delivery.
     redelivered: int = 0
+    #: Exactly-once: batches whose transaction was aborted (then scored again).
+    aborted: int = 0
     #: Per candidate: its lane's counts (:class:`streams.isolation.LaneStats`) and its call
     #: costs: ``single_ms`` (mean single call, what the published latencies estimate),
     #: ``amortized_ms`` (batch call cost per request, kept apart), ``single_calls``.
@@ -157,7 +178,13 @@ class ShadowWorker:
         batch_size: int = 500,
         codec: Codec | None = None,
         budget_s: float = DEFAULT_BUDGET_S,
+        exactly_once: bool | None = None,
+        instance: str | None = None,
     ) -> None:
+        """``exactly_once``: one Kafka transaction per batch (None: ``cfg.worker_exactly_once``).
+        ``instance``: a stable id of this worker (``--instance``): static group membership
+        and a fixed transactional id, so a restart fences its predecessor at once; None for
+        a unique one (see :func:`streams.transactions.instance_ids`)."""
         if not candidates:
             raise ValueError("a shadow worker needs at least one candidate model")
         ids = [c.model_id for c in candidates]
@@ -172,6 +199,14 @@ class ShadowWorker:
         self.cfg = cfg
         self.candidates = list(candidates)
         self.group_id = group_id or f"{cfg.prefix}.worker"
+        self.exactly_once = cfg.worker_exactly_once if exactly_once is None else exactly_once
+        self.instance, self._transactional_id, self._member = instance_ids(
+            cfg.prefix, "worker", instance
+        )
+        self._in_transaction = False
+        #: monotonic time the open transaction began, None between transactions: the CLI's
+        #: watchdog ends a process whose Kafka call hangs past its timeouts
+        self.busy_since: float | None = None
         self.batch_size = batch_size
         self.topics = Topics(cfg.prefix)
         self.codec = codec or default_codec()
@@ -209,8 +244,9 @@ class ShadowWorker:
         check_copartitioned(self.cfg)
         self._stop = stop
         log.info(
-            "shadow worker %s on %s: candidates %s",
+            "shadow worker %s (%s) on %s: candidates %s",
             self.group_id,
+            "exactly-once" if self.exactly_once else "at-least-once",
             self.topics.requests,
             ", ".join(c.model_id for c in self.candidates),
         )
@@ -279,7 +315,14 @@ class ShadowWorker:
         # 45 s default left answers 40-79 s late after a 20 s outage (chaos test), past the
         # join TTL; the user's own setting wins
         consumer_conf.setdefault("session.timeout.ms", 15000)
+        if self._member is not None:
+            consumer_conf["group.instance.id"] = self._member
         producer_conf = client_config(self.cfg, error_cb=self._on_client_error)
+        if self.exactly_once:
+            producer_conf["transactional.id"] = self._transactional_id
+            producer_conf.setdefault("transaction.timeout.ms", TXN_TIMEOUT_MS)
+            # librdkafka refuses a message timeout longer than the transaction's
+            producer_conf.setdefault("message.timeout.ms", producer_conf["transaction.timeout.ms"])
         for key, value in _PRODUCER_DEFAULTS.items():
             producer_conf.setdefault(key, value)
         try:
@@ -289,6 +332,12 @@ class ShadowWorker:
             raise ConfigError(
                 f"invalid Kafka client configuration for the worker: {scrub(str(exc), self.cfg)}"
             ) from None
+        if self.exactly_once:
+            try:
+                # fences a previous incarnation with the same --instance, aborting its batch
+                self._producer.init_transactions(TXN_CALL_S)
+            except KafkaException as exc:
+                raise BrokerError(f"the worker cannot initialise transactions: {exc}") from exc
         self._consumer.subscribe(
             [self.topics.requests],
             on_assign=self._on_assign,
@@ -306,7 +355,9 @@ class ShadowWorker:
             lanes.close()
             self._report_candidates(lanes)
         try:
-            if producer is not None:
+            if producer is not None and self._in_transaction:
+                self._abort_open_transaction(producer)
+            elif producer is not None:
                 # Left-overs of an abandoned or failed batch, whose offsets were not committed:
                 # dropped at once when the stop already waited (or the client is dead).
                 gone = self._abandoned or self._fatal is not None
@@ -323,7 +374,10 @@ class ShadowWorker:
         self._assigned_at = time.monotonic()
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Nothing pending to commit: see the module docstring.
+        # Nothing pending to commit: see the module docstring. A transaction open here is a
+        # batch abandoned on the way out (close): never committed for partitions we lose.
+        if self._in_transaction and self._producer is not None:
+            self._abort_open_transaction(self._producer)
         self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
 
     # -- one batch -------------------------------------------------------------------------
@@ -336,6 +390,8 @@ class ShadowWorker:
         offsets: dict[tuple[str, int], int] = {}
         decode = self.codec.decode_as
         self._failed = []
+        if self.exactly_once:
+            self._begin_transaction()
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -374,8 +430,11 @@ class ShadowWorker:
         self.stats.requests += len(requests)
         if requests:
             self._score(requests, partitions, stamps)
-        self._await_deliveries()
-        self._commit(offsets)
+        if self.exactly_once:
+            self._commit_transaction(offsets)
+        else:
+            self._await_deliveries()
+            self._commit(offsets)
         self.stats.batches += 1
 
     def _score(
@@ -534,12 +593,16 @@ class ShadowWorker:
                     partition = _ANY_PARTITION
                 self._produce(topic, value, msg.key(), partition, _stamp(msg))
 
-    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        owned = [
+    def _owned(self, offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+        """The batch's next offsets, for the partitions this worker still holds."""
+        return [
             TopicPartition(topic, partition, offset)
             for (topic, partition), offset in offsets.items()
             if (topic, partition) in self._assigned
         ]
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        owned = self._owned(offsets)
         if not owned:
             return
         try:
@@ -557,6 +620,49 @@ class ShadowWorker:
                 failed[0].error,
             )
 
+    # -- exactly-once ----------------------------------------------------------------------
+
+    def _begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise BrokerError(f"the worker cannot begin a transaction: {exc}") from exc
+        self._in_transaction = True
+        self.busy_since = time.monotonic()
+
+    def _commit_transaction(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit the batch's predictions, dead letters and offsets as one; on an abortable
+        failure abort it and rewind to the last commit, so the batch is scored again."""
+        try:
+            commit(self._producer, self._consumer, self._owned(offsets), TXN_CALL_S)
+        except KafkaException as exc:
+            self._in_transaction = False
+            self.busy_since = None  # recovery bounds its own calls
+            self._raise_if_fatal()
+            recover(
+                self._producer,
+                exc,
+                stage="worker",
+                timeout=TXN_CALL_S,
+                back_to_commit=lambda: rewind(self._consumer, TXN_CALL_S),
+            )
+            self.stats.aborted += 1
+            return
+        self._in_transaction = False
+        self.busy_since = None
+
+    def _abort_open_transaction(self, producer: Any) -> None:
+        """Abort the batch in flight (a stop, an error, a revoke on the way out): none of it
+        is committed, and the partitions' next owner scores it from the last commit."""
+        self._in_transaction = False
+        self.busy_since = None
+        try:
+            producer.abort_transaction(STOP_GRACE_S)
+        except KafkaException as exc:
+            # the broker aborts it anyway after transaction.timeout.ms, or when a restart
+            # with the same --instance fences this one
+            log.warning("could not abort the worker's open transaction: %s", exc)
+
 
 def run_worker(
     cfg: Config,
@@ -568,15 +674,24 @@ def run_worker(
     idle_exit_s: float | None = None,
     on_batch: Callable[[int], None] | None = None,
     budget_s: float = DEFAULT_BUDGET_S,
+    exactly_once: bool | None = None,
+    instance: str | None = None,
 ) -> WorkerStats:
     """Run one shadow worker until ``stop`` is set or ``idle_exit_s`` passes without input.
 
     The consumer group defaults to ``<prefix>.worker``: start more workers with the same
     group to share the partitions of ``<prefix>.requests``. ``budget_s``: each candidate's
-    time budget per batch (see :mod:`streams.isolation`).
+    time budget per batch (see :mod:`streams.isolation`). ``exactly_once`` and
+    ``instance``: see :class:`ShadowWorker`.
     """
     worker = ShadowWorker(
-        cfg, candidates, group_id=group_id, batch_size=batch_size, budget_s=budget_s
+        cfg,
+        candidates,
+        group_id=group_id,
+        batch_size=batch_size,
+        budget_s=budget_s,
+        exactly_once=exactly_once,
+        instance=instance,
     )
     return worker.run(stop=stop, idle_exit_s=idle_exit_s, on_batch=on_batch)
 

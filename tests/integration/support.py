@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from hypothesis import strategies as st
 
 from streams.config import Config
@@ -33,6 +33,21 @@ def recent_base(n: int, step_ms: int = 10) -> int:
     boundary: the joiner refuses event times far from their message's Kafka timestamp."""
     now = int(time.time() * 1000)
     return (now - n * step_ms - 10_000) // 10_000 * 10_000
+
+
+def pipeline_cfg(bootstrap: str, prefix: str, **overrides: Any) -> Config:
+    """Settings for a fault test of the whole pipeline: short windows, a join TTL longer
+    than the data's span (no join expires while a backlog is read), and a short session
+    (a SIGKILLed member without --instance holds its partitions only this long)."""
+    settings: dict[str, Any] = {
+        "window_ms": 2000,
+        "lateness_ms": 1000,
+        "idle_flush_ms": 1500,
+        "join_ttl_ms": 30_000,
+        "kafka": {"session.timeout.ms": "6000"},
+    }
+    settings.update(overrides)
+    return Config(bootstrap_servers=bootstrap, prefix=prefix, **settings)
 
 
 def stage(cfg: Config, role: str, *argv: str, log: Path) -> subprocess.Popen[bytes]:
@@ -67,16 +82,21 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
 
 def read_all(
-    cfg: Config, topic: str, idle_s: float = 3.0, max_s: float = 60.0
+    cfg: Config,
+    topic: str,
+    idle_s: float = 3.0,
+    max_s: float = 60.0,
+    isolation: str = "read_committed",
 ) -> list[tuple[bytes | None, bytes | None, int]]:
-    """Every committed message of ``topic`` as (key, value, partition), in partition order."""
+    """Every committed message of ``topic`` as (key, value, partition), in partition order
+    (``isolation="read_uncommitted"``: aborted and open transactions' messages too)."""
     c = Consumer(
         {
             "bootstrap.servers": cfg.bootstrap_servers,
             "group.id": f"read-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
         }
     )
     # assign, not subscribe: no group join to wait for, so idle_s really means "nothing new"
@@ -122,6 +142,19 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def answer_or_none(check: Callable[[], Any]) -> Callable[[], Any]:
+    """``check`` for :func:`wait_for`, reading a Kafka error as "not yet" (a fresh group's
+    coordinator answers "Not coordinator" while it loads)."""
+
+    def run() -> Any:
+        try:
+            return check()
+        except KafkaException:
+            return None
+
+    return run
+
+
 def final_cumulative(cfg: Config, pairs: int, candidates: int) -> dict[str, dict[str, Any]] | None:
     """The last CUMULATIVE snapshot per candidate, once each shows ``pairs`` pairs."""
     last: dict[str, dict[str, Any]] = {}
@@ -130,6 +163,24 @@ def final_cumulative(cfg: Config, pairs: int, candidates: int) -> dict[str, dict
             last[s["candidate"]] = s
     done = [s for s in last.values() if s["coverage"]["pairs"] >= pairs]
     return last if len(done) >= candidates else None
+
+
+def judged(cfg: Config, logs: Path, pairs: int, candidates: int) -> dict[str, dict[str, Any]]:
+    """Run a joiner and an evaluator over what is on the topics until every candidate's
+    cumulative MetricSnapshot counts ``pairs`` pairs; those snapshots, by candidate."""
+    evaluator = stage(cfg, "evaluator", log=logs / "evaluator.log")
+    joiner = stage(cfg, "joiner", log=logs / "joiner.log")
+    try:
+        final: dict[str, dict[str, Any]] = wait_for(
+            lambda: final_cumulative(cfg, pairs, candidates),
+            timeout=240,
+            what="cumulative snapshots with every pair",
+            procs=[evaluator, joiner],
+        )
+    finally:
+        terminate(joiner)
+        terminate(evaluator)
+    return final
 
 
 def send(p: Producer, topic: str, value: bytes | None, key: bytes | None, **kw: Any) -> None:
@@ -238,8 +289,74 @@ def committed_total(cfg: Config, group: str, topics: list[str], partitions: int)
         c.close()
 
 
-def end_total(cfg: Config, topics: list[str], partitions: int) -> int:
-    c = Consumer({"bootstrap.servers": cfg.bootstrap_servers, "group.id": "watermarks"})
+def kill_when(proc: subprocess.Popen[bytes], check: Callable[[], Any], what: str) -> Any:
+    """Freeze the stage now and then (SIGSTOP) and ask ``check`` about the topics while it
+    cannot change them; SIGKILL it at the first truthy answer, which is returned."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the stage exited ({proc.returncode}) before the kill"
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            found = check()
+            if found:
+                kill(proc)
+                return found
+        except KafkaException:
+            pass  # a fresh group's coordinator is still loading ("Not coordinator")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"never caught the stage with {what}")
+
+
+def kill_with_answers_not_committed(
+    proc: subprocess.Popen[bytes], cfg: Config, primaries: int, candidates: int, requests: int
+) -> tuple[int, int]:
+    """SIGKILL an at-least-once worker once predictions of requests beyond its committed
+    offsets are on the topic: its successor must score those requests again.
+    ``primaries``: the messages on the predictions topic that are not the worker's.
+    Returns (requests committed, worker answers on the topic) at the kill."""
+    t = Topics(cfg.prefix)
+
+    def check() -> tuple[int, int] | None:
+        committed = committed_total(cfg, f"{cfg.prefix}.worker", [t.requests], cfg.partitions)
+        answers = end_total(cfg, [t.predictions], cfg.partitions) - primaries
+        if 0 < committed < requests and answers > candidates * committed:
+            return committed, answers
+        return None
+
+    found: tuple[int, int] = kill_when(proc, check, "answers beyond its committed offsets")
+    return found
+
+
+def kill_inside_a_transaction(proc: subprocess.Popen[bytes], cfg: Config, at_least: int) -> int:
+    """SIGKILL an exactly-once worker once ``<prefix>.predictions`` holds ``at_least``
+    messages and some of an open transaction (beyond the last stable offset, which is what
+    a read_committed client is told the end is). Returns the log's end at the kill."""
+    topic = Topics(cfg.prefix).predictions
+
+    def check() -> int | None:
+        end = end_total(cfg, [topic], cfg.partitions, "read_uncommitted")
+        stable = end_total(cfg, [topic], cfg.partitions, "read_committed")
+        return end if end >= at_least and end > stable else None
+
+    found: int = kill_when(proc, check, "an open transaction holding predictions")
+    return found
+
+
+def end_total(
+    cfg: Config, topics: list[str], partitions: int, isolation: str = "read_committed"
+) -> int:
+    """Sum of the topics' end offsets: the high watermarks, or for ``read_committed`` (the
+    client's default) the last stable offsets, before any open transaction's messages."""
+    c = Consumer(
+        {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "group.id": "watermarks",
+            "isolation.level": isolation,
+        }
+    )
     try:
         return sum(
             c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
@@ -690,6 +807,43 @@ def produce_served(
     return counts
 
 
+def produce_answered(cfg: Config, n: int) -> None:
+    """``n`` requests of the demo's market (``d-0``, ``d-1``, ...), each with exactly one
+    primary answer, event times 1 ms apart ending 45 s ago: a span shorter than the join
+    TTL of :func:`pipeline_cfg`, so no join expires while a joiner reads the candidates'
+    answers, which a worker wrote after every primary's."""
+    from streams.demo_models import PRIMARY_ID, HouseMarket, primary
+
+    ensure_topics(cfg)
+    t = Topics(cfg.prefix)
+    codec = default_codec()
+    enc_req, enc_pred = codec.encoder("Request"), codec.encoder("Prediction")
+    latency = np.random.default_rng(4).lognormal(1.0, 0.6, n)
+    base = served_base(n, step_ms=1)
+    p = Producer({"bootstrap.servers": cfg.bootstrap_servers, "linger.ms": 20})
+    for i, (numeric, categorical, context) in enumerate(HouseMarket(9).sample(n)):
+        rid, ts = f"d-{i}", base + i
+        common = {"request_id": rid, "event_time": ts, "use_case": "house-price"}
+        request = {
+            **common,
+            "numeric_features": numeric,
+            "categorical_features": categorical,
+            "context": context,
+        }
+        answer = {
+            **common,
+            "model_id": PRIMARY_ID,
+            "role": "PRIMARY",
+            "value": float(primary.predict_one({**numeric, **categorical})),
+            "latency_ms": float(latency[i]),
+        }
+        send(p, t.requests, enc_req(request), rid.encode())
+        send(p, t.predictions, enc_pred(answer), rid.encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
 def served_base(n: int, step_ms: int = 2, end_ago_ms: int = 45_000) -> int:
     """The first event time of :func:`produce_served`: on a 10 s boundary, ``n`` events
     ``step_ms`` apart ending at least ``end_ago_ms`` ago."""
@@ -735,12 +889,14 @@ def without(record: dict[str, Any], *paths: str) -> dict[str, Any]:
     return out
 
 
-def messages_per_key(cfg: Config, topic: str) -> dict[tuple[str, str], int]:
+def messages_per_key(
+    cfg: Config, topic: str, isolation: str = "read_committed"
+) -> dict[tuple[str, str], int]:
     """How many times each (request_id, model_id) is on the predictions topic, or each
-    (request_id, "") on the requests topic."""
+    (request_id, "") on the requests topic, for a reader of that ``isolation``."""
     codec = default_codec()
     out: dict[tuple[str, str], int] = {}
-    for _, v, _ in read_all(cfg, topic, idle_s=1.0):
+    for _, v, _ in read_all(cfg, topic, idle_s=1.0, isolation=isolation):
         name, rec = codec.decode(v)
         key = (rec["request_id"], rec.get("model_id", "") if name == "Prediction" else "")
         out[key] = out.get(key, 0) + 1

@@ -19,6 +19,12 @@ STAGES = ("worker", "joiner", "evaluator")
     [
         ("joiner.py", ["--requests", "3000"], r"^ratio raw/joiner: \d+\.\d\d$"),
         ("tap.py", ["--calls", "2000", "--warmup", "200"], r"^ratio tap/raw: mean \d+\.\d\dx"),
+        (
+            "worker.py",
+            ["--requests", "3000"],
+            r"^passthrough: [\d,]+ requests/s\nworker: [\d,]+ requests/s\n"
+            r"worker/passthrough: \d+\.\d\d \(higher is better; goal >= 0\.6\)$",
+        ),
     ],
 )
 def test_bench_prints_its_ratio(

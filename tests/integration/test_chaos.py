@@ -29,16 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from support import (
+    answer_or_none,
     committed_total,
     end_total,
     fold_partials,
     kill,
+    kill_with_answers_not_committed,
     law_holds,
     ledgers,
     messages_per_key,
+    pipeline_cfg,
     produce_served,
     served_base,
     snapshots,
@@ -86,33 +89,6 @@ model = Scorer()
 CANDIDATES = ("price-tree@1", "scorer@1")
 
 
-def _cfg(bootstrap: str, prefix: str, **overrides: Any) -> Config:
-    settings: dict[str, Any] = {
-        "window_ms": 2000,
-        "lateness_ms": 1000,
-        "idle_flush_ms": 1500,
-        # longer than the data's span, so that no join expires while a backlog is read
-        "join_ttl_ms": 30_000,
-        # a SIGKILLed worker leaves a dead member: its successor waits for its session
-        "kafka": {"session.timeout.ms": "6000"},
-    }
-    settings.update(overrides)
-    return Config(bootstrap_servers=bootstrap, prefix=prefix, **settings)
-
-
-def _answer(check: Callable[[], Any]) -> Callable[[], Any]:
-    """``check`` for wait_for, reading a Kafka error as "not yet" (a fresh group's
-    coordinator answers "Not coordinator" while it loads)."""
-
-    def run() -> Any:
-        try:
-            return check()
-        except KafkaException:
-            return None
-
-    return run
-
-
 def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
     assert proc.wait(timeout) == 0, log.read_text()[-3000:]
 
@@ -122,36 +98,13 @@ def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> N
 N_WORKER = 10_000
 
 
-def _kill_with_answers_not_committed(
-    proc: subprocess.Popen[bytes], cfg: Config, primaries: int
-) -> tuple[int, int]:
-    """Freeze the worker now and then; SIGKILL it once predictions of requests beyond its
-    committed offsets are on the topic: its successor must score those requests again."""
-    t = Topics(cfg.prefix)
-    group = f"{cfg.prefix}.worker"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the worker exited ({proc.returncode}) before the kill"
-        os.killpg(proc.pid, signal.SIGSTOP)
-        try:
-            committed = committed_total(cfg, group, [t.requests], cfg.partitions)
-            answers = end_total(cfg, [t.predictions], cfg.partitions) - primaries
-            if 0 < committed < N_WORKER and answers > len(CANDIDATES) * committed:
-                kill(proc)
-                return committed, answers
-        except KafkaException:
-            pass  # a fresh group's coordinator is still loading ("Not coordinator")
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGCONT)
-        time.sleep(0.05)
-    raise AssertionError("never caught the worker with answers beyond its committed offsets")
-
-
 def test_worker_killed_mid_run_scores_again_and_the_joiner_counts_once(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    clean, killed = _cfg(kafka_bootstrap, prefix + "a"), _cfg(kafka_bootstrap, prefix + "b")
+    clean, killed = (
+        pipeline_cfg(kafka_bootstrap, prefix + "a"),
+        pipeline_cfg(kafka_bootstrap, prefix + "b"),
+    )
     base = served_base(N_WORKER)
     counts = produce_served(clean, N_WORKER, base=base)
     assert produce_served(killed, N_WORKER, base=base) == counts
@@ -164,7 +117,9 @@ def test_worker_killed_mid_run_scores_again_and_the_joiner_counts_once(
     clean_log = tmp_path / "clean-worker.log"
     clean_worker = stage(clean, "worker", *worker, "--idle-exit", "3", log=clean_log)
     proc = stage(killed, "worker", *worker, log=tmp_path / "killed-worker.log")
-    committed_at_kill, answered_at_kill = _kill_with_answers_not_committed(proc, killed, primaries)
+    committed_at_kill, answered_at_kill = kill_with_answers_not_committed(
+        proc, killed, primaries, len(CANDIDATES), N_WORKER
+    )
     killed_at = time.monotonic() - started
     restarted_log = tmp_path / "restarted-worker.log"
     proc = stage(killed, "worker", *worker, "--idle-exit", "3", log=restarted_log)
@@ -257,7 +212,10 @@ def _committed(cfg: Config, group: str, partitions: set[int]) -> int:
 def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    clean, moved = _cfg(kafka_bootstrap, prefix + "a"), _cfg(kafka_bootstrap, prefix + "b")
+    clean, moved = (
+        pipeline_cfg(kafka_bootstrap, prefix + "a"),
+        pipeline_cfg(kafka_bootstrap, prefix + "b"),
+    )
     base = served_base(N_REBALANCE, step_ms=1)
     counts = produce_served(clean, N_REBALANCE, base=base, step_ms=1, candidates=True)
     assert produce_served(moved, N_REBALANCE, base=base, step_ms=1, candidates=True) == counts
@@ -275,7 +233,7 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
     b: subprocess.Popen[bytes] | None = None
     try:
         wait_for(
-            _answer(lambda: committed_total(moved, group, inputs, moved.partitions)),
+            answer_or_none(lambda: committed_total(moved, group, inputs, moved.partitions)),
             120,
             "joiner a's first commit",
             [a],
@@ -291,7 +249,7 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
             os.killpg(a.pid, signal.SIGCONT)
         b_id = f"{moved.prefix}.joiner.b"
         held = wait_for(
-            _answer(lambda: _assignment(admin, group).get(b_id)),
+            answer_or_none(lambda: _assignment(admin, group).get(b_id)),
             120,
             "joiner b's partitions",
             [a, b],
@@ -306,7 +264,7 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
         assert at_leave < total, "joiner b must leave while work remains"
         # a static member's partitions come back after its session times out
         wait_for(
-            _answer(
+            answer_or_none(
                 lambda: _assignment(admin, group).get(f"{moved.prefix}.joiner.a") == set(range(6))
             ),
             120,
@@ -315,7 +273,9 @@ def test_a_second_joiner_joins_and_leaves_mid_run_with_the_same_numbers(
         )
 
         wait_for(
-            _answer(lambda: committed_total(moved, group, inputs, moved.partitions) >= total),
+            answer_or_none(
+                lambda: committed_total(moved, group, inputs, moved.partitions) >= total
+            ),
             180,
             "joiner a to commit every input",
             [a],
@@ -461,7 +421,9 @@ def test_broker_stopped_for_20_s_under_live_traffic(
     info = broker.start(home=home)
     # librdkafka's default 45 s session keeps a worker out of its group for about a minute
     # after the broker returns (its old member must expire first): longer than the join TTL
-    cfg = _cfg(info.bootstrap, prefix, join_ttl_ms=60_000, kafka={"session.timeout.ms": "10000"})
+    cfg = pipeline_cfg(
+        info.bootstrap, prefix, join_ttl_ms=60_000, kafka={"session.timeout.ms": "10000"}
+    )
     ensure_topics(cfg)
     sup = _Supervisor(cfg, tmp_path)
     stop = threading.Event()
@@ -561,7 +523,7 @@ def test_a_restarted_joiner_with_nothing_left_to_read_closes_its_windows_when_id
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     # the first incarnation never idles: it stops with every join open and windows unclosed
-    busy = _cfg(kafka_bootstrap, prefix, idle_flush_ms=600_000)
+    busy = pipeline_cfg(kafka_bootstrap, prefix, idle_flush_ms=600_000)
     produce_served(busy, N_IDLE, candidates=True)
     t = Topics(prefix)
     inputs = [t.requests, t.predictions]
@@ -571,7 +533,7 @@ def test_a_restarted_joiner_with_nothing_left_to_read_closes_its_windows_when_id
     first = stage(busy, "joiner", "--instance", "r", log=first_log)
     try:
         wait_for(
-            _answer(lambda: committed_total(busy, group, inputs, busy.partitions) >= total),
+            answer_or_none(lambda: committed_total(busy, group, inputs, busy.partitions) >= total),
             120,
             "the first joiner to commit every input",
             [first],
@@ -581,7 +543,7 @@ def test_a_restarted_joiner_with_nothing_left_to_read_closes_its_windows_when_id
     assert first.returncode == 0, first_log.read_text()[-3000:]
     assert ledgers(busy)["*"]["pending"] > 0, "the first incarnation must leave joins open"
 
-    cfg = _cfg(kafka_bootstrap, prefix)  # idle after 1.5 s
+    cfg = pipeline_cfg(kafka_bootstrap, prefix)  # idle after 1.5 s
     second_log = tmp_path / "second.log"
     second = stage(cfg, "joiner", "--instance", "r", log=second_log)
 

@@ -16,6 +16,7 @@ from uuid import uuid4
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from support import stage
 
 from streams.config import Config
@@ -47,6 +48,8 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
             "group.id": f"reader-{uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            # the end of a transactional log is a commit marker, never delivered
+            "enable.partition.eof": True,
         }
     )
     try:
@@ -65,9 +68,14 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
         while len(done) < len(ends):
             assert time.monotonic() < deadline, f"timed out reading {topic}"
             for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                assert msg.error() is None, msg.error()
                 partition, offset = msg.partition(), msg.offset()
                 assert partition is not None and offset is not None
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    if offset >= ends[partition]:
+                        done.add(partition)
+                    continue
+                assert err is None, err
                 out.append(Record(partition, offset, msg.key(), msg.value()))
                 if offset + 1 >= ends[partition]:
                     done.add(partition)
@@ -389,8 +397,9 @@ def test_undeliverable_batch_raises_without_commit(kafka_bootstrap: str, prefix:
 # Keys, stopping and fatal errors
 
 
+@pytest.mark.parametrize("exactly_once", [False, True])
 def test_null_key_empty_key_and_empty_request_id_are_dead_letters(
-    kafka_bootstrap: str, prefix: str
+    kafka_bootstrap: str, prefix: str, exactly_once: bool
 ) -> None:
     cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
     topics = Topics(prefix)
@@ -405,7 +414,7 @@ def test_null_key_empty_key_and_empty_request_id_are_dead_letters(
     producer.produce(topics.requests, request, b"r-1", partition=1)  # fine
     assert producer.flush(10) == 0
 
-    stats = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S)
+    stats = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S, exactly_once=exactly_once)
     assert (stats.consumed, stats.requests, stats.dead_letters) == (4, 1, 3)
     reasons = sorted(
         codec.decode_as("DeadLetter", rec.value)["reason"]
@@ -420,13 +429,17 @@ def test_null_key_empty_key_and_empty_request_id_are_dead_letters(
     assert len(candidate_predictions(kafka_bootstrap, topics.predictions)) == 1
 
 
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
 def test_sigterm_stops_the_worker_within_10_s_with_its_work_committed(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, mode: str
 ) -> None:
+    """SIGTERM finishes the batch, delivers, commits and leaves the group: the process
+    exits 0 at once, the group is empty, and a restart scores exactly what was left."""
     cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=2)
     topics = Topics(prefix)
     ensure_topics(cfg)
-    proc = stage(cfg, "worker", "--candidate", RIDGE, log=tmp_path / "worker.log")
+    extra = ["--exactly-once"] if mode == "exactly-once" else []
+    proc = stage(cfg, "worker", "--candidate", RIDGE, *extra, log=tmp_path / "worker.log")
     try:
         run_service(cfg, events=300, rate=0)
         deadline = time.monotonic() + 60
@@ -446,14 +459,22 @@ def test_sigterm_stops_the_worker_within_10_s_with_its_work_committed(
     assert rc == 0, log
     assert took < 10.0, log
     assert "Traceback" not in log
+    # it left the group, rather than holding its partitions until its session expires
+    group = f"{prefix}.worker"
+    client = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    described = client.describe_consumer_groups([group])[group].result(10)
+    assert described.members == [], described.members
     # What it consumed it delivered and committed: a restart scores exactly the rest.
-    committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
+    committed, ends = committed_vs_end(kafka_bootstrap, group, topics.requests)
     done = sum(max(c, 0) for c in committed)
     scored = len(candidate_predictions(kafka_bootstrap, topics.predictions))
     assert done == scored
-    rest = run_worker(cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S)
+    rest = run_worker(
+        cfg, [load_candidate(RIDGE)], idle_exit_s=IDLE_S, exactly_once=mode == "exactly-once"
+    )
     assert rest.consumed == sum(ends) - done
-    assert len(candidate_predictions(kafka_bootstrap, topics.predictions)) == 2300
+    preds = candidate_predictions(kafka_bootstrap, topics.predictions)
+    assert len(preds) == len({p["request_id"] for _, p in preds}) == 2300
 
 
 class Unacknowledged:

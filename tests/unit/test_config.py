@@ -223,6 +223,20 @@ def test_fractional_integer_setting_is_refused(tmp_path: Path) -> None:
         Config.load(write(tmp_path, "partitions: 2.7\n"), env={})
 
 
+def test_worker_exactly_once_from_file_env_and_to_env(tmp_path: Path) -> None:
+    """A yes/no setting: YAML's booleans, and true/false/1/0/yes/no/on/off in the
+    environment; anything else is refused; to_env hands it to a child process unchanged."""
+    assert Config.load(env={}).worker_exactly_once is False
+    assert Config.load(write(tmp_path, "worker_exactly_once: true\n"), env={}).worker_exactly_once
+    for text, value in (("true", True), ("1", True), ("Yes", True), ("off", False)):
+        env = {"UNDERSTUDY_WORKER_EXACTLY_ONCE": text}
+        assert Config.load(env=env).worker_exactly_once is value
+    with pytest.raises(ConfigError, match=r"worker_exactly_once.*expected true or false"):
+        Config.load(env={"UNDERSTUDY_WORKER_EXACTLY_ONCE": "sometimes"})
+    cfg = Config(worker_exactly_once=True)
+    assert Config.load(env=cfg.to_env()).worker_exactly_once is True
+
+
 # -- librdkafka pass-through and secrets -------------------------------------------------
 
 

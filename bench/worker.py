@@ -1,0 +1,216 @@
+"""Shadow worker throughput against a raw consume-and-produce passthrough, same topics, same run.
+
+Fills a fresh prefix with N requests of the demo's house market (default 50,000: 6 numeric
+features, 2 categorical, 2 context keys), then times, over the same requests topic on the
+same broker:
+
+* passthrough: a plain confluent-kafka consumer in its own group that, for every request,
+  produces its bytes unchanged once per candidate to ``<prefix>.predictions`` (the
+  request's partition), then per batch waits for the acknowledgements and commits, as the
+  at-least-once worker does: the least any shadow worker must do;
+* worker: ``streams.worker.ShadowWorker`` with two candidates, the demo's ridge model
+  (vectorized: one numpy product per micro-batch, plus its latency sample scored alone) and
+  its tree model called one request at a time (``cost_us=0``: no simulated feature
+  lookup), decoding, scoring on the isolation lanes, encoding and producing one Prediction
+  per request per candidate, committing after delivery;
+* worker exactly-once: the same with ``exactly_once=True`` (one transaction per batch),
+  over the same requests in another consumer group.
+
+Prints ``passthrough: N requests/s``, ``worker: N requests/s``, then
+``worker/passthrough: R (higher is better; goal >= 0.6)``, the exactly-once figure and its
+ratio, and the CPU time of this process per request in each phase (librdkafka's threads
+included). ``--profile FILE`` writes a cProfile of the worker's phase. Usage: ``python
+bench/worker.py [--requests N] [--batch-size B]``; uses KAFKA_BOOTSTRAP_SERVERS, else the
+running embedded broker, else one started for the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import sys
+import threading
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams import broker
+from streams.config import Config
+from streams.demo_models import HouseMarket, TreePriceModel, ridge_candidate
+from streams.kafka import Topics, ensure_topics
+from streams.models import Candidate
+from streams.schemas import default_codec
+from streams.worker import ShadowWorker
+
+CPU: dict[str, float] = {}
+"""CPU seconds of this process per request, by phase."""
+CANDIDATES = 2
+
+
+def fill(cfg: Config, n: int) -> None:
+    t = Topics(cfg.prefix)
+    encode = default_codec().encoder("Request")
+    p = Producer(
+        {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "linger.ms": 50,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    base = int(time.time() * 1000) - n
+    for i, (numeric, categorical, context) in enumerate(HouseMarket(3).sample(n)):
+        rid = f"w{i}"
+        request = {
+            "request_id": rid,
+            "event_time": base + i,
+            "use_case": "house-price",
+            "numeric_features": numeric,
+            "categorical_features": categorical,
+            "context": context,
+        }
+        p.produce(t.requests, encode(request), rid.encode())
+        if i % 5000 == 0:
+            p.poll(0)
+    p.flush()
+    print(f"filling: {n}/{n} requests", file=sys.stderr)
+
+
+def passthrough(cfg: Config, n: int, batch_size: int) -> float:
+    """Consume, produce each request's bytes once per candidate, flush, commit; per batch."""
+    t = Topics(cfg.prefix)
+    c = Consumer(
+        {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "group.id": f"passthrough-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    p = Producer({"bootstrap.servers": cfg.bootstrap_servers, "linger.ms": 5})
+    c.subscribe([t.requests])
+    seen = 0
+    start = cpu = 0.0
+    while seen < n:
+        msgs = c.consume(num_messages=batch_size, timeout=1.0)
+        if msgs and not start:
+            start, cpu = time.perf_counter(), time.process_time()
+        offsets: dict[int, int] = {}
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            part, offset = m.partition(), m.offset()
+            assert part is not None and offset is not None
+            for _ in range(CANDIDATES):
+                p.produce(t.predictions, m.value(), m.key(), partition=part)
+            offsets[part] = offset + 1
+            seen += 1
+        p.poll(0)
+        if offsets:
+            p.flush()
+            c.commit(
+                offsets=[TopicPartition(t.requests, q, o) for q, o in offsets.items()],
+                asynchronous=False,
+            )
+    elapsed = time.perf_counter() - start
+    CPU["passthrough"] = (time.process_time() - cpu) / seen
+    c.close()
+    return seen / elapsed
+
+
+def worker_run(
+    cfg: Config,
+    n: int,
+    batch_size: int,
+    *,
+    exactly_once: bool = False,
+    profile: str | None = None,
+) -> float:
+    candidates = [
+        Candidate("price-ridge@4", ridge_candidate),
+        Candidate("price-tree@1", TreePriceModel(cost_us=0.0)),
+    ]
+    name = "worker-eos" if exactly_once else "worker"
+    worker = ShadowWorker(
+        cfg,
+        candidates,
+        group_id=f"{cfg.prefix}.{name}",
+        batch_size=batch_size,
+        exactly_once=exactly_once,
+    )
+    stop = threading.Event()
+    marks: dict[str, float] = {}
+    profiler = cProfile.Profile() if profile else None
+
+    def on_batch(size: int) -> None:
+        consumed = worker.stats.consumed
+        if "start" not in marks:
+            # timed from the end of the first batch: the group join and the dict models'
+            # warm-up are start-up, not throughput
+            marks["start"], marks["cpu"] = time.perf_counter(), time.process_time()
+            marks["first"] = consumed
+            if profiler is not None:
+                profiler.enable()
+        if consumed >= n and "end" not in marks:
+            marks["end"] = time.perf_counter()
+            CPU[name] = (time.process_time() - marks["cpu"]) / (consumed - marks["first"])
+            if profiler is not None:
+                profiler.disable()
+            stop.set()
+
+    worker.run(stop=stop, on_batch=on_batch)
+    if profiler is not None and profile:
+        profiler.dump_stats(profile)
+    return (worker.stats.consumed - marks["first"]) / (marks["end"] - marks["start"])
+
+
+def warm_transactions(cfg: Config) -> None:
+    """One committed transaction before timing: a fresh broker's transaction coordinator
+    loads its log on first use (see bench/joiner.py)."""
+    p = Producer({"bootstrap.servers": cfg.bootstrap_servers, "transactional.id": cfg.prefix})
+    p.init_transactions(120)
+    p.begin_transaction()
+    p.produce(f"{cfg.prefix}.deadletter", b"warm-up")
+    p.commit_transaction(120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=50_000)
+    ap.add_argument("--batch-size", type=int, default=500, help="the worker's default")
+    ap.add_argument("--profile", metavar="FILE", help="cProfile of the worker phase to FILE")
+    ap.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
+    args = ap.parse_args(argv)
+    with broker.bootstrap_for_run(keep=args.keep_broker, progress=_err) as bootstrap:
+        return measure(bootstrap, args.requests, args.batch_size, args.profile)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def measure(bootstrap: str, requests: int, batch_size: int, profile: str | None) -> int:
+    cfg = Config(bootstrap_servers=bootstrap, prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    ensure_topics(cfg)
+    warm_transactions(cfg)
+    fill(cfg, requests)
+    raw = passthrough(cfg, requests, batch_size)
+    print(f"passthrough: {raw:,.0f} requests/s")
+    worked = worker_run(cfg, requests, batch_size, profile=profile)
+    print(f"worker: {worked:,.0f} requests/s")
+    print(f"worker/passthrough: {worked / raw:.2f} (higher is better; goal >= 0.6)")
+    eos = worker_run(cfg, requests, batch_size, exactly_once=True)
+    print(f"worker exactly-once: {eos:,.0f} requests/s")
+    print(f"worker exactly-once/passthrough: {eos / raw:.2f}")
+    us = {k: v * 1e6 for k, v in CPU.items()}
+    print(
+        f"cpu per request: passthrough {us['passthrough']:.1f} us, worker {us['worker']:.1f} "
+        f"us, worker exactly-once {us['worker-eos']:.1f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
