@@ -456,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="requests in the drift reference (default: a quarter of --events, at most 2000)",
     )
+    p.add_argument(
+        "--label-lag",
+        type=int,
+        default=100,
+        help="each sale price is published as a label this many requests later (-1: none)",
+    )
     p.add_argument("--json", action="store_true", help="print final snapshots as JSON lines")
     p.add_argument("--keep-broker", action="store_true", help="leave the embedded broker up")
     p.add_argument("--seed", type=int, default=7)

@@ -199,18 +199,21 @@ class MetricsView:
     def table(self) -> str:
         head = (
             f"{'candidate':<13} {'requests':>8} {'pairs':>7} {'MAE':>9} {'RMSE':>9} "
-            f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6} {'law':>6}"
+            f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6} {'law':>6} "
+            f"{'true MAE':>9} {'prim MAE':>9} {'labels':>7}"
         )
         lines = [head, "-" * len(head)]
         for cand in sorted(self.cumulative):
             r = self.cumulative[cand]
             w = self.window.get(cand, {})
+            lab = r.get("labelled") or {}  # losses against the true sale prices
             lines.append(
                 f"{cand:<13} {r['coverage']['requests']:>8} {r['coverage']['pairs']:>7} "
                 f"{_num(r['mae'])} {_num(r['rmse'])} {_num(r['mean_signed_diff'], 8)} "
                 f"{_num(r['candidate_latency_p50'], 7)} {_num(r['candidate_latency_p99'], 7)} "
                 f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)} "
-                f"{_law(r.get('conservation')):>6}"
+                f"{_law(r.get('conservation')):>6} "
+                f"{_num(lab.get('mae'))} {_num(lab.get('primary_mae'))} {lab.get('n', 0):>7}"
             )
         lines += self._drift_lines()
         if self.alerts:
@@ -370,6 +373,7 @@ def _drive(
                 seed=args.seed,
                 stop=stop,
                 progress=lambda i: sent.__setitem__(0, i),
+                label_lag=args.label_lag if args.label_lag >= 0 else None,
             )
         except BaseException as exc:
             errors.append(exc)

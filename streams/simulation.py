@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from streams.config import Config
 from streams.demo_models import PRIMARY_ID, HouseMarket, primary
+from streams.labelsource import LabelSource
 from streams.tap import Tap
 
 __all__ = ["NOMINAL_EVENTS", "RAMP_FRACTION", "USE_CASE", "ServiceStats", "drift_at", "run_service"]
@@ -59,6 +60,9 @@ class ServiceStats:
     elapsed_s: float = 0.0
     #: Drift of the market at the last request.
     final_drift: float = 0.0
+    #: Labels (sale prices) delivered, and dropped or failed, when labels were on.
+    labels: int = 0
+    labels_lost: int = 0
 
 
 def drift_at(i: int, events: int | None, drift_after: float) -> float:
@@ -82,6 +86,7 @@ def run_service(
     time_step_ms: float | None = None,
     tap: Tap | None = None,
     use_case: str = USE_CASE,
+    label_lag: int | None = None,
 ) -> ServiceStats:
     """Serve ``events`` requests (forever if ``None``) at ``rate`` per second (0: flat out).
 
@@ -92,6 +97,8 @@ def run_service(
     closed nor flushed, and the counts are its totals so far); by default one is opened on
     ``cfg`` with ``use_case`` and closed, flushing, at the end.
     ``progress`` is called with the number of requests served so far, every chunk.
+    ``label_lag``: publish each request's true sale price on ``<prefix>.labels`` that many
+    requests later (:class:`streams.labelsource.LabelSource`); None: no labels.
     """
     if events is not None and events < 0:
         raise ValueError(f"events must be >= 0, got {events}")
@@ -105,10 +112,12 @@ def run_service(
     if tap is None:
         tap = Tap(cfg, use_case=use_case)
     market = HouseMarket(seed)
+    labels = LabelSource(cfg, label_lag) if label_lag is not None else None
     stats = ServiceStats()
     predict = primary.predict_one
     start_wall = time.monotonic()
     start_ms = int(time.time() * 1000)
+    event_ms = start_ms
     i = 0
     try:
         while (events is None or i < events) and not stop.is_set():
@@ -127,6 +136,8 @@ def run_service(
                 tap.record_request(
                     request_id, numeric, categorical, context=context, event_time_ms=event_ms
                 )
+                if labels is not None:  # the label RNG is its own: requests are unchanged
+                    labels.add(request_id, market.price(numeric, categorical, drift), event_ms)
                 t0 = time.perf_counter()
                 value: float | None
                 error: str | None
@@ -156,6 +167,9 @@ def run_service(
         if own_tap:
             # within a stage's 10 s stop budget even when Kafka is away (the rest is counted)
             tap.close(timeout=7.0)
+        if labels is not None:
+            labels.close(int(time.time() * 1000) if time_step_ms is None else event_ms, 5.0)
+            stats.labels, stats.labels_lost = labels.sent, labels.dropped + labels.failed
         tap_stats = tap.stats()
         stats.sent, stats.dropped = tap_stats.sent, tap_stats.dropped
         stats.failed = tap_stats.failed + tap_stats.encode_errors
