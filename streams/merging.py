@@ -420,6 +420,8 @@ class WindowMerger:
             "primary": rec["primary"],
         }
         if cand != SHARED:
+            if self.verdicts is not None:
+                self.verdicts.late(cand, rec["primary"], rec["window_start"], stats)
             return self._add_cumulative(cand, rec["primary"], stats, meta, late=1, new_window=False)
         return self._fold_shared(self._known(), stats, meta, late=1)
 

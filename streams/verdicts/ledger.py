@@ -213,6 +213,30 @@ class VerdictLedger:
         if cand not in seen:
             self._put(key, sorted([*seen, cand]))
 
+    def _fold(
+        self, cand: str, primary: str, ws: int, stats: PartialStats, loss: PairedLoss | None
+    ) -> _Comparison:
+        cmp = self._comparison(cand, primary, ws)
+        cmp.loss.merge(loss if loss is not None else paired_loss(stats))
+        cmp.latency.merge(stats.candidate_latency)
+        cmp.predictions += stats.coverage["candidate_predictions"]
+        cmp.errors += stats.coverage["candidate_errors"]
+        return cmp
+
+    def late(
+        self, cand: str, primary: str, ws: int, stats: PartialStats, loss: PairedLoss | None = None
+    ) -> None:
+        """A partial of ``cand`` for a window already closed: its figures join the
+        comparison (the next verdict counts them), no verdict is published for it.
+
+        A late partial of an earlier comparison (its primary since replaced) changes nothing:
+        that comparison is over.
+        """
+        if self._json(b"current|" + cand.encode(), None) != primary:
+            return
+        cmp = self._fold(cand, primary, ws, stats, loss)
+        self._put(f"cmp|{cand}|{primary}".encode(), cmp.to_json())
+
     def window(
         self,
         cand: str,
@@ -232,11 +256,7 @@ class VerdictLedger:
         if cand == primary:
             return []
         self._see(cand, primary)
-        cmp = self._comparison(cand, primary, ws)
-        cmp.loss.merge(loss if loss is not None else paired_loss(stats))
-        cmp.latency.merge(stats.candidate_latency)
-        cmp.predictions += stats.coverage["candidate_predictions"]
-        cmp.errors += stats.coverage["candidate_errors"]
+        cmp = self._fold(cand, primary, ws, stats, loss)
         k = self.candidates(primary)
         out: list[tuple[str, Message]] = []
         if cmp.decided is not None:

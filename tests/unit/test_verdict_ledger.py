@@ -135,6 +135,17 @@ def test_a_new_primary_starts_a_new_comparison() -> None:
     assert ledger.window("p@2", "p@2", later, later + W, window_stats(rng, 9), T0) == []
 
 
+def test_late_partials_count_in_the_next_verdict_of_their_comparison_only() -> None:
+    rng = np.random.default_rng(7)
+    ledger = VerdictLedger({}, Policy())
+    ledger.window("c@1", "p@1", T0, T0 + W, window_stats(rng, 100), T0)
+    ledger.late("c@1", "p@1", T0, window_stats(rng, 40))
+    ledger.late("c@1", "p@0", T0, window_stats(rng, 1_000))  # an older primary: ignored
+    out = decode(ledger.window("c@1", "p@1", T0 + W, T0 + 2 * W, window_stats(rng, 10), T0))
+    assert out[0][1]["predictions"] == 150
+    assert out[0][1]["comparison"] == f"c@1|p@1|{T0}"
+
+
 def test_bonferroni_divides_alpha_by_the_candidates_seen() -> None:
     rng = np.random.default_rng(5)
     ledger = VerdictLedger({}, Policy(alpha=0.06))
