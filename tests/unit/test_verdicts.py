@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 from streams.verdicts import confseq, decide
 from streams.verdicts.confseq import half_width, interval, rho_for
 from streams.verdicts.decide import Decision, Evidence, Policy
+from streams.verdicts.simulation import simulate
 
 REFERENCE = Path(__file__).with_name("data") / "confseq_reference.json"
 
@@ -123,55 +123,23 @@ def test_bonferroni_widens_each_interval() -> None:
 
 # -- simulations (issue 8) -----------------------------------------------------------------
 
-RUNS, N, STEP = 500, 20_000, 100
-
-
-def simulate(e: float, seed: int) -> list[tuple[Decision, int]]:
-    """Primary |N(0, 1)|, candidate |N(0, (1 - e)^2)| absolute errors (sd 1 - e), independent;
-    the verdict read after every STEP pairs; (first non-CONTINUE decision, n) per run."""
-    rng = np.random.default_rng(seed)
-    policy = Policy()
-    out = []
-    for _ in range(RUNS):
-        d = np.abs(rng.normal(0.0, 1.0 - e, N)) - np.abs(rng.normal(0.0, 1.0, N))
-        sums, squares = np.cumsum(d), np.cumsum(d * d)
-        found = (Decision.CONTINUE, N)
-        for n in range(STEP, N + 1, STEP):
-            ev = Evidence(n=n, sum=float(sums[n - 1]), sumsq=float(squares[n - 1]), **GOOD)
-            v = decide.decide(ev, policy)
-            if v.decision is not Decision.CONTINUE:
-                found = (v.decision, n)
-                break
-        out.append(found)
-    return out
-
-
-def rates(results: list[tuple[Decision, int]], within: int = N) -> dict[str, float]:
-    promoted = [n for d, n in results if d is Decision.PROMOTE]
-    return {
-        "promote": len(promoted) / RUNS,
-        "promote_within": sum(n <= within for n in promoted) / RUNS,
-        "reject": sum(d is Decision.REJECT for d, _ in results) / RUNS,
-        "median_n": float(np.median(promoted)) if promoted else math.nan,
-    }
-
 
 def test_simulation_aa_rarely_decides() -> None:
-    r = rates(simulate(0.0, seed=11))
+    r = simulate(0.0, seed=11)
     print(f"e=0: {r}")
-    assert r["promote"] + r["reject"] <= 0.05
+    assert r.promote + r.reject <= 0.05
 
 
 def test_simulation_small_gain_promotes() -> None:
-    r = rates(simulate(0.03, seed=12))
+    r = simulate(0.03, seed=12)
     print(f"e=0.03: {r}")
-    assert r["promote"] >= 0.80 and r["reject"] == 0
+    assert r.promote >= 0.80 and r.reject == 0
 
 
 def test_simulation_clear_gain_promotes_within_10000() -> None:
-    r = rates(simulate(0.05, seed=13), within=10_000)
+    r = simulate(0.05, seed=13, within=10_000)
     print(f"e=0.05: {r}")
-    assert r["promote_within"] >= 0.95
+    assert r.promote_within >= 0.95
 
 
 def test_doctests() -> None:
