@@ -17,8 +17,6 @@ from streams.verdicts.decide import Decision, Evidence, Policy, decide
 
 __all__ = ["Rates", "simulate"]
 
-#: guardrail figures well within the default budgets: only the statistic decides
-_FINE = {"p99_latency_ms": 10.0, "error_rate": 0.0, "predictions": 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,15 @@ def simulate(
         sums, squares = np.cumsum(d), np.cumsum(d * d)
         outcome = (Decision.CONTINUE, n_max)
         for n in range(step, n_max + 1, step):
-            ev = Evidence(n=n, sum=float(sums[n - 1]), sumsq=float(squares[n - 1]), **_FINE)
+            # guardrail figures well within the default budgets: only the statistic decides
+            ev = Evidence(
+                n=n,
+                sum=float(sums[n - 1]),
+                sumsq=float(squares[n - 1]),
+                p99_latency_ms=10.0,
+                error_rate=0.0,
+                predictions=1_000_000,
+            )
             v = decide(ev, policy)
             if v.decision is not Decision.CONTINUE:
                 outcome = (v.decision, n)
