@@ -18,7 +18,6 @@ from streams.verdicts.decide import Decision, Evidence, Policy, decide
 __all__ = ["Rates", "simulate"]
 
 
-
 @dataclass(frozen=True)
 class Rates:
     """What ``runs`` simulated comparisons decided."""
