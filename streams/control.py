@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 
 from streams.config import Config
 from streams.errors import BrokerError
-from streams.kafka import Topics, client_config, scrub
+from streams.kafka import Topics, client_config, partition_counts, read_compacted, scrub
 from streams.schemas import Codec, default_codec
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "PrimaryFollower",
     "Promotion",
     "control_message",
+    "current_primary",
     "operator",
     "promotion_record",
     "publish_control",
@@ -111,6 +112,32 @@ def publish_control(cfg: Config, record: dict[str, Any], timeout: float = 15.0) 
         raise BrokerError(
             f"cannot publish the promotion on {Topics(cfg.prefix).control}: {scrub(why, cfg)}"
         )
+
+
+def current_primary(cfg: Config, candidate: str) -> str:
+    """The primary a promotion of ``candidate`` replaces, as the topics know it.
+
+    The latest promotion's candidate on ``<prefix>.control``; without one, the primary of
+    ``candidate``'s latest verdict on ``<prefix>.verdicts``; else "" (unknown).
+    """
+    topics = Topics(cfg.prefix)
+    codec = default_codec()
+    group = f"{cfg.prefix}.promote-{uuid.uuid4().hex[:8]}"
+    control = read_compacted(cfg, topics.control, 0, group=group, timeout=30.0)
+    latest = control.get(CONTROL_KEY)
+    if latest is not None:
+        return str(codec.decode_as("Control", latest)["candidate"])
+    best: tuple[int, str] = (-1, "")
+    if topics.verdicts not in partition_counts(cfg, [topics.verdicts]):
+        return ""
+    for p in range(cfg.evaluator_partitions):
+        verdicts = read_compacted(cfg, topics.verdicts, p, group=group, timeout=30.0)
+        for key, value in verdicts.items():
+            if value is None or not key.decode(errors="replace").startswith(candidate + "|"):
+                continue
+            rec = codec.decode_as("Verdict", value)
+            best = max(best, (rec["emitted_at"], rec["primary"]))
+    return best[1]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import os
 import random
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import avro.io
+import avro.schema
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from hypothesis import strategies as st
@@ -22,7 +26,7 @@ from hypothesis import strategies as st
 from streams.config import Config
 from streams.kafka import Topics, ensure_topics
 from streams.metrics.partial import PartialStats
-from streams.schemas import default_codec
+from streams.schemas import default_codec, schema_dir
 
 BASE_TIME = 1_700_000_000_000
 """A fixed event time, for tests that only check it is carried through unchanged."""
@@ -769,3 +773,31 @@ def biggest_messages(codec_name: str = "Request") -> dict[str, tuple[bytes, byte
             break
         size -= 1
     return {"garbage": (b"g", garbage), "long_request_id": (rid.encode(), value)}
+
+
+def _strip_logical(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_logical(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical(v) for v in node]
+    return node
+
+
+def apache_decoder(name: str) -> Callable[[bytes], dict[str, Any]]:
+    """Decode ``name`` messages as an outside subscriber would: Apache avro and the .avsc.
+
+    Checks the single-object header (``C3 01`` and the schema's CRC-64-AVRO fingerprint,
+    computed by Apache avro on the schema without logical types, as the specification's
+    canonical form has none) and reads the body with Apache avro's own DatumReader.
+    """
+    raw = json.loads((schema_dir() / f"{name}.avsc").read_text())
+    plain = avro.schema.parse(json.dumps(_strip_logical(raw)))
+    fingerprint = plain.fingerprint("CRC-64-AVRO")
+
+    def decode(message: bytes) -> dict[str, Any]:
+        assert message[:2] == b"\xc3\x01", "not Avro single-object encoding"
+        assert message[2:10] == fingerprint, f"written with another {name} schema"
+        reader = avro.io.DatumReader(plain, plain)
+        return reader.read(avro.io.BinaryDecoder(io.BytesIO(message[10:])))  # type: ignore[no-any-return]
+
+    return decode

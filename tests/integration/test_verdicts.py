@@ -9,16 +9,12 @@ subscriber decodes each with Apache Avro's own library and the ``.avsc`` file.
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
-from typing import Any
 
-import avro.io
-import avro.schema
 import numpy as np
 import pytest
 from support import (
+    apache_decoder,
     final_cumulative,
     produce_dataset,
     read_all,
@@ -31,31 +27,9 @@ from support import (
 from streams.config import Config
 from streams.joiner import run_joiner
 from streams.kafka import Topics
-from streams.schemas import default_codec, schema_dir
+from streams.schemas import default_codec
 
 N = 3_000  # 10 ms apart: three 10 s windows
-
-
-def strip_logical(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: strip_logical(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [strip_logical(v) for v in node]
-    return node
-
-
-def apache_decoder(name: str) -> Any:
-    """Decode ``name`` messages as an outside subscriber would: Apache avro and the .avsc."""
-    raw = json.loads((schema_dir() / f"{name}.avsc").read_text())
-    fingerprint = avro.schema.parse(json.dumps(strip_logical(raw))).fingerprint("CRC-64-AVRO")
-    schema = avro.schema.parse(json.dumps(strip_logical(raw)))
-
-    def decode(message: bytes) -> dict[str, Any]:
-        assert message[:2] == b"\xc3\x01" and message[2:10] == fingerprint
-        reader = avro.io.DatumReader(schema, schema)
-        return reader.read(avro.io.BinaryDecoder(io.BytesIO(message[10:])))  # type: ignore[no-any-return]
-
-    return decode
 
 
 @pytest.mark.timeout(600)
