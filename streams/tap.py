@@ -20,7 +20,18 @@ A :class:`Tap` sits on the service's request path, so it promises three things:
 
 Accounting: after :meth:`Tap.close`, every ``record_*`` call is counted exactly once in
 one of ``sampled_out``, ``sent``, ``failed``, ``dropped`` or ``encode_errors`` (see
-:class:`TapStats`). Memory is bounded twice: by ``buffer_size`` records waiting for the
+:class:`TapStats`). The tap publishes these counters as a ``TapStats`` event on
+``<prefix>.tap-stats`` (keyed by :attr:`Tap.instance`) every ``stats_interval_s`` seconds
+(``tap_stats_interval_s``, default 10) and once more at close, so the conservation law
+starts at the service: what it saw = what reached Kafka + what was sampled out or lost.
+
+Promotions: the tap follows ``<prefix>.control`` in a second daemon thread
+(:class:`streams.control.PrimaryFollower`). :attr:`Tap.primary` says which model the
+service should answer with now, and ``on_promote`` (optional) is called with each new
+:class:`~streams.control.Promotion`, on that thread; a promotion published by
+``understudy promote`` or the evaluator's auto-promotion reached a running tap 0.5 s after
+the command in ``tests/integration/test_promotion.py``, and a tap started later reads it
+from the topic's history. Memory is bounded twice: by ``buffer_size`` records waiting for the
 encoder, and by librdkafka's own queue (``queue.buffering.max.messages``), whose messages
 expire after ``message.timeout.ms`` (30 s unless configured) when Kafka is away.
 
