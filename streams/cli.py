@@ -252,6 +252,12 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
             if cfg.baseline_path
             else f"the first {cfg.reference_requests} requests"
         )
+        + f"; verdicts at alpha {cfg.verdict_alpha:g}"
+        + (
+            f", auto-promotion ({cfg.promote_old_primary} the old primary)"
+            if cfg.auto_promote
+            else ""
+        )
     )
     run_evaluator(cfg, loglevel=args.loglevel, judging=judging)
     return 0

@@ -20,7 +20,14 @@ from typing import Any
 import avro.io
 import avro.schema
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from hypothesis import strategies as st
 
 from streams.config import Config
@@ -235,11 +242,28 @@ def committed_total(cfg: Config, group: str, topics: list[str], partitions: int)
             "isolation.level": "read_uncommitted",
         }
     )
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    deadline = time.monotonic() + 30
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-        return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+        while True:
+            try:
+                return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+            except KafkaException as exc:
+                # a fresh broker creates and loads __consumer_offsets at the first group
+                # lookup: NOT_COORDINATOR until it has (seen here, 1 run in 3)
+                code = exc.args[0].code() if exc.args else None
+                if code not in _COORDINATOR_MOVING or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
+
+
+_COORDINATOR_MOVING = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
 
 
 def end_total(cfg: Config, topics: list[str], partitions: int) -> int:
