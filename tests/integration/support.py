@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from streams.config import Config
 from streams.kafka import Topics, ensure_topics
 from streams.metrics.partial import PartialStats
-from streams.schemas import default_codec, schema_dir
+from streams.schemas import _strip_logical, default_codec, schema_dir
 
 BASE_TIME = 1_700_000_000_000
 """A fixed event time, for tests that only check it is carried through unchanged."""
@@ -797,14 +797,6 @@ def biggest_messages(codec_name: str = "Request") -> dict[str, tuple[bytes, byte
             break
         size -= 1
     return {"garbage": (b"g", garbage), "long_request_id": (rid.encode(), value)}
-
-
-def _strip_logical(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip_logical(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [_strip_logical(v) for v in node]
-    return node
 
 
 def apache_decoder(name: str) -> Callable[[bytes], dict[str, Any]]:
