@@ -110,6 +110,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "rules_path": getattr(args, "rules", None),
         "baseline_path": getattr(args, "baseline", None),
         "reference_requests": getattr(args, "reference_requests", None),
+        "auto_promote": getattr(args, "auto_promote", None),
+        "promote_old_primary": getattr(args, "auto_old_primary", None),
     }
     cfg = Config.load(getattr(args, "config", None), **overrides)
     if cfg.bootstrap_servers:
@@ -265,8 +267,54 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
             if cfg.baseline_path
             else f"the first {cfg.reference_requests} requests"
         )
+        + f"; verdicts at alpha {cfg.verdict_alpha:g}"
+        + (
+            f", auto-promotion ({cfg.promote_old_primary} the old primary)"
+            if cfg.auto_promote
+            else ""
+        )
     )
     run_evaluator(cfg, loglevel=args.loglevel, judging=judging)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Publish a promotion: the tap of every service process switches its primary."""
+    if not args.candidate.strip():
+        raise UnderstudyError(
+            "give the candidate's model id, e.g. `understudy promote price-tree@1`"
+        )
+    cfg = connect(args)
+    from streams.control import current_primary, operator, promotion_record, publish_control
+    from streams.errors import TopicLayoutError
+    from streams.kafka import Topics, partition_counts
+
+    topics = Topics(cfg.prefix)
+    present = partition_counts(cfg, [topics.control, topics.verdicts])
+    if topics.control not in present:
+        raise TopicLayoutError(
+            f"missing topic {topics.control}: run `understudy topics create` "
+            f"(prefix {cfg.prefix!r})"
+        )
+
+    previous = args.previous_primary
+    if previous is None:
+        previous = current_primary(cfg, args.candidate)
+    if previous == args.candidate:
+        raise UnderstudyError(f"{args.candidate} is already the primary")
+    record = promotion_record(
+        args.candidate,
+        previous_primary=previous,
+        old_primary=args.old_primary.upper(),
+        reason=args.reason,
+        who=operator(),
+    )
+    publish_control(cfg, record)
+    fate = "retired" if args.old_primary == "retire" else "kept as a shadow"
+    _err(
+        f"promoted {args.candidate} on {cfg.prefix}.control; the previous primary "
+        f"{previous or '(unknown)'} is {fate}"
+    )
     return 0
 
 
@@ -418,8 +466,41 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="without --baseline: the first N requests are the drift reference (default 2000)",
     )
+    p.add_argument(
+        "--auto-promote",
+        action="store_true",
+        default=None,
+        help="publish a promotion on <prefix>.control on a PROMOTE verdict (also auto_promote)",
+    )
+    p.add_argument(
+        "--old-primary",
+        dest="auto_old_primary",
+        choices=["retire", "shadow"],
+        help="with --auto-promote: retire the old primary or keep it as a shadow "
+        "(default retire; also promote_old_primary)",
+    )
     _common(p)
     p.set_defaults(func=cmd_evaluator)
+
+    p = sub.add_parser(
+        "promote", help="make a candidate the primary: a Control event the taps follow"
+    )
+    p.add_argument("candidate", help="model id (name@version) that becomes the primary")
+    p.add_argument("--reason", default="", help="why, for the record")
+    p.add_argument(
+        "--old-primary",
+        choices=["retire", "shadow"],
+        default="retire",
+        help="what happens to the model it replaces: retired, or kept as a shadow candidate "
+        "(default retire)",
+    )
+    p.add_argument(
+        "--previous-primary",
+        help="model id it replaces (default: the latest promotion's, else the primary of "
+        "the candidate's latest verdict)",
+    )
+    _common(p)
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("alerts", help="follow the alert transitions (FIRING / RESOLVED)")
     p.add_argument("--json", action="store_true", help="one JSON object per alert")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -102,6 +103,23 @@ class Config:
     #: The shadow worker commits each batch in a Kafka transaction (exactly-once) instead
     #: of after delivery (at-least-once); ``understudy worker --exactly-once`` sets it too.
     worker_exactly_once: bool = False
+    #: Promotion verdicts (docs/verdicts.md): the error level over all candidates of one
+    #: primary (each gets verdict_alpha / candidates, Bonferroni).
+    verdict_alpha: float = 0.05
+    #: Labelled pairs at which the confidence sequence is tightest (it is valid at every n).
+    verdict_planned_n: int = 10_000
+    #: Guardrail: a candidate whose p99 latency is over this is rejected.
+    verdict_latency_budget_ms: float = 100.0
+    #: Guardrail: a candidate whose error rate (errors / predictions) is over this is rejected.
+    verdict_error_rate_budget: float = 0.01
+    #: Candidates that share verdict_alpha; 0: those seen against the primary so far.
+    verdict_candidates: int = 0
+    #: The evaluator publishes a promotion (Control event) on a PROMOTE verdict.
+    auto_promote: bool = False
+    #: What an auto-promotion does with the old primary: retire or shadow.
+    promote_old_primary: str = "retire"
+    #: Seconds between two counter reports (TapStats) of a tap; 0: only when it closes.
+    tap_stats_interval_s: float = 10.0
     #: librdkafka options passed unchanged to every client (SASL, TLS, ...).
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -127,6 +145,27 @@ class Config:
             raise ConfigError(f"evaluator_grace_ms must be >= 0, got {self.evaluator_grace_ms}")
         if self.slice_top_k < 0:
             raise ConfigError(f"slice_top_k must be >= 0, got {self.slice_top_k}")
+        if not 0.0 < self.verdict_alpha < 1.0:
+            raise ConfigError(f"verdict_alpha must be in (0, 1), got {self.verdict_alpha}")
+        if self.verdict_planned_n < 1 or self.verdict_candidates < 0:
+            raise ConfigError(
+                f"verdict_planned_n must be >= 1 and verdict_candidates >= 0, got "
+                f"{self.verdict_planned_n} and {self.verdict_candidates}"
+            )
+        if self.verdict_latency_budget_ms <= 0:
+            raise ConfigError(
+                f"verdict_latency_budget_ms must be > 0, got {self.verdict_latency_budget_ms}"
+            )
+        if not 0.0 <= self.verdict_error_rate_budget <= 1.0:
+            raise ConfigError(
+                f"verdict_error_rate_budget must be in [0, 1], got {self.verdict_error_rate_budget}"
+            )
+        if self.promote_old_primary not in ("retire", "shadow"):
+            raise ConfigError(
+                f"promote_old_primary must be retire or shadow, got {self.promote_old_primary!r}"
+            )
+        if self.tap_stats_interval_s < 0:
+            raise ConfigError(f"tap_stats_interval_s must be >= 0, got {self.tap_stats_interval_s}")
         if self.lateness_ms < 0:
             raise ConfigError(f"lateness_ms must be >= 0, got {self.lateness_ms}")
         if not self.prefix or any(c in self.prefix for c in " /\\:"):
@@ -254,6 +293,13 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
                 raise ValueError("expected a whole number")
             return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if kind == "str":
             return str(value)
         if kind == "bool":

@@ -49,6 +49,8 @@ from streams.kafka import (
 from streams.merging import WindowMerger, dead_letter_record
 from streams.metrics.partial import PartialStats
 from streams.schemas import Codec, default_codec
+from streams.verdicts.decide import Policy
+from streams.verdicts.ledger import VerdictLedger
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,24 @@ def load_judging(cfg: Config) -> Judging:
     return Judging(rules, str(path), baseline, cfg.baseline_path)
 
 
+def verdict_ledger(cfg: Config, state: Any, codec: Codec) -> VerdictLedger:
+    """The promotion verdicts of ``cfg`` (docs/verdicts.md), kept in ``state``."""
+    policy = Policy(
+        alpha=cfg.verdict_alpha,
+        planned_n=cfg.verdict_planned_n,
+        latency_budget_ms=cfg.verdict_latency_budget_ms,
+        error_rate_budget=cfg.verdict_error_rate_budget,
+    )
+    return VerdictLedger(
+        state,
+        policy,
+        expected_candidates=cfg.verdict_candidates,
+        auto_promote=cfg.auto_promote,
+        old_primary=cfg.promote_old_primary.upper(),
+        codec=codec,
+    )
+
+
 class Evaluator:
     """Builds the faust app; state lives in its tables, logic in :meth:`handle`."""
 
@@ -114,6 +134,8 @@ class Evaluator:
             {
                 self.topics.metrics: self.topics.partials,
                 self.topics.alerts: self.topics.partials,
+                self.topics.verdicts: self.topics.partials,
+                self.topics.control: self.topics.partials,
                 self.topics.deadletter: self.topics.partials,
             }
         )
@@ -156,6 +178,15 @@ class Evaluator:
             value_serializer="raw",
             partitions=cfg.evaluator_partitions,
         )
+        self.verdict_topic = app.topic(
+            self.topics.verdicts,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=cfg.evaluator_partitions,
+        )
+        self.control = app.topic(
+            self.topics.control, key_serializer="raw", value_serializer="raw", partitions=1
+        )
         table_opts: dict[str, Any] = {
             "on_recover": self._restore_tables,
             "default": None,
@@ -179,6 +210,8 @@ class Evaluator:
         self.progress = app.Table("progress", **table_opts)
         #: references, drift alarm runs, ADWIN histories, alert states (streams.judge)
         self.judge_state = app.Table("judge", **table_opts)
+        #: promotion verdicts: one comparison per (candidate, primary) (streams.verdicts)
+        self.verdict_state = app.Table("verdicts", **table_opts)
         judging = judging or load_judging(cfg)
         self.judge = Judge(
             self.judge_state,
@@ -199,12 +232,20 @@ class Evaluator:
             # a window closes at the latest when some partition is this far past its end
             grace_ms=cfg.evaluator_grace_ms or 2 * cfg.window_ms,
             judge=self.judge,
+            verdicts=verdict_ledger(cfg, self.verdict_state, self.codec),
         )
         app.agent(self.partials, name="merge")(self._agent)
 
     @property
     def tables(self) -> tuple[Any, ...]:
-        return (self.windows, self.cumulative, self.meta, self.progress, self.judge_state)
+        return (
+            self.windows,
+            self.cumulative,
+            self.meta,
+            self.progress,
+            self.judge_state,
+            self.verdict_state,
+        )
 
     def ensure_internal_topics(self, timeout: float = 30.0) -> list[str]:
         """Create faust's own topics (table changelogs, leader) and wait until listed.
@@ -306,6 +347,11 @@ class Evaluator:
             self.metrics.send_soon(key=cand, value=snapshot, partition=partition)
         for alert_key, alert in handled.alerts:
             self.alerts.send_soon(key=alert_key, value=alert, partition=partition)
+        for verdict_key, verdict in handled.verdicts:
+            self.verdict_topic.send_soon(key=verdict_key, value=verdict, partition=partition)
+        for control_key, control in handled.controls:
+            # control has one partition, and so has partials for now (as for dead letters)
+            self.control.send_soon(key=control_key, value=control, partition=partition)
         if handled.error is not None:
             log.warning(
                 "dead-lettering %s[%d]@%d: %s",
@@ -375,7 +421,7 @@ class GapReader:
 def check_topics(cfg: Config) -> None:
     """Refuse to start without the deployment's topics (faust would create them itself)."""
     t = Topics(cfg.prefix)
-    names = [t.partials, t.metrics, t.alerts, t.deadletter]
+    names = [t.partials, t.metrics, t.alerts, t.verdicts, t.control, t.deadletter]
     counts = partition_counts(cfg, names)
     missing = [n for n in names if n not in counts]
     if missing:

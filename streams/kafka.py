@@ -72,6 +72,16 @@ class Topics:
         return f"{self.prefix}.verdicts"
 
     @property
+    def control(self) -> str:
+        """Promotions (``Control`` events) the tap follows: one partition, compacted."""
+        return f"{self.prefix}.control"
+
+    @property
+    def tap_stats(self) -> str:
+        """The taps' counters (``TapStats``), keyed by tap instance, compacted."""
+        return f"{self.prefix}.tap-stats"
+
+    @property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
@@ -229,6 +239,8 @@ def topic_specs(cfg: Config) -> list[NewTopic]:
         specs.append(
             NewTopic(name, cfg.evaluator_partitions, rf, config={"cleanup.policy": "compact"})
         )
+    for name in (t.control, t.tap_stats):
+        specs.append(NewTopic(name, 1, rf, config={"cleanup.policy": "compact"}))
     specs.append(NewTopic(t.deadletter, 1, rf))
     return specs
 

@@ -34,6 +34,7 @@ from streams.alerts.state import Transition
 from streams.judge import Judge, Judged, slice_rows
 from streams.metrics.partial import SHARED, PartialStats
 from streams.schemas import Codec, default_codec
+from streams.verdicts.ledger import VerdictLedger
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class Handled:
     error: str | None = None
     #: (key, Alert) transitions, for ``<prefix>.alerts``
     alerts: list[Message] = field(default_factory=list)
+    #: (key, Verdict): one per candidate per closed window, for ``<prefix>.verdicts``
+    verdicts: list[Message] = field(default_factory=list)
+    #: (key, Control): auto-promotions, for ``<prefix>.control``
+    controls: list[Message] = field(default_factory=list)
 
 
 def dead_letter_record(
@@ -162,6 +167,7 @@ class WindowMerger:
         clock: Callable[[], int] = _now_ms,
         grace_ms: int | None = None,
         judge: Judge | None = None,
+        verdicts: VerdictLedger | None = None,
     ) -> None:
         if grace_ms is not None and grace_ms < 0:
             raise ValueError(f"grace_ms must be >= 0, not {grace_ms}")
@@ -174,7 +180,10 @@ class WindowMerger:
         self.grace_ms = grace_ms
         #: drift, slices and alerts at each window close (None: disagreement only)
         self.judge = judge
+        #: promotion verdicts at each window close (None: none)
+        self.verdicts = verdicts
         self._alerts: list[Message] = []
+        self._out: dict[str, list[Message]] = {"Verdict": [], "Control": []}
 
     # -- table access ----------------------------------------------------------------------
 
@@ -316,7 +325,9 @@ class WindowMerger:
             if ledger_changed:
                 out += self._refresh_conservation()
         alerts, self._alerts = self._alerts, []
-        return Handled(out, alerts=alerts)
+        verdicts, controls = self._out["Verdict"], self._out["Control"]
+        self._out = {"Verdict": [], "Control": []}
+        return Handled(out, alerts=alerts, verdicts=verdicts, controls=controls)
 
     def _close(self, progress: int) -> list[Message]:
         """Publish every pending window that ends at or before ``progress``, oldest first."""
@@ -354,6 +365,11 @@ class WindowMerger:
                     judged = judge.window(cand, primary, ws, we, stats)
                     self._publish(judged.transitions)
                 out.append(self._snapshot(cand, primary, "WINDOW", stats, wmeta, judged=judged))
+                if self.verdicts is not None:
+                    for kind, msg in self.verdicts.window(
+                        cand, primary, ws, we, stats, self.clock()
+                    ):
+                        self._out[kind].append(msg)
                 out += self._add_cumulative(cand, primary, stats, wmeta, late=0)
                 del self.windows[key]
                 del self.meta[key]
@@ -404,6 +420,8 @@ class WindowMerger:
             "primary": rec["primary"],
         }
         if cand != SHARED:
+            if self.verdicts is not None:
+                self.verdicts.late(cand, rec["primary"], rec["window_start"], stats)
             return self._add_cumulative(cand, rec["primary"], stats, meta, late=1, new_window=False)
         return self._fold_shared(self._known(), stats, meta, late=1)
 

@@ -44,7 +44,18 @@ MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 
 #: Event names, one ``<name>.avsc`` each.
-EVENTS = ("Request", "Prediction", "Label", "Partial", "MetricSnapshot", "DeadLetter", "Alert")
+EVENTS = (
+    "Request",
+    "Prediction",
+    "Label",
+    "Partial",
+    "MetricSnapshot",
+    "DeadLetter",
+    "Alert",
+    "Verdict",
+    "Control",
+    "TapStats",
+)
 
 #: Where released versions live, under the schema directory: ``history/<name>/v<N>.avsc``.
 HISTORY = "history"

@@ -20,7 +20,18 @@ A :class:`Tap` sits on the service's request path, so it promises three things:
 
 Accounting: after :meth:`Tap.close`, every ``record_*`` call is counted exactly once in
 one of ``sampled_out``, ``sent``, ``failed``, ``dropped`` or ``encode_errors`` (see
-:class:`TapStats`). Memory is bounded twice: by ``buffer_size`` records waiting for the
+:class:`TapStats`). The tap publishes these counters as a ``TapStats`` event on
+``<prefix>.tap-stats`` (keyed by :attr:`Tap.instance`) every ``stats_interval_s`` seconds
+(``tap_stats_interval_s``, default 10) and once more at close, so the conservation law
+starts at the service: what it saw = what reached Kafka + what was sampled out or lost.
+
+Promotions: the tap follows ``<prefix>.control`` in a second daemon thread
+(:class:`streams.control.PrimaryFollower`). :attr:`Tap.primary` says which model the
+service should answer with now, and ``on_promote`` (optional) is called with each new
+:class:`~streams.control.Promotion`, on that thread; a promotion published by
+``understudy promote`` or the evaluator's auto-promotion reached a running tap 0.5 s after
+the command in ``tests/integration/test_promotion.py``, and a tap started later reads it
+from the topic's history. Memory is bounded twice: by ``buffer_size`` records waiting for the
 encoder, and by librdkafka's own queue (``queue.buffering.max.messages``), whose messages
 expire after ``message.timeout.ms`` (30 s unless configured) when Kafka is away.
 
@@ -39,8 +50,11 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import os
+import socket
 import threading
 import time
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -52,11 +66,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.clientlog import CLIENT_LOG
 from streams.config import Config
+from streams.control import PrimaryFollower, Promotion
 from streams.errors import ConfigError
 from streams.kafka import Topics, client_config, scrub, validate_client_options
 from streams.schemas import default_codec
 
-__all__ = ["PRODUCER_DEFAULTS", "Tap", "TapStats", "producer_config"]
+__all__ = ["PRODUCER_DEFAULTS", "Promotion", "Tap", "TapStats", "producer_config"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +175,10 @@ class Tap:
         sample_rate: float = 1.0,
         buffer_size: int = 100_000,
         use_case: str = "",
+        primary: str | None = None,
+        on_promote: Callable[[Promotion], None] | None = None,
+        follow_control: bool = True,
+        stats_interval_s: float | None = None,
     ) -> None:
         if not isinstance(sample_rate, int | float) or not 0.0 <= sample_rate <= 1.0:
             raise ConfigError(f"sample_rate must be within [0, 1], got {sample_rate!r}")
@@ -175,6 +194,19 @@ class Tap:
 
         topics = Topics(self.config.prefix)
         self._topics = (topics.requests, topics.predictions)
+        self._stats_topic = topics.tap_stats
+        #: this tap's id in its TapStats reports: host:pid:random, new at every start
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._started_ms = _now_ns() // 1_000_000
+        interval = (
+            self.config.tap_stats_interval_s if stats_interval_s is None else stats_interval_s
+        )
+        if interval < 0:
+            raise ConfigError(f"stats_interval_s must be >= 0, got {interval}")
+        self._stats_every = interval if interval > 0 else math.inf
+        self._next_stats = _monotonic() + self._stats_every
+        self._encode_stats: Callable[[dict[str, Any]], bytes] = default_codec().encoder("TapStats")
+        self._stats_delivered = False
         codec = default_codec()
         self._encode_request: Callable[[dict[str, Any]], bytes] = codec.encoder("Request")
         self._encode_prediction: Callable[[dict[str, Any]], bytes] = codec.encoder("Prediction")
@@ -222,6 +254,17 @@ class Tap:
 
         self._thread = threading.Thread(target=self._run, name="understudy-tap", daemon=True)
         self._thread.start()
+        self._follower: PrimaryFollower | None = None
+        self._initial_primary = primary
+        if follow_control:
+            try:
+                self._follower = PrimaryFollower(
+                    self.config, primary=primary, on_promote=on_promote
+                )
+            except Exception as exc:  # the mirror still works; only promotions are not seen
+                log.warning(
+                    "tap: cannot follow %s: %s", topics.control, scrub(str(exc), self.config)
+                )
         atexit.register(self._close_at_exit)
         log.debug(
             "tap started: topics %s, sample_rate %s, buffer %d, config %s",
@@ -338,6 +381,35 @@ class Tap:
             self._errors_at_call += 1
 
     # ------------------------------------------------------------------------------------
+    # Promotions: which model the service should answer with.
+
+    @property
+    def primary(self) -> str | None:
+        """The model id that is primary now: the latest promotion on ``<prefix>.control``,
+        or the ``primary`` given at construction until there is one (None if neither).
+
+        Cheap (an attribute read), never blocks, never raises: call it per request and
+        route to that model. A tap reads the whole control topic when it starts, so one
+        started after a promotion knows it within a moment (``caught_up``).
+        """
+        follower = self._follower
+        if follower is None:
+            return self._initial_primary
+        return follower.primary
+
+    @property
+    def last_promotion(self) -> Promotion | None:
+        """The latest promotion read: who ordered it, why, and the old primary's fate
+        (``old_primary``: RETIRE it, or keep it running as a SHADOW candidate)."""
+        follower = self._follower
+        return None if follower is None else follower.last_promotion
+
+    def caught_up(self, timeout: float = 0.0) -> bool:
+        """Whether the control topic's history has been read (waits up to ``timeout``)."""
+        follower = self._follower
+        return follower is not None and follower.caught_up.wait(timeout)
+
+    # ------------------------------------------------------------------------------------
     # Observing and stopping.
 
     def stats(self) -> TapStats:
@@ -391,6 +463,8 @@ class Tap:
                 self._deadline = _monotonic() + max(0.0, timeout)
                 self._stop.set()
                 atexit.unregister(self._close_at_exit)
+        if self._follower is not None:
+            self._follower.close(timeout=0.2)
         if self._thread is not threading.current_thread():
             self._thread.join(max(0.0, self._deadline - _monotonic()) + 0.05)
         if self._thread.is_alive():
@@ -428,6 +502,9 @@ class Tap:
                     else:
                         producer.poll(_IDLE_POLL)
                     self._report()
+                    if _monotonic() >= self._next_stats:
+                        self._next_stats = _monotonic() + self._stats_every
+                        self._publish_stats(producer, final=False)
                 except Exception:  # a bug here must not stop the mirror for good
                     log.exception("tap: unexpected error in the encoder thread")
                     time.sleep(_IDLE_POLL)
@@ -518,6 +595,54 @@ class Tap:
             }
         )
 
+    def stats_record(self, *, final: bool = False) -> dict[str, Any]:
+        """The tap's counters as a ``TapStats`` record: the service's side of the law
+        ``seen = sent + sampled_out + dropped + failed + encode_errors + in_flight``.
+
+        ``in_flight`` is what is accepted and not settled yet; exact when called on the
+        encoder thread (the only writer of the settled counts), as the reports are.
+        """
+        with self._lock:
+            at_call = self._dropped_at_call + self._errors_at_call
+        st = self.stats()
+        seen = st.accepted + st.sampled_out + at_call
+        settled = st.sent + st.sampled_out + st.dropped + st.failed + st.encode_errors
+        return {
+            "tap": self.instance,
+            "use_case": self.use_case,
+            "started_at": self._started_ms,
+            "time": _now_ns() // 1_000_000,
+            "final": final,
+            "seen": seen,
+            "accepted": st.accepted,
+            "sampled_out": st.sampled_out,
+            "dropped": st.dropped,
+            "sent": st.sent,
+            "failed": st.failed,
+            "encode_errors": st.encode_errors,
+            "in_flight": seen - settled,
+        }
+
+    def _publish_stats(self, producer: Producer, *, final: bool) -> None:
+        """Produce one TapStats report (its delivery is not one of the service's records:
+        it has its own callback and counts in none of the counters)."""
+        try:
+            value = self._encode_stats(self.stats_record(final=final))
+            producer.produce(
+                self._stats_topic,
+                value,
+                self.instance,
+                on_delivery=self._on_stats_delivery,
+            )
+        except Exception as exc:  # a full queue or a fatal client: the next report retries
+            self._last_error = f"cannot publish the tap's counters: {exc}"
+
+    def _on_stats_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            self._stats_delivered = True
+        else:
+            self._last_error = f"the tap's counters were not delivered: {err.str()}"
+
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is None:
             self._sent += 1
@@ -575,6 +700,12 @@ class Tap:
             producer.purge(in_queue=True, in_flight=True, blocking=False)
             producer.flush(max(0.0, min(reserve, self._deadline - _monotonic())))
         self._report_final()
+        # every call is settled now: the last report is exact (in_flight 0). It is waited
+        # for (within the deadline) only if the broker has acknowledged something: with
+        # Kafka away, close() must not spend its whole timeout on a report that cannot go
+        self._publish_stats(producer, final=True)
+        if self._sent or self._stats_delivered:
+            producer.flush(max(0.0, self._deadline - _monotonic()))
 
     def _report_final(self) -> None:
         stats = self.stats()

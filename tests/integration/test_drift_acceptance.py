@@ -14,8 +14,6 @@ requests spread over 1,000 s of event time are believable to the joiner's time c
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import subprocess
 import sys
@@ -23,17 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import avro.io
-import avro.schema
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-from support import read_all, send, snapshots, stage, terminate, wait_for
+from support import apache_decoder, read_all, send, snapshots, stage, terminate, wait_for
 
 from streams.config import Config
 from streams.joiner import run_joiner
 from streams.kafka import Topics, ensure_topics
-from streams.schemas import default_codec, schema_dir
+from streams.schemas import default_codec
 
 FEATURES = [f"f{i:02d}" for i in range(20)]
 W = 10_000  # the default window
@@ -141,14 +137,6 @@ def test_a_shifted_feature_alarms_within_two_windows_and_no_other(
     assert {d["feature"] for d in window["drift"] if d["alarm"]} <= {"f03", "primary", "candidate"}
 
 
-def apache_alert(message: bytes, schema: avro.schema.Schema, fingerprint: bytes) -> dict[str, Any]:
-    """Decode one alert as an outside subscriber would: with Apache avro and the .avsc."""
-    assert message[:2] == b"\xc3\x01", "not Avro single-object encoding"
-    assert message[2:10] == fingerprint, "written with another Alert schema"
-    reader = avro.io.DatumReader(schema, schema)
-    return reader.read(avro.io.BinaryDecoder(io.BytesIO(message[10:])))  # type: ignore[no-any-return]
-
-
 @pytest.mark.timeout(900)
 def test_a_subscriber_with_its_own_avro_decoder_sees_the_demos_drift_alert(
     kafka_bootstrap: str, prefix: str
@@ -175,26 +163,12 @@ def test_a_subscriber_with_its_own_avro_decoder_sees_the_demos_drift_alert(
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    raw = json.loads((schema_dir() / "Alert.avsc").read_text())
-    # Apache avro's Python fingerprint keeps logical types; the specification's canonical
-    # form drops them (tests/unit/test_schemas.py explains): parse without them for it
-    fingerprint = avro.schema.parse(json.dumps(_strip_logical(raw))).fingerprint("CRC-64-AVRO")
-    schema = avro.schema.parse(json.dumps(raw))
+    decode = apache_decoder("Alert")
     cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix)
-    seen = [
-        apache_alert(v, schema, fingerprint) for _, v, _ in read_all(cfg, f"{prefix}.alerts") if v
-    ]
+    seen = [decode(v) for _, v, _ in read_all(cfg, f"{prefix}.alerts") if v]
     firing = [a for a in seen if a["state"] == "FIRING" and a["rule"] == "feature-drift"]
     assert firing, seen
     assert {a["feature"] for a in firing} <= {
         "sqft", "bedrooms", "bathrooms", "distance_km", "lot_size", "region", "property_type"
     }  # fmt: skip
     assert all(a["candidate"] == "*" and a["metric"] == "drift.alarm" for a in firing)
-
-
-def _strip_logical(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip_logical(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [_strip_logical(v) for v in node]
-    return node

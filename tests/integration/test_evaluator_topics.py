@@ -33,7 +33,7 @@ def test_without_topics_the_evaluator_exits_at_once_and_creates_nothing(
     assert "Traceback" not in err
     assert (
         f"missing topics {prefix}.partials, {prefix}.metrics, {prefix}.alerts, "
-        f"{prefix}.deadletter" in err
+        f"{prefix}.verdicts, {prefix}.control, {prefix}.deadletter" in err
     )
     assert "understudy topics create" in err
     assert [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)] == []

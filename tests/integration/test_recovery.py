@@ -25,6 +25,7 @@ from support import (
 
 from streams.alerts.rules import SHIPPED_RULES, load_rules
 from streams.config import Config
+from streams.evaluator import verdict_ledger
 from streams.joiner import run_joiner
 from streams.judge import Judge
 from streams.kafka import Topics, ensure_topics
@@ -147,16 +148,27 @@ def _final(cfg: Config, expected_windows: int) -> dict[str, dict[str, Any]] | No
 
 
 def _alerts(cfg: Config) -> list[dict[str, Any]]:
+    return _published(cfg, Topics(cfg.prefix).alerts, "Alert")
+
+
+def _verdicts(cfg: Config) -> list[dict[str, Any]]:
+    return _published(cfg, Topics(cfg.prefix).verdicts, "Verdict")
+
+
+def _published(cfg: Config, topic: str, name: str) -> list[dict[str, Any]]:
     codec = default_codec()
     return [
-        _comparable(codec.decode_as("Alert", v))
-        for _, v, _ in read_all(cfg, Topics(cfg.prefix).alerts)
-        if v is not None
+        _comparable(codec.decode_as(name, v)) for _, v, _ in read_all(cfg, topic) if v is not None
     ]
 
 
 def _comparable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k != "emitted_at"}
+
+
+def expected_windows(snaps: list[dict[str, Any]]) -> int:
+    """(candidate, window) pairs with a WINDOW snapshot: each also gets one verdict."""
+    return len({(s["candidate"], s["window_start"]) for s in snaps if s["scope"] == "WINDOW"})
 
 
 @pytest.mark.chaos
@@ -191,17 +203,20 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
         top_k=source.slice_top_k,
     )
     reference = WindowMerger(
-        {}, {}, {}, {}, codec=codec, grace_ms=2 * source.window_ms, judge=judge
-    )
+        {}, {}, {}, {}, codec=codec, grace_ms=2 * source.window_ms, judge=judge,
+        verdicts=verdict_ledger(source, {}, codec),
+    )  # fmt: skip
     handled = [reference.handle(m[1]) for m in messages]
     want_snaps = [codec.decode_as("MetricSnapshot", v) for h in handled for _, v in h.snapshots]
     want_alerts = [_comparable(codec.decode_as("Alert", v)) for h in handled for _, v in h.alerts]
+    want_verdicts = [
+        _comparable(codec.decode_as("Verdict", v)) for h in handled for _, v in h.verdicts
+    ]
+    assert len(want_verdicts) == expected_windows(want_snaps)
     assert ("feature-drift", "*", "x", "FIRING") in [
         (a["rule"], a["candidate"], a["feature"], a["state"]) for a in want_alerts
     ]
-    expected = len(
-        {(s["candidate"], s["window_start"]) for s in want_snaps if s["scope"] == "WINDOW"}
-    )
+    expected = expected_windows(want_snaps)
     assert expected >= 2 * (N * 10 // source.window_ms) * 0.9  # ~2 candidates x windows
 
     proc = stage(clean, "evaluator", log=tmp_path / "clean.log")
@@ -213,6 +228,7 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     assert a is not None
     assert [_comparable(x) for x in a["snaps"]] == [_comparable(x) for x in want_snaps]
     assert _alerts(clean) == want_alerts
+    assert _verdicts(clean) == want_verdicts
 
     # the same partials: a third up front, the rest streamed slowly while the SIGKILL lands
     head = total // 3
@@ -257,6 +273,8 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     )
     # and its alerts: the same transitions, none twice (no second FIRING after the restart)
     assert _alerts(killed) == want_alerts
+    # and its verdicts: one per candidate per window, none twice, none lost
+    assert _verdicts(killed) == want_verdicts
     for cand in ("c1@1", "c2@1"):
         fa = a["last"][cand]
         assert fa["coverage"]["pairs"] == partials[cand].coverage["pairs"]

@@ -31,6 +31,7 @@ COMMANDS = [
     ["demo-service", "--events", "10"],
     ["demo", "--events", "10"],
     ["alerts", "--once"],
+    ["promote", "m@2"],
 ]
 
 

@@ -392,6 +392,63 @@ def sample_alert() -> dict[str, Any]:
     }
 
 
+def sample_verdict() -> dict[str, Any]:
+    return {
+        "candidate": "cand@2",
+        "primary": "prim@1",
+        "comparison": f"cand@2|prim@1|{T0}",
+        "decision": "PROMOTE",
+        "reason": "candidate loss lower",
+        "n": 12_000,
+        "estimate": -0.03,
+        "lower": -0.05,
+        "upper": -0.01,
+        "alpha": 0.025,
+        "family_alpha": 0.05,
+        "candidates": 2,
+        "p99_latency_ms": 12.5,
+        "latency_budget_ms": 100.0,
+        "error_rate": 0.001,
+        "error_rate_budget": 0.01,
+        "predictions": 15_000,
+        "breached": [],
+        "window_start": T0,
+        "window_end": T0 + 10_000,
+        "emitted_at": T0 + 11_000,
+    }
+
+
+def sample_control() -> dict[str, Any]:
+    return {
+        "action": "PROMOTE",
+        "candidate": "cand@2",
+        "previous_primary": "prim@1",
+        "old_primary": "SHADOW",
+        "reason": "better on 12,000 labelled requests",
+        "comparison": "",
+        "time": T0,
+        "who": "ops@host",
+    }
+
+
+def sample_tap_stats() -> dict[str, Any]:
+    return {
+        "tap": "host:123:ab12",
+        "use_case": "pricing",
+        "started_at": T0,
+        "time": T0 + 10_000,
+        "final": False,
+        "seen": 100,
+        "accepted": 90,
+        "sampled_out": 8,
+        "dropped": 1,
+        "sent": 85,
+        "failed": 1,
+        "encode_errors": 1,
+        "in_flight": 4,
+    }
+
+
 SAMPLES: dict[str, list[dict[str, Any]]] = {
     "Request": [sample_request()],
     "Prediction": sample_predictions(),
@@ -400,6 +457,9 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
     "MetricSnapshot": [sample_snapshot()],
     "DeadLetter": [sample_dead_letter()],
     "Alert": [sample_alert()],
+    "Verdict": [sample_verdict()],
+    "Control": [sample_control()],
+    "TapStats": [sample_tap_stats()],
 }
 
 TIMESTAMP_FIELDS = {
@@ -410,6 +470,9 @@ TIMESTAMP_FIELDS = {
     "MetricSnapshot": ["window_start", "window_end", "emitted_at"],
     "DeadLetter": ["time"],
     "Alert": ["window_start", "window_end", "emitted_at"],
+    "Verdict": ["window_start", "window_end", "emitted_at"],
+    "Control": ["time"],
+    "TapStats": ["started_at", "time"],
 }
 
 

@@ -1,0 +1,294 @@
+"""Verdict state per (candidate, primary) comparison, and the records a window close gives.
+
+:class:`streams.merging.WindowMerger` calls :meth:`VerdictLedger.window` once per candidate
+of every closed window. The ledger adds the window's paired loss sums and guardrail
+figures to that candidate's comparison with its current primary, decides
+(:func:`streams.verdicts.decide.decide`), and returns one ``Verdict`` record; with
+auto-promotion on, the comparison's first PROMOTE also returns one ``Control`` record.
+
+A comparison is keyed by (candidate, primary): when the primary a candidate is compared
+with changes (a promotion), a new comparison starts from zero, so evidence gathered
+against the old primary never counts against the new one. Its first PROMOTE or REJECT is
+final (the confidence sequence is valid at the time it is first read as excluding 0, not
+at a later one chosen after looking); later windows repeat it.
+
+State is JSON in one ``MutableMapping[bytes, bytes]`` the caller owns (a changelog-backed
+faust table in the evaluator, a dict in the tests), so a restarted evaluator continues
+every comparison where it stood. Loss sums are kept as :class:`ExactSum` integers: exact,
+whatever the windows and partitions they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.control import control_message, promotion_record
+from streams.metrics.exact import ExactSum
+from streams.metrics.partial import PartialStats
+from streams.metrics.sketch import LatencySketch
+from streams.schemas import Codec, default_codec
+from streams.verdicts.decide import Decision, Evidence, Policy, Verdict, decide
+
+__all__ = ["PairedLoss", "VerdictLedger", "paired_loss", "verdict_record"]
+
+Table = MutableMapping[bytes, bytes]
+Message = tuple[bytes, bytes]
+
+
+@dataclass
+class PairedLoss:
+    """Count, exact sum and exact sum of squares of candidate loss - primary loss."""
+
+    n: int = 0
+    sum: ExactSum = field(default_factory=ExactSum)
+    sumsq: ExactSum = field(default_factory=ExactSum)
+
+    def merge(self, other: PairedLoss) -> None:
+        self.n += other.n
+        self.sum.merge(other.sum)
+        self.sumsq.merge(other.sumsq)
+
+
+def paired_loss(stats: PartialStats) -> PairedLoss:
+    """The paired loss sums a window's merged statistics carry.
+
+    None yet: labels are not joined (issue 8, item 1). When the partials carry the paired
+    loss difference's count, sum and sum of squares, this returns them and every verdict
+    downstream uses them as they are.
+    """
+    del stats
+    return PairedLoss()
+
+
+@dataclass
+class _Comparison:
+    """One comparison's accumulated figures (JSON in the state table)."""
+
+    id: str
+    loss: PairedLoss
+    latency: LatencySketch
+    predictions: int = 0
+    errors: int = 0
+    #: the final verdict's record, once PROMOTE or REJECT
+    decided: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        indices, counts = self.latency.to_sparse()
+        return {
+            "id": self.id,
+            "n": self.loss.n,
+            "sum": self.loss.sum.to_int(),
+            "sumsq": self.loss.sumsq.to_int(),
+            "latency": [indices, counts],
+            "predictions": self.predictions,
+            "errors": self.errors,
+            "decided": self.decided,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Comparison:
+        loss = PairedLoss(d["n"], ExactSum.from_int(d["sum"]), ExactSum.from_int(d["sumsq"]))
+        return cls(
+            id=d["id"],
+            loss=loss,
+            latency=LatencySketch.from_sparse(*d["latency"]),
+            predictions=d["predictions"],
+            errors=d["errors"],
+            decided=d.get("decided"),
+        )
+
+    def evidence(self) -> Evidence:
+        return Evidence(
+            n=self.loss.n,
+            sum=self.loss.sum.get(),
+            sumsq=self.loss.sumsq.get(),
+            p99_latency_ms=self.latency.quantile(0.99) if self.latency.count else None,
+            error_rate=self.errors / self.predictions if self.predictions else None,
+            predictions=self.predictions,
+        )
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def verdict_record(
+    v: Verdict,
+    *,
+    candidate: str,
+    primary: str,
+    comparison: str,
+    policy: Policy,
+    candidates: int,
+    window_start: int,
+    window_end: int,
+    emitted_at: int,
+) -> dict[str, Any]:
+    """A ``Verdict`` Avro record from a decision and where it was made."""
+    iv, ev = v.interval, v.evidence
+    return {
+        "candidate": candidate,
+        "primary": primary,
+        "comparison": comparison,
+        "decision": v.decision.value,
+        "reason": v.reason,
+        "n": ev.n,
+        "estimate": _finite(ev.sum / ev.n) if ev.n else None,
+        "lower": None if iv is None else _finite(iv.lower),
+        "upper": None if iv is None else _finite(iv.upper),
+        "alpha": v.alpha,
+        "family_alpha": policy.alpha,
+        "candidates": candidates,
+        "p99_latency_ms": _finite(ev.p99_latency_ms),
+        "latency_budget_ms": policy.latency_budget_ms,
+        "error_rate": _finite(ev.error_rate),
+        "error_rate_budget": policy.error_rate_budget,
+        "predictions": ev.predictions,
+        "breached": list(v.breached),
+        "window_start": window_start,
+        "window_end": window_end,
+        "emitted_at": emitted_at,
+    }
+
+
+class VerdictLedger:
+    """Comparisons in a table; :meth:`window` gives each closed window's verdict.
+
+    ``expected_candidates``: the Bonferroni divisor is the larger of it and the number of
+    candidates seen against the primary so far (set it to the number of candidates you
+    will compare, so that one added later does not share an alpha already spent).
+    ``auto_promote``: a comparison's first PROMOTE also gives a ``Control`` record, with
+    ``old_primary`` (RETIRE or SHADOW) saying what happens to the primary it replaces.
+    """
+
+    def __init__(
+        self,
+        state: Table,
+        policy: Policy,
+        *,
+        expected_candidates: int = 0,
+        auto_promote: bool = False,
+        old_primary: str = "RETIRE",
+        codec: Codec | None = None,
+    ) -> None:
+        if old_primary not in ("RETIRE", "SHADOW"):
+            raise ValueError(f"old_primary must be RETIRE or SHADOW, got {old_primary!r}")
+        self.state = state
+        self.policy = policy
+        self.expected_candidates = expected_candidates
+        self.auto_promote = auto_promote
+        self.old_primary = old_primary
+        self.codec = codec or default_codec()
+
+    def _json(self, key: bytes, default: Any) -> Any:
+        raw = self.state.get(key)
+        return default if raw is None else json.loads(raw)
+
+    def _put(self, key: bytes, value: Any) -> None:
+        self.state[key] = json.dumps(value, sort_keys=True).encode()
+
+    def _comparison(self, cand: str, primary: str, start: int) -> _Comparison:
+        """The current comparison of ``cand``; a new one when its primary changed."""
+        current = self._json(b"current|" + cand.encode(), None)
+        key = f"cmp|{cand}|{primary}".encode()
+        if current == primary:
+            stored = self._json(key, None)
+            if stored is not None:
+                return _Comparison.from_json(stored)
+        self._put(b"current|" + cand.encode(), primary)
+        return _Comparison(f"{cand}|{primary}|{start}", PairedLoss(), LatencySketch())
+
+    def candidates(self, primary: str) -> int:
+        """The Bonferroni divisor for candidates compared with ``primary``."""
+        seen = self._json(f"seen|{primary}".encode(), [])
+        return max(self.expected_candidates, len(seen), 1)
+
+    def _see(self, cand: str, primary: str) -> None:
+        key = f"seen|{primary}".encode()
+        seen = self._json(key, [])
+        if cand not in seen:
+            self._put(key, sorted([*seen, cand]))
+
+    def _fold(
+        self, cand: str, primary: str, ws: int, stats: PartialStats, loss: PairedLoss | None
+    ) -> _Comparison:
+        cmp = self._comparison(cand, primary, ws)
+        cmp.loss.merge(loss if loss is not None else paired_loss(stats))
+        cmp.latency.merge(stats.candidate_latency)
+        cmp.predictions += stats.coverage["candidate_predictions"]
+        cmp.errors += stats.coverage["candidate_errors"]
+        return cmp
+
+    def late(
+        self, cand: str, primary: str, ws: int, stats: PartialStats, loss: PairedLoss | None = None
+    ) -> None:
+        """A partial of ``cand`` for a window already closed: its figures join the
+        comparison (the next verdict counts them), no verdict is published for it.
+
+        A late partial of an earlier comparison (its primary since replaced) changes nothing:
+        that comparison is over.
+        """
+        if self._json(b"current|" + cand.encode(), None) != primary:
+            return
+        cmp = self._fold(cand, primary, ws, stats, loss)
+        self._put(f"cmp|{cand}|{primary}".encode(), cmp.to_json())
+
+    def window(
+        self,
+        cand: str,
+        primary: str,
+        ws: int,
+        we: int,
+        stats: PartialStats,
+        now: int,
+        loss: PairedLoss | None = None,
+    ) -> list[tuple[str, Message]]:
+        """The records of ``cand``'s closed window: ``("Verdict", (key, value))`` and, on an
+        auto-promotion, ``("Control", (key, value))``.
+
+        ``loss``: the window's paired loss sums (default: :func:`paired_loss` of ``stats``).
+        A candidate that is the primary itself (after its promotion) gives nothing.
+        """
+        if cand == primary:
+            return []
+        self._see(cand, primary)
+        cmp = self._fold(cand, primary, ws, stats, loss)
+        k = self.candidates(primary)
+        out: list[tuple[str, Message]] = []
+        if cmp.decided is not None:
+            rec = dict(cmp.decided)
+            rec.update(window_start=ws, window_end=we, emitted_at=now)
+        else:
+            v = decide(cmp.evidence(), self.policy, k)
+            rec = verdict_record(
+                v,
+                candidate=cand,
+                primary=primary,
+                comparison=cmp.id,
+                policy=self.policy,
+                candidates=k,
+                window_start=ws,
+                window_end=we,
+                emitted_at=now,
+            )
+            if v.decision is not Decision.CONTINUE:
+                cmp.decided = rec
+                if v.decision is Decision.PROMOTE and self.auto_promote:
+                    control = promotion_record(
+                        cand,
+                        previous_primary=primary,
+                        old_primary=self.old_primary,
+                        reason=f"auto-promotion: {v.reason}",
+                        comparison=cmp.id,
+                        who="evaluator",
+                        now=now,
+                    )
+                    out.append(("Control", control_message(self.codec, control)))
+        self._put(f"cmp|{cand}|{primary}".encode(), cmp.to_json())
+        key = f"{cand}|{primary}".encode()
+        out.insert(0, ("Verdict", (key, self.codec.encode("Verdict", rec))))
+        return out

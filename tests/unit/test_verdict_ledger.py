@@ -1,0 +1,187 @@
+"""Verdicts per (candidate, primary) comparison and at window close, without a broker.
+
+The ledger accumulates each window's paired loss sums exactly (the estimate equals numpy's
+mean of the same differences to 1e-12), judges the guardrails on the comparison's merged
+latency sketch (its p99 within the sketch's 1% relative error of numpy's), keeps a
+comparison's first PROMOTE or REJECT, starts a new comparison when the primary changes,
+restores from its table, and gives one Control event per auto-promotion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streams.merging import WindowMerger
+from streams.metrics.exact import ExactSum
+from streams.metrics.partial import SHARED, PartialStats
+from streams.schemas import default_codec
+from streams.verdicts.decide import Policy
+from streams.verdicts.ledger import PairedLoss, VerdictLedger
+
+W = 10_000
+T0 = 1_800_000_000_000
+CODEC = default_codec()
+
+
+def window_stats(rng: np.random.Generator, n: int, latency_ms: float = 5.0) -> PartialStats:
+    s = PartialStats()
+    s.count("candidate_predictions", n)
+    s.count("candidate_errors", 0)
+    s.add_latency(None, rng.gamma(4.0, latency_ms / 4.0, n))
+    return s
+
+
+def loss_of(d: np.ndarray) -> PairedLoss:
+    out = PairedLoss(n=len(d))
+    out.sum.update_many(d)
+    out.sumsq.update_many(d * d)
+    return out
+
+
+def decode(messages: list[tuple[str, tuple[bytes, bytes]]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(kind, CODEC.decode_as(kind, value)) for kind, (_key, value) in messages]
+
+
+def test_no_labels_is_continue_with_guardrail_figures() -> None:
+    rng = np.random.default_rng(1)
+    ledger = VerdictLedger({}, Policy())
+    lat: list[float] = []
+    for i in range(3):
+        stats = window_stats(rng, 400)
+        out = decode(ledger.window("c@1", "p@1", T0 + i * W, T0 + (i + 1) * W, stats, T0))
+        assert [k for k, _ in out] == ["Verdict"]
+        v = out[0][1]
+        assert (v["decision"], v["reason"], v["n"], v["estimate"]) == (
+            "CONTINUE",
+            "no labels",
+            0,
+            None,
+        )
+        assert v["comparison"] == f"c@1|p@1|{T0}"
+        lat.append(v["p99_latency_ms"])
+    assert v["predictions"] == 1200 and v["error_rate"] == 0.0
+    assert v["latency_budget_ms"] == 100.0 and v["error_rate_budget"] == 0.01
+
+
+def test_guardrail_p99_is_the_comparisons_and_breach_rejects() -> None:
+    rng = np.random.default_rng(2)
+    ledger = VerdictLedger({}, Policy(latency_budget_ms=50.0))
+    all_latencies = []
+    verdicts = []
+    for i in range(4):
+        stats = PartialStats()
+        values = rng.gamma(4.0, 12.0, 300)  # mean 48 ms, p99 ~ 120 ms
+        all_latencies.append(values)
+        stats.count("candidate_predictions", 300)
+        stats.add_latency(None, values)
+        out = decode(ledger.window("c@1", "p@1", T0 + i * W, T0 + (i + 1) * W, stats, T0))
+        verdicts.append(out[0][1])
+    # 300 predictions: too few to judge a p99 (guardrail_min 500)
+    assert verdicts[0]["decision"] == "CONTINUE" and verdicts[0]["breached"] == []
+    # 600: the comparison's p99 over both windows, over budget; final from then on
+    expected = np.quantile(np.concatenate(all_latencies[:2]), 0.99, method="lower")
+    for v in verdicts[1:]:
+        assert v["p99_latency_ms"] == pytest.approx(expected, rel=0.01)
+        assert v["decision"] == "REJECT" and v["predictions"] == 600
+        assert v["breached"] == [f"p99 latency {v['p99_latency_ms']:.1f} ms over budget 50 ms"]
+
+
+def test_loss_sums_accumulate_exactly_and_promotion_is_final_and_auto_published() -> None:
+    rng = np.random.default_rng(3)
+    table: dict[bytes, bytes] = {}
+    ledger = VerdictLedger(table, Policy(), auto_promote=True, old_primary="SHADOW")
+    seen: list[np.ndarray] = []
+    decisions, controls = [], []
+    for i in range(40):
+        d = rng.normal(-0.1, 1.0, 500)  # the candidate's loss is lower by 0.1 on average
+        seen.append(d)
+        if i == 20:  # a restarted evaluator: same table, new object
+            ledger = VerdictLedger(dict(table), Policy(), auto_promote=True, old_primary="SHADOW")
+        out = decode(
+            ledger.window(
+                "c@1", "p@1", T0 + i * W, T0 + (i + 1) * W, window_stats(rng, 500), T0, loss_of(d)
+            )
+        )
+        verdict = out[0][1]
+        decisions.append(verdict["decision"])
+        controls += [rec for kind, rec in out if kind == "Control"]
+        if verdict["decision"] == "CONTINUE":
+            all_d = np.concatenate(seen)
+            assert verdict["n"] == all_d.size
+            assert verdict["estimate"] == pytest.approx(all_d.mean(), rel=1e-12)
+    first = decisions.index("PROMOTE")
+    assert set(decisions[:first]) == {"CONTINUE"} and set(decisions[first:]) == {"PROMOTE"}
+    assert len(controls) == 1
+    c = controls[0]
+    assert (c["action"], c["candidate"], c["previous_primary"]) == ("PROMOTE", "c@1", "p@1")
+    assert (c["old_primary"], c["who"], c["comparison"]) == ("SHADOW", "evaluator", f"c@1|p@1|{T0}")
+    assert c["reason"].startswith("auto-promotion: candidate loss lower")
+
+
+def test_a_new_primary_starts_a_new_comparison() -> None:
+    rng = np.random.default_rng(4)
+    ledger = VerdictLedger({}, Policy())
+    d = rng.normal(0.0, 1.0, 300)
+    first = decode(ledger.window("c@1", "p@1", T0, T0 + W, window_stats(rng, 9), T0, loss_of(d)))
+    assert first[0][1]["n"] == 300
+    later = T0 + 5 * W
+    second = decode(ledger.window("c@1", "p@2", later, later + W, window_stats(rng, 9), T0))
+    v = second[0][1]
+    assert (v["primary"], v["comparison"], v["n"]) == ("p@2", f"c@1|p@2|{later}", 0)
+    # the promoted candidate compared with itself gives no verdict
+    assert ledger.window("p@2", "p@2", later, later + W, window_stats(rng, 9), T0) == []
+
+
+def test_late_partials_count_in_the_next_verdict_of_their_comparison_only() -> None:
+    rng = np.random.default_rng(7)
+    ledger = VerdictLedger({}, Policy())
+    ledger.window("c@1", "p@1", T0, T0 + W, window_stats(rng, 100), T0)
+    ledger.late("c@1", "p@1", T0, window_stats(rng, 40))
+    ledger.late("c@1", "p@0", T0, window_stats(rng, 1_000))  # an older primary: ignored
+    out = decode(ledger.window("c@1", "p@1", T0 + W, T0 + 2 * W, window_stats(rng, 10), T0))
+    assert out[0][1]["predictions"] == 150
+    assert out[0][1]["comparison"] == f"c@1|p@1|{T0}"
+
+
+def test_bonferroni_divides_alpha_by_the_candidates_seen() -> None:
+    rng = np.random.default_rng(5)
+    ledger = VerdictLedger({}, Policy(alpha=0.06))
+    for cand in ("a@1", "b@1", "c@1"):
+        out = decode(ledger.window(cand, "p@1", T0, T0 + W, window_stats(rng, 9), T0))
+    assert (out[0][1]["candidates"], out[0][1]["alpha"]) == (3, pytest.approx(0.02))
+    fixed = VerdictLedger({}, Policy(alpha=0.06), expected_candidates=4)
+    out = decode(fixed.window("a@1", "p@1", T0, T0 + W, window_stats(rng, 9), T0))
+    assert (out[0][1]["candidates"], out[0][1]["alpha"]) == (4, pytest.approx(0.015))
+
+
+def test_the_merger_publishes_one_verdict_per_candidate_per_closed_window() -> None:
+    rng = np.random.default_rng(6)
+    tables: list[dict[bytes, bytes]] = [{}, {}, {}, {}]
+    merger = WindowMerger(
+        *tables, grace_ms=0, clock=lambda: T0, verdicts=VerdictLedger({}, Policy())
+    )
+    verdicts = []
+    for i in range(3):
+        ws = T0 + i * W
+        for cand in ("a@1", "b@1", SHARED):
+            stats = window_stats(rng, 50) if cand != SHARED else PartialStats()
+            rec = stats.to_partial(
+                joiner_partition=0, partition_count=1, candidate=cand, primary="p@1",
+                window_start=ws, window_end=ws + W, seq=i, watermark=ws + W,
+            )  # fmt: skip
+            h = merger.handle(CODEC.encode("Partial", rec))
+            assert h.error is None and h.controls == []
+            verdicts += [CODEC.decode_as("Verdict", v) for _, v in h.verdicts]
+    assert [(v["candidate"], v["window_start"]) for v in verdicts] == [
+        (c, T0 + i * W) for i in range(3) for c in ("a@1", "b@1")
+    ]
+    assert {(v["decision"], v["reason"]) for v in verdicts} == {("CONTINUE", "no labels")}
+
+
+def test_exact_sums_survive_the_table() -> None:
+    s = ExactSum()
+    s.update_many(np.array([1e100, 1.0, -1e100]))
+    assert ExactSum.from_int(s.to_int()).get() == 1.0
