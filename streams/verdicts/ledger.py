@@ -54,14 +54,17 @@ class PairedLoss:
 
 
 def paired_loss(stats: PartialStats) -> PairedLoss:
-    """The paired loss sums a window's merged statistics carry.
-
-    None yet: labels are not joined (issue 8, item 1). When the partials carry the paired
-    loss difference's count, sum and sum of squares, this returns them and every verdict
-    downstream uses them as they are.
-    """
-    del stats
-    return PairedLoss()
+    """The paired loss sums a window's merged statistics carry: the count, exact sum and
+    exact sum of squares of candidate loss - primary loss over the window's labelled pairs
+    (:mod:`streams.metrics.labelled`; zero while no label met this candidate's answers)."""
+    lab = stats.labelled
+    if lab is None:
+        return PairedLoss()
+    return PairedLoss(
+        lab.diff_n,
+        ExactSum.from_bytes(lab.diff_sum.to_bytes()),
+        ExactSum.from_bytes(lab.diff_sq.to_bytes()),
+    )
 
 
 @dataclass

@@ -185,3 +185,44 @@ def test_exact_sums_survive_the_table() -> None:
     s = ExactSum()
     s.update_many(np.array([1e100, 1.0, -1e100]))
     assert ExactSum.from_int(s.to_int()).get() == 1.0
+
+
+def test_labelled_partials_drive_the_verdict_to_promote() -> None:
+    """The paired loss sums the joiner puts in a candidate's partials (streams.metrics.
+    labelled) reach the verdict: its n and estimate are theirs, and a clearly better
+    candidate is promoted."""
+    from streams.metrics.labelled import LabelStats
+
+    rng = np.random.default_rng(8)
+    tables: list[dict[bytes, bytes]] = [{}, {}, {}, {}]
+    merger = WindowMerger(
+        *tables, grace_ms=0, clock=lambda: T0, verdicts=VerdictLedger({}, Policy())
+    )
+    diffs: list[float] = []
+    verdicts = []
+    for i in range(4):
+        ws = T0 + i * W
+        for cand in ("a@1", SHARED):
+            stats = window_stats(rng, 50) if cand != SHARED else PartialStats()
+            if cand != SHARED:
+                lab = LabelStats()
+                for c_err, p_err in zip(
+                    np.abs(rng.normal(0.0, 0.5, 1_000)),
+                    np.abs(rng.normal(0.0, 1.0, 1_000)),
+                    strict=True,
+                ):
+                    lab.add((c_err, c_err * c_err, None), (p_err, p_err * p_err, None))
+                    diffs.append(c_err - p_err)
+                stats.labelled = lab
+            rec = stats.to_partial(
+                joiner_partition=0, partition_count=1, candidate=cand, primary="p@1",
+                window_start=ws, window_end=ws + W, seq=i, watermark=ws + W,
+            )  # fmt: skip
+            h = merger.handle(CODEC.encode("Partial", rec))
+            assert h.error is None
+            verdicts += [CODEC.decode_as("Verdict", v) for _, v in h.verdicts]
+    first = verdicts[0]  # 1,000 pairs of errors half the primary's: decided at once
+    assert first["n"] == 1_000
+    assert first["estimate"] == pytest.approx(np.mean(diffs[:1_000]), rel=1e-9)
+    assert first["decision"] == "PROMOTE" and first["upper"] < 0
+    assert [v["decision"] for v in verdicts] == ["PROMOTE"] * 4  # final once decided
