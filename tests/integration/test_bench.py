@@ -19,7 +19,11 @@ STAGES = ("worker", "joiner", "evaluator")
     [
         ("joiner.py", ["--requests", "3000"], r"^ratio raw/joiner: \d+\.\d\d$"),
         ("tap.py", ["--calls", "2000", "--warmup", "200"], r"^ratio tap/raw: mean \d+\.\d\dx"),
-        ("labels.py", ["--requests", "2000"], r"^awaiting labels: 2,000 requests .*\nrestore: [\d.]+ s"),
+        (
+            "labels.py",
+            ["--requests", "2000"],
+            r"^awaiting labels: 2,000 requests .*\nrestore: [\d.]+ s",
+        ),
         (
             "worker.py",
             ["--requests", "3000"],
