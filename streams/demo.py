@@ -165,11 +165,19 @@ class MetricsView:
         )
         topics = Topics(cfg.prefix)
         self.alerts_topic = topics.alerts
-        self.consumer.subscribe([topics.metrics, topics.alerts])
+        self.verdicts_topic = topics.verdicts
+        self.control_topic = topics.control
+        self.consumer.subscribe([topics.metrics, topics.alerts, topics.verdicts, topics.control])
         self.cumulative: dict[str, dict[str, Any]] = {}
         self.window: dict[str, dict[str, Any]] = {}
         #: every alert transition seen, in order
         self.alerts: list[dict[str, Any]] = []
+        #: the latest verdict of each candidate (its comparison with the current primary)
+        self.verdicts: dict[str, dict[str, Any]] = {}
+        #: every promotion published, in order
+        self.promotions: list[dict[str, Any]] = []
+        #: the first PROMOTE verdict of each comparison: the evidence of its promotion
+        self.promoting: dict[str, dict[str, Any]] = {}
 
     def poll(self, timeout: float) -> int:
         n = 0
@@ -178,6 +186,15 @@ class MetricsView:
                 continue
             if m.topic() == self.alerts_topic:
                 self.alerts.append(self.codec.decode_as("Alert", m.value()))
+                continue
+            if m.topic() == self.verdicts_topic:
+                v = self.codec.decode_as("Verdict", m.value())
+                self.verdicts[v["candidate"]] = v
+                if v["decision"] == "PROMOTE":
+                    self.promoting.setdefault(v["comparison"], v)
+                continue
+            if m.topic() == self.control_topic:
+                self.promotions.append(self.codec.decode_as("Control", m.value()))
                 continue
             rec = self.codec.decode_as("MetricSnapshot", m.value())
             target = self.cumulative if rec["scope"] == "CUMULATIVE" else self.window
@@ -191,6 +208,15 @@ class MetricsView:
             **self.cumulative[cand],
             "window_drift": self.window.get(cand, {}).get("drift", []),
             "alerts_raised": [a for a in self.alerts if a["candidate"] in (cand, "*")],
+            "verdict": self.verdicts.get(cand),
+            "promotion": next(
+                (
+                    {**p, "verdict": self.promoting.get(p["comparison"])}
+                    for p in self.promotions
+                    if p["candidate"] == cand
+                ),
+                None,
+            ),
         }
 
     def close(self) -> None:
@@ -200,7 +226,7 @@ class MetricsView:
         head = (
             f"{'candidate':<13} {'requests':>8} {'pairs':>7} {'MAE':>9} {'RMSE':>9} "
             f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6} {'law':>6} "
-            f"{'true MAE':>9} {'prim MAE':>9} {'labels':>7}"
+            f"{'true MAE':>9} {'prim MAE':>9} {'labels':>7}  {'loss diff [interval]':<28} verdict"
         )
         lines = [head, "-" * len(head)]
         for cand in sorted(self.cumulative):
@@ -213,9 +239,11 @@ class MetricsView:
                 f"{_num(r['candidate_latency_p50'], 7)} {_num(r['candidate_latency_p99'], 7)} "
                 f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)} "
                 f"{_law(r.get('conservation')):>6} "
-                f"{_num(lab.get('mae'))} {_num(lab.get('primary_mae'))} {lab.get('n', 0):>7}"
+                f"{_num(lab.get('mae'))} {_num(lab.get('primary_mae'))} {lab.get('n', 0):>7}  "
+                f"{_interval(self.verdicts.get(cand)):<28} {_decision(self.verdicts.get(cand))}"
             )
         lines += self._drift_lines()
+        lines += [_promotion_line(p, self.promoting.get(p["comparison"])) for p in self.promotions]
         if self.alerts:
             lines.append("alerts (latest last):")
             for a in self.alerts[-6:]:
@@ -255,6 +283,34 @@ class MetricsView:
 
 #: coverage counters that settle a request for one candidate: joined, or why not
 _SETTLED = ("pairs", "no_candidate", "no_primary", "no_prediction")
+
+
+def _interval(v: dict[str, Any] | None) -> str:
+    """The mean paired loss difference (candidate - primary) and its confidence interval."""
+    if v is None or v.get("estimate") is None:
+        return "-"
+    lo, hi = v.get("lower"), v.get("upper")
+    span = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
+    return f"{v['estimate']:+.2f}{span}"
+
+
+def _decision(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "-"
+    return v["decision"] if v["decision"] != "CONTINUE" else f"CONTINUE ({v['reason']})"
+
+
+def _promotion_line(p: dict[str, Any], v: dict[str, Any] | None) -> str:
+    """Who was promoted, when, and on what evidence (``v``: the verdict that decided it)."""
+    at = time.strftime("%H:%M:%S", time.gmtime(p["time"] / 1000))
+    v = v or {}
+    evidence = (
+        f": {v['n']} labelled pairs, loss diff {_interval(v)} at alpha {v['alpha']:.3g}"
+        if v.get("n")
+        else ""
+    )
+    fate = "retired" if p["old_primary"] == "RETIRE" else "kept as a shadow"
+    return f"PROMOTED {p['candidate']} at {at}Z over {p['previous_primary']} ({fate}){evidence}"
 
 
 def _settled(snapshot: dict[str, Any], total: int) -> bool:
@@ -328,7 +384,8 @@ def run_demo(args: argparse.Namespace) -> int:
             worker_args += ["--candidate", spec]
         roles.spawn("worker", *worker_args)
         roles.spawn("joiner")
-        roles.spawn("evaluator")
+        # a PROMOTE verdict becomes a promotion the service obeys through its tap
+        roles.spawn("evaluator", "--auto-promote")
         view = MetricsView(cfg)
         result = _drive(args, cfg, roles, view, stop)
         if args.json:

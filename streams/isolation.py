@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -166,8 +166,12 @@ class Lanes:
         features: list[Features],
         keys: Sequence[str],
         deliver: Callable[[int, list[Outcome]], None],
+        skip: Collection[int] = (),
     ) -> None:
         """Score one batch on every lane; ``deliver(candidate_index, outcomes)`` once each.
+
+        ``skip``: candidate indexes not to score at all (nothing delivered): a candidate
+        promoted to primary answers users now, and its answers come from the service.
 
         ``deliver`` runs on the caller's thread, in the order the lanes answer, then for the
         lanes past the budget (timeouts) and the busy ones. Returns when every candidate has
@@ -180,6 +184,8 @@ class Lanes:
         pending: set[int] = set()
         busy: list[Lane] = []
         for lane in self.lanes:
+            if lane.index in skip:
+                continue
             if lane.busy:
                 busy.append(lane)
                 continue

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from streams.deadletter import MAX_ID_CHARS
@@ -94,6 +94,7 @@ class PartitionState:
         #: finished joins' answers awaiting their labels, once this partition has seen one
         self.awaiting = AwaitingLabels(label_horizon_ms, label_budget)
         self.labels_seen = False
+        self._skipped = False
         #: candidates in the order first seen
         self.candidates: list[str] = []
         self.primary_id = ""
@@ -311,6 +312,7 @@ class PartitionState:
                 self.windows.count(key, t, "duplicates")
             else:
                 e.prim = ans
+                e.pm = model
                 e.t = t  # pairs are windowed by the primary's event time
                 self._answered(key, t, ans, primary)
                 ws = self.windows.start(t)
@@ -319,7 +321,7 @@ class PartitionState:
                 if e.ctx:
                     self._slice_answers(e)
                 if e.label is not None:
-                    score_pairs(self.windows, e.label, ans, e.cands.items())
+                    self._score(e.label, model, ans, e.cands.items())
                 if e.req and e.cands:
                     self.ledger.pair(e.cands)
                     self._meta_dirty = True
@@ -336,7 +338,7 @@ class PartitionState:
             if e.prim is not None:
                 self._pair(model, self.windows.start(e.t), e.prim, ans)
                 if e.label is not None:
-                    score_pairs(self.windows, e.label, e.prim, ((model, ans),))
+                    self._score(e.label, e.pm, e.prim, ((model, ans),))
                 if e.req:
                     self.ledger.pair((model,))
                     self._meta_dirty = True
@@ -375,7 +377,7 @@ class PartitionState:
                 e.label = truth
                 table.dirty.add(rid)
                 w.count(SHARED, t, "labels")
-                score_pairs(w, truth, e.prim, e.cands.items())
+                self._score(truth, e.pm, e.prim, e.cands.items())
             return None
         h = digest(rid)
         kept = self.awaiting.get(h)
@@ -383,7 +385,8 @@ class PartitionState:
             w.count(SHARED, t, "label_duplicates")
         elif kept is not None:
             w.count(SHARED, t, "labels")
-            if not score_pairs(w, truth, kept[1], kept[2]):
+            pm, prim = kept[1] if kept[1] is not None else (None, None)
+            if not self._score(truth, pm, prim, kept[2]) and not self._skipped:
                 w.count(SHARED, t, "labels_unmatched")
             self.awaiting.mark_labelled(h)
         elif table.done.get(h) is not None:  # finished, its answers not kept
@@ -399,6 +402,20 @@ class PartitionState:
                 for old_rid, old in table.pop_over_cap():
                     self._finish(old_rid, old, evicted=True)
         return None
+
+    def _score(
+        self, truth: Truth, pm: str | None, prim: Answer | None, cands: Iterable[tuple[str, Answer]]
+    ) -> int:
+        """Score the pairs against the primary's answer, unless another model than the
+        partition's primary gave it (around a promotion): a comparison is with the primary
+        of its partial, so such pairs are counted ``labels_other_primary`` instead."""
+        self._skipped = pm is not None and pm != self.primary_id
+        if self._skipped:
+            n = sum(1 for _ in cands)
+            if n:
+                self.windows.count(SHARED, truth[2], "labels_other_primary", n)
+            return 0
+        return score_pairs(self.windows, truth, prim, cands)
 
     def _evicted_labels(self, t: int, n: int) -> None:
         if n:
@@ -419,7 +436,8 @@ class PartitionState:
         if truth is not None:
             self._evicted_labels(at, self.awaiting.mark_labelled(e.h, first_seen))
         elif e.prim is not None or e.cands:
-            n = self.awaiting.keep(e.h, first_seen, e.prim, tuple(e.cands.items()))
+            prim = None if e.prim is None else (e.pm, e.prim)
+            n = self.awaiting.keep(e.h, first_seen, prim, tuple(e.cands.items()))
             self._evicted_labels(at, n)
 
     def _answered(self, key: str, t: int, ans: Answer, primary: bool) -> None:

@@ -23,9 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from streams.config import Config
-from streams.demo_models import PRIMARY_ID, HouseMarket, primary
+from streams.demo_models import PRIMARY_ID, HouseMarket, primary, ridge_candidate, tree_candidate
 from streams.labelsource import LabelSource
 from streams.tap import Tap
 
@@ -41,6 +42,13 @@ RAMP_FRACTION = 0.1
 NOMINAL_EVENTS = 10_000
 #: Requests drawn from the market at a time (the drift is constant within a chunk).
 _CHUNK = 50
+#: The models the service can answer with: the primary, and each demo candidate once a
+#: promotion on ``<prefix>.control`` makes it the primary (the tap says which, per request).
+MODELS: dict[str, Callable[[dict[str, Any]], float]] = {
+    PRIMARY_ID: primary.predict_one,
+    "price-ridge@4": ridge_candidate.predict_one,
+    "price-tree@1": tree_candidate.predict_one,
+}
 
 
 @dataclass
@@ -110,11 +118,10 @@ def run_service(
     stop = stop or threading.Event()  # one code path: pacing waits on it either way
     own_tap = tap is None
     if tap is None:
-        tap = Tap(cfg, use_case=use_case)
+        tap = Tap(cfg, use_case=use_case, primary=PRIMARY_ID)
     market = HouseMarket(seed)
     labels = LabelSource(cfg, label_lag) if label_lag is not None else None
     stats = ServiceStats()
-    predict = primary.predict_one
     start_wall = time.monotonic()
     start_ms = int(time.time() * 1000)
     event_ms = start_ms
@@ -138,6 +145,11 @@ def run_service(
                 )
                 if labels is not None:  # the label RNG is its own: requests are unchanged
                     labels.add(request_id, market.price(numeric, categorical, drift), event_ms)
+                # the model a promotion made primary, as a real service would route
+                model_id = tap.primary or PRIMARY_ID
+                predict = MODELS.get(model_id)
+                if predict is None:  # a promotion to a model this service cannot run
+                    model_id, predict = PRIMARY_ID, primary.predict_one
                 t0 = time.perf_counter()
                 value: float | None
                 error: str | None
@@ -149,7 +161,7 @@ def run_service(
                 latency_ms = (time.perf_counter() - t0) * 1000.0
                 tap.record_prediction(
                     request_id,
-                    PRIMARY_ID,
+                    model_id,
                     value=value,
                     label=None,
                     scores=None,

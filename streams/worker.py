@@ -80,6 +80,7 @@ from confluent_kafka import (
 
 from streams.clientlog import CLIENT_LOG
 from streams.config import Config
+from streams.control import PrimaryFollower
 from streams.deadletter import MAX_ID_CHARS, clip, dead_letter_of
 from streams.errors import BrokerError, ConfigError, SchemaError
 from streams.isolation import DEFAULT_BUDGET_S, Lanes
@@ -196,6 +197,7 @@ class ShadowWorker:
             raise ValueError(f"budget_s must be > 0, got {budget_s}")
         self.budget_s = budget_s
         self._lanes: Lanes | None = None
+        self._primary: PrimaryFollower | None = None
         self.cfg = cfg
         self.candidates = list(candidates)
         self.group_id = group_id or f"{cfg.prefix}.worker"
@@ -252,6 +254,9 @@ class ShadowWorker:
         )
         try:
             self._lanes = Lanes(self.candidates, self.budget_s)
+            # a candidate promoted to primary (<prefix>.control) answers users now: the
+            # service sends its answers, so it is no longer scored in the shadow
+            self._primary = PrimaryFollower(self.cfg)
             self._open()
             last_activity = time.monotonic()
             while stop is None or not stop.is_set():
@@ -354,6 +359,9 @@ class ShadowWorker:
         if lanes is not None:
             lanes.close()
             self._report_candidates(lanes)
+        follower, self._primary = self._primary, None
+        if follower is not None:
+            follower.close()
         try:
             if producer is not None and self._in_transaction:
                 self._abort_open_transaction(producer)
@@ -450,6 +458,8 @@ class ShadowWorker:
         lanes = self._lanes
         assert lanes is not None
         lanes.warm_up(features[0])
+        primary = self._primary.primary if self._primary is not None else None
+        promoted = [i for i, c in enumerate(self.candidates) if c.model_id == primary]
 
         def deliver(index: int, outcomes: list[Outcome]) -> None:
             model_id = self.candidates[index].model_id
@@ -481,7 +491,7 @@ class ShadowWorker:
             self.stats.errors += errors
             self.stats.timeouts += timeouts
 
-        lanes.score(features, ids, deliver)
+        lanes.score(features, ids, deliver, skip=promoted)
 
     def _report_candidates(self, lanes: Lanes) -> None:
         """Each candidate's lane counts and call costs into the stats, and one log line."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from streams.join.segments import SegmentLog
 
-#: (forget second, primary's answer or None, ((candidate, answer), ...), labelled)
+#: (forget second, (primary model, its answer) or None, ((candidate, answer), ...), labelled)
 Kept = tuple[int, Any, tuple[tuple[str, Any], ...], bool]
 
 KEY_AWAITING = b"l"

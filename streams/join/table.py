@@ -37,7 +37,7 @@ Truth = tuple[float | None, str | None, int]
 class Entry:
     """An open join: the request (seen or not), the primary's and each candidate's answer."""
 
-    __slots__ = ("cands", "ctx", "deadline", "h", "label", "prim", "req", "t")
+    __slots__ = ("cands", "ctx", "deadline", "h", "label", "pm", "prim", "req", "t")
 
     def __init__(self, t: int, deadline: int, h: int) -> None:
         self.t = t
@@ -50,9 +50,13 @@ class Entry:
         self.ctx: tuple[str, ...] = ()
         #: its ground truth, once the label came while the join was open
         self.label: Truth | None = None
+        #: the model that answered as primary (a promotion changes it between requests)
+        self.pm: str | None = None
 
     def dump(self) -> list[Any]:
         out = [self.t, self.deadline, self.req, self.prim, self.cands]
+        if self.pm is not None:
+            return [*out, list(self.ctx), self.label, self.pm]
         if self.label is not None:
             return [*out, list(self.ctx), self.label]
         return [*out, list(self.ctx)] if self.ctx else out
@@ -66,8 +70,10 @@ class Entry:
         e.cands = {k: tuple(v) for k, v in cands.items()}
         if len(data) > 5:
             e.ctx = tuple(data[5])
-        if len(data) > 6:
+        if len(data) > 6 and data[6] is not None:
             e.label = tuple(data[6])
+        if len(data) > 7:
+            e.pm = data[7]
         return e
 
 

@@ -43,6 +43,7 @@ COVERAGE_FIELDS = (
     "labels_early",
     "labels_unmatched",
     "labels_evicted",
+    "labels_other_primary",
 )
 
 SHARED = "*"

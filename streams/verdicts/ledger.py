@@ -8,9 +8,11 @@ auto-promotion on, the comparison's first PROMOTE also returns one ``Control`` r
 
 A comparison is keyed by (candidate, primary): when the primary a candidate is compared
 with changes (a promotion), a new comparison starts from zero, so evidence gathered
-against the old primary never counts against the new one. Its first PROMOTE or REJECT is
-final (the confidence sequence is valid at the time it is first read as excluding 0, not
-at a later one chosen after looking); later windows repeat it.
+against the old primary never counts against the new one. Its first PROMOTE is final:
+it is acted on, and later windows repeat it. A REJECT is a reading, not an end: the
+confidence sequence holds at every n at once, so reading it again later is no choice
+after looking, and a candidate worse before a market moved can be shown better after it
+(docs/verdicts.md, section 5).
 
 State is JSON in one ``MutableMapping[bytes, bytes]`` the caller owns (a changelog-backed
 faust table in the evaluator, a dict in the tests), so a restarted evaluator continues
@@ -278,9 +280,9 @@ class VerdictLedger:
                 window_end=we,
                 emitted_at=now,
             )
-            if v.decision is not Decision.CONTINUE:
+            if v.decision is Decision.PROMOTE:  # acted on: the comparison ends here
                 cmp.decided = rec
-                if v.decision is Decision.PROMOTE and self.auto_promote:
+                if self.auto_promote:
                     control = promotion_record(
                         cand,
                         previous_primary=primary,

@@ -4,9 +4,10 @@
   window every 10 s (the default) of 1,000 requests: at most one drift alert (issue 7, 4).
 * One feature shifted by half a standard deviation from a window on: it alarms within two
   windows of the onset, and no other feature does.
-* `understudy demo --events 20000`: a subscriber that reads ``<prefix>.alerts`` with Apache
-  Avro's own decoder and the ``.avsc`` files (single-object encoding: ``C3 01``, the
-  schema's CRC-64-AVRO fingerprint, the body) finds a FIRING drift alert.
+* `understudy demo --events 30000`: a subscriber that reads ``<prefix>.alerts``,
+  ``<prefix>.verdicts`` and ``<prefix>.control`` with Apache Avro's own decoder and the
+  ``.avsc`` files (single-object encoding: ``C3 01``, the schema's CRC-64-AVRO fingerprint,
+  the body) finds a FIRING drift alert, a PROMOTE verdict and the promotion after it.
 
 Messages carry their event time as Kafka timestamp (as a tap stamps them), so 100,000
 requests spread over 1,000 s of event time are believable to the joiner's time check.
@@ -14,6 +15,7 @@ requests spread over 1,000 s of event time are believable to the joiner's time c
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,9 +140,13 @@ def test_a_shifted_feature_alarms_within_two_windows_and_no_other(
 
 
 @pytest.mark.timeout(900)
-def test_a_subscriber_with_its_own_avro_decoder_sees_the_demos_drift_alert(
+def test_a_subscriber_with_its_own_avro_decoder_sees_the_demos_alert_verdict_and_promotion(
     kafka_bootstrap: str, prefix: str
 ) -> None:
+    """After ``understudy demo --events 30000`` (issue 7's alert, issue 8's promotion): an
+    outside subscriber decoding with Apache avro and the .avsc files finds a FIRING drift
+    alert, a PROMOTE verdict, and the Control event that followed it, naming that verdict's
+    comparison; and the demo's --json line of the promoted candidate carries both."""
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
     done = subprocess.run(
         [
@@ -149,7 +155,7 @@ def test_a_subscriber_with_its_own_avro_decoder_sees_the_demos_drift_alert(
             "streams.cli",
             "demo",
             "--events",
-            "20000",
+            "30000",
             "--rate",
             "1000",
             "--json",
@@ -172,3 +178,16 @@ def test_a_subscriber_with_its_own_avro_decoder_sees_the_demos_drift_alert(
         "sqft", "bedrooms", "bathrooms", "distance_km", "lot_size", "region", "property_type"
     }  # fmt: skip
     assert all(a["candidate"] == "*" and a["metric"] == "drift.alarm" for a in firing)
+    verdicts = [apache_decoder("Verdict")(v) for _, v, _ in read_all(cfg, f"{prefix}.verdicts")]
+    promote = [v for v in verdicts if v["decision"] == "PROMOTE"]
+    assert promote, {v["decision"] for v in verdicts}
+    assert all(v["upper"] < 0 and v["n"] > 0 for v in promote)
+    controls = [apache_decoder("Control")(v) for _, v, _ in read_all(cfg, f"{prefix}.control")]
+    assert [(c["action"], c["candidate"], c["comparison"]) for c in controls] == [
+        ("PROMOTE", promote[0]["candidate"], promote[0]["comparison"])
+    ]
+    assert controls[0]["time"] >= promote[0]["emitted_at"]
+    lines = [json.loads(x) for x in done.stdout.decode().splitlines() if x.strip()]
+    promoted = next(x for x in lines if x["candidate"] == promote[0]["candidate"])
+    assert promoted["promotion"]["candidate"] == promote[0]["candidate"]
+    assert promoted["promotion"]["verdict"]["decision"] == "PROMOTE"

@@ -169,3 +169,25 @@ def test_bad_labels_are_refused_with_a_reason() -> None:
     assert st.on_label(lab("r", 1_000)) == "label has neither a value nor a class"
     assert st.on_label(lab("r", 1_000, value=float("nan"))) == "label value nan is not finite"
     assert st.on_label(lab("", 1_000, value=1.0)) == "empty request_id"
+
+
+def test_pairs_answered_by_a_former_primary_are_counted_not_scored() -> None:
+    """Around a promotion: a label for a request the old primary answered is not scored
+    against the new primary's comparison; it is counted ``labels_other_primary``."""
+    st = PartitionState(0, W, 200, TTL)
+    feed(st, [lab("warm-up", 900, value=0.0)])
+    feed(st, [req("old", 1_000), pred("old", 1_000, PRIMARY, value=1.0)])
+    feed(st, [pred("old", 1_000, CAND_A, value=2.0), pred("old", 1_000, CAND_B, value=3.0)])
+    promoted = "promoted@2"
+    feed(st, [req("new", 1_100), {**pred("new", 1_100, promoted, value=5.0), "role": "PRIMARY"}])
+    feed(st, [pred("new", 1_100, CAND_A, value=4.0)])
+    assert st.primary_id == promoted
+    feed(st, [lab("old", 1_200, value=1.5), lab("new", 1_200, value=4.5)])
+    out = st.advance()
+    st.finish_open()
+    out += st.advance(close_all=True)
+    got = totals(out)
+    assert got[SHARED].coverage["labels_other_primary"] == 2  # old's two candidates
+    s = got[CAND_A].labelled
+    assert s is not None and s.summary()["n"] == 1  # only "new", against the new primary
+    assert s.summary()["primary_mae"] == pytest.approx(0.5)

@@ -189,6 +189,7 @@ def sample_partial() -> dict[str, Any]:
         "labels_early": 2,
         "labels_unmatched": 1,
         "labels_evicted": 3,
+        "labels_other_primary": 2,
     }
     return {
         "joiner_partition": 3,
