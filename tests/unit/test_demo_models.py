@@ -134,6 +134,9 @@ def test_demo_specs_load() -> None:
 
 
 class RecordingTap:
+    #: no promotion: the service answers with its own primary
+    primary: str | None = None
+
     def __init__(self) -> None:
         self.requests: list[tuple[Any, ...]] = []
         self.predictions: list[tuple[Any, ...]] = []
