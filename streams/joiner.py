@@ -350,7 +350,9 @@ class Joiner:
 
     def _close_all(self) -> None:
         """The end of the input: classify every open join, publish every open window."""
+        now = int(time.time() * 1000)
         for st in self.states.values():
+            st.place_dead_letters(now)  # the idle flush may not have come before the exit
             st.finish_open()
         emitted = {p: st.advance(close_all=True) for p, st in self.states.items()}
         self._transact(set(self.states), [], emitted)

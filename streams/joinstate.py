@@ -558,6 +558,15 @@ class PartitionState:
                 self._unplaced_dead = 0
             self._progress()
 
+    def place_dead_letters(self, now: int) -> None:
+        """The input has ended: dead letters still waiting for a believable event time (a
+        partition that only ever saw bad messages) go into the window of ``now``, the
+        processing time, as an idle partition's would."""
+        if self._unplaced_dead:
+            self.windows.count(SHARED, now, "dead_letters", self._unplaced_dead)
+            self._unplaced_dead = 0
+            self._meta_dirty = True
+
     def finish_open(self) -> None:
         """Finish every open join now: the input has ended, no answer can come any more."""
         for rid, e in self.table.pop_due(2**62):
