@@ -376,7 +376,7 @@ class Joiner:
                         joiner_partition=p,
                         partition_count=self.partition_count,
                         candidate=e.candidate,
-                        primary=st.primary_id,
+                        primary=e.primary,
                         window_start=e.window_start,
                         window_end=e.window_start + self.cfg.window_ms,
                         seq=e.seq,

@@ -280,6 +280,8 @@ class PartitionState:
         key = SHARED if primary else model
         if primary:
             if model != self.primary_id:
+                if self.primary_id:  # a promotion: pairs against the old primary end here
+                    self.windows.drop_pairs("labels_other_primary")
                 self.primary_id = model
                 self._meta_dirty = True
         elif model not in self.ledger.book:
@@ -511,8 +513,10 @@ class PartitionState:
         if not emitted:
             return
         snap = self.ledger.snapshot()
-        self._outbox += [
-            dataclasses.replace(e, ledger=snap) if e.candidate == SHARED else e for e in emitted
+        primary = self.primary_id  # now, not when the batch is published: a later event
+        self._outbox += [  # of the same batch may be the first answer of a new primary
+            dataclasses.replace(e, ledger=snap if e.candidate == SHARED else None, primary=primary)
+            for e in emitted
         ]
         self._meta_dirty = True
 

@@ -296,6 +296,8 @@ class WindowMerger:
         ws, we = rec["window_start"], rec["window_end"]
         before = self.horizon()
         out: list[Message] = []
+        if self.verdicts is not None and cand != SHARED:  # its own primary: see fold
+            self.verdicts.fold(cand, rec["primary"], ws, stats)
         if before is not None and we <= before:
             out += self._late(cand, rec, stats)
         else:
@@ -366,9 +368,7 @@ class WindowMerger:
                     self._publish(judged.transitions)
                 out.append(self._snapshot(cand, primary, "WINDOW", stats, wmeta, judged=judged))
                 if self.verdicts is not None:
-                    for kind, msg in self.verdicts.window(
-                        cand, primary, ws, we, stats, self.clock()
-                    ):
+                    for kind, msg in self.verdicts.verdict(cand, primary, ws, we, self.clock()):
                         self._out[kind].append(msg)
                 out += self._add_cumulative(cand, primary, stats, wmeta, late=0)
                 del self.windows[key]
@@ -420,8 +420,6 @@ class WindowMerger:
             "primary": rec["primary"],
         }
         if cand != SHARED:
-            if self.verdicts is not None:
-                self.verdicts.late(cand, rec["primary"], rec["window_start"], stats)
             return self._add_cumulative(cand, rec["primary"], stats, meta, late=1, new_window=False)
         return self._fold_shared(self._known(), stats, meta, late=1)
 

@@ -66,6 +66,8 @@ class Emitted:
     watermark: int = 0
     #: the partition's conservation ledger at emission ('*' partials only)
     ledger: dict[str, dict[str, int]] | None = None
+    #: the partition's primary at emission: the one its pairs were scored against
+    primary: str = ""
 
 
 class Windows:
@@ -101,6 +103,23 @@ class Windows:
             self.stats(key)
         self.dirty.add(key)
         return c
+
+    def drop_pairs(self, count_as: str) -> None:
+        """Take the labelled pairs out of every open candidate accumulator, and count them
+        under ``count_as`` on the ``*`` accumulator of the same window.
+
+        For a change of primary: a partial names one primary (the partition's at
+        emission), so pairs scored against the one before must not leave under the new
+        name (streams.verdicts.ledger.VerdictLedger.fold says what that would do).
+        """
+        for (cand, ws), s in list(self.acc.items()):
+            lab = s.labelled
+            if cand == SHARED or lab is None or lab.is_empty():
+                continue
+            s.labelled = None
+            self.dirty.add((cand, ws))
+            if lab.diff_n:
+                self.stats((SHARED, ws)).count(count_as, lab.diff_n)
 
     def fold(self) -> None:
         """Fold every column buffer into its accumulator."""

@@ -1,18 +1,22 @@
 """Verdict state per (candidate, primary) comparison, and the records a window close gives.
 
-:class:`streams.merging.WindowMerger` calls :meth:`VerdictLedger.window` once per candidate
-of every closed window. The ledger adds the window's paired loss sums and guardrail
-figures to that candidate's comparison with its current primary, decides
-(:func:`streams.verdicts.decide.decide`), and returns one ``Verdict`` record; with
-auto-promotion on, the comparison's first PROMOTE also returns one ``Control`` record.
+:class:`streams.merging.WindowMerger` calls :meth:`VerdictLedger.fold` with every
+candidate partial as it arrives, and :meth:`VerdictLedger.verdict` once per candidate of
+every closed window. A partial's paired loss sums and guardrail figures go to the
+comparison of its candidate with the primary *it* was scored against; a window close
+decides (:func:`streams.verdicts.decide.decide`) on the comparison with the window's
+primary and returns one ``Verdict`` record; with auto-promotion on, the comparison's first
+PROMOTE also returns one ``Control`` record.
 
 A comparison is keyed by (candidate, primary): when the primary a candidate is compared
-with changes (a promotion), a new comparison starts from zero, so evidence gathered
-against the old primary never counts against the new one. Its first PROMOTE is final:
-it is acted on, and later windows repeat it. A REJECT is a reading, not an end: the
-confidence sequence holds at every n at once, so reading it again later is no choice
+with changes (a promotion), the comparison with the new primary starts from zero, so
+evidence gathered against the old primary never counts against the new one, not even in
+the windows where the joiner's partitions switch one after the other. Its first PROMOTE
+is final: it is acted on, and later windows repeat it. A REJECT is a reading, not an end:
+the confidence sequence holds at every n at once, so reading it again later is no choice
 after looking, and a candidate worse before a market moved can be shown better after it
-(docs/verdicts.md, section 5).
+(docs/verdicts.md, section 5). Should a former primary become primary again (a rollback),
+its comparisons go on from where they stood.
 
 State is JSON in one ``MutableMapping[bytes, bytes]`` the caller owns (a changelog-backed
 faust table in the evaluator, a dict in the tests), so a restarted evaluator continues
@@ -197,14 +201,10 @@ class VerdictLedger:
         self.state[key] = json.dumps(value, sort_keys=True).encode()
 
     def _comparison(self, cand: str, primary: str, start: int) -> _Comparison:
-        """The current comparison of ``cand``; a new one when its primary changed."""
-        current = self._json(b"current|" + cand.encode(), None)
-        key = f"cmp|{cand}|{primary}".encode()
-        if current == primary:
-            stored = self._json(key, None)
-            if stored is not None:
-                return _Comparison.from_json(stored)
-        self._put(b"current|" + cand.encode(), primary)
+        """The comparison of ``cand`` with ``primary``; a new one, from zero, the first time."""
+        stored = self._json(f"cmp|{cand}|{primary}".encode(), None)
+        if stored is not None:
+            return _Comparison.from_json(stored)
         return _Comparison(f"{cand}|{primary}|{start}", PairedLoss(), LatencySketch())
 
     def candidates(self, primary: str) -> int:
@@ -218,28 +218,32 @@ class VerdictLedger:
         if cand not in seen:
             self._put(key, sorted([*seen, cand]))
 
-    def _fold(
-        self, cand: str, primary: str, ws: int, stats: PartialStats, loss: PairedLoss | None
-    ) -> _Comparison:
+    def fold(
+        self, cand: str, primary: str, ws: int, stats: PartialStats, loss: PairedLoss | None = None
+    ) -> None:
+        """One partial of ``cand`` into its comparison with the primary *that partial* was
+        scored against (its ``primary`` field), on time or late.
+
+        Not the primary of the window it is merged into: around a promotion, the joiner's
+        partitions switch primary at slightly different times, so one window can hold
+        partials against the old primary and against the new one. Had they been merged
+        first, a candidate close to the old primary (a refit of it, whose paired difference
+        has a small variance) would lend its small lead over the *old* primary to its
+        comparison with the *new* one, and be promoted over a better model within a window.
+
+        A partial from a partition that has not seen a primary answer yet (``primary``
+        empty; it holds no labelled pairs) counts in the candidate's latest comparison, if
+        it has one. A comparison over (a PROMOTE acted on) still takes late figures; they
+        change no decision.
+        """
+        primary = primary or self._json(b"current|" + cand.encode(), "")
+        if not primary or cand == primary:
+            return
         cmp = self._comparison(cand, primary, ws)
         cmp.loss.merge(loss if loss is not None else paired_loss(stats))
         cmp.latency.merge(stats.candidate_latency)
         cmp.predictions += stats.coverage["candidate_predictions"]
         cmp.errors += stats.coverage["candidate_errors"]
-        return cmp
-
-    def late(
-        self, cand: str, primary: str, ws: int, stats: PartialStats, loss: PairedLoss | None = None
-    ) -> None:
-        """A partial of ``cand`` for a window already closed: its figures join the
-        comparison (the next verdict counts them), no verdict is published for it.
-
-        A late partial of an earlier comparison (its primary since replaced) changes nothing:
-        that comparison is over.
-        """
-        if self._json(b"current|" + cand.encode(), None) != primary:
-            return
-        cmp = self._fold(cand, primary, ws, stats, loss)
         self._put(f"cmp|{cand}|{primary}".encode(), cmp.to_json())
 
     def window(
@@ -252,16 +256,26 @@ class VerdictLedger:
         now: int,
         loss: PairedLoss | None = None,
     ) -> list[tuple[str, Message]]:
-        """The records of ``cand``'s closed window: ``("Verdict", (key, value))`` and, on an
-        auto-promotion, ``("Control", (key, value))``.
+        """:meth:`fold` the window's figures, then :meth:`verdict` (for callers that merge
+        a window's partials themselves, all against one primary)."""
+        self.fold(cand, primary, ws, stats, loss)
+        return self.verdict(cand, primary, ws, we, now)
 
-        ``loss``: the window's paired loss sums (default: :func:`paired_loss` of ``stats``).
+    def verdict(
+        self, cand: str, primary: str, ws: int, we: int, now: int
+    ) -> list[tuple[str, Message]]:
+        """The records of ``cand``'s closed window, judged on its comparison with the
+        window's ``primary`` (every partial already folded): ``("Verdict", (key, value))``
+        and, on an auto-promotion, ``("Control", (key, value))``.
+
         A candidate that is the primary itself (after its promotion) gives nothing.
         """
-        if cand == primary:
+        if cand == primary or not primary:
             return []
         self._see(cand, primary)
-        cmp = self._fold(cand, primary, ws, stats, loss)
+        if self._json(b"current|" + cand.encode(), None) != primary:
+            self._put(b"current|" + cand.encode(), primary)
+        cmp = self._comparison(cand, primary, ws)
         k = self.candidates(primary)
         out: list[tuple[str, Message]] = []
         if cmp.decided is not None:

@@ -191,3 +191,42 @@ def test_pairs_answered_by_a_former_primary_are_counted_not_scored() -> None:
     s = got[CAND_A].labelled
     assert s is not None and s.summary()["n"] == 1  # only "new", against the new primary
     assert s.summary()["primary_mae"] == pytest.approx(0.5)
+
+
+def test_a_change_of_primary_takes_the_open_windows_pairs_against_the_old_one_out() -> None:
+    """A partial names one primary, the partition's at emission: pairs scored against the
+    old primary in a window still open at a promotion must not leave as pairs against the
+    new one (a refit of the old primary then looks better than the new primary: the
+    demo's wrong second promotion). They are counted labels_other_primary instead."""
+    st = PartitionState(0, W, 200, TTL)
+    new_primary = "prim@2"
+    feed(st, [req("r0", 1_000), pred("r0", 1_000, value=10.0), pred("r0", 1_000, CAND_A, 11.0)])
+    feed(st, [lab("r0", 1_100, value=10.5)])  # scored: CAND_A against PRIMARY
+    switched = {**pred("r1", 1_200, new_primary, value=5.0), "role": "PRIMARY"}
+    feed(st, [req("r1", 1_200), switched, pred("r1", 1_200, CAND_A, value=7.0)])
+    feed(st, [lab("r1", 1_300, value=5.5)])  # scored: CAND_A against prim@2
+    out = st.advance(close_all=True)
+    assert st.primary_id == new_primary
+    got = totals(out)
+    lab_a = got[CAND_A].labelled
+    assert lab_a is not None
+    assert (lab_a.diff_n, lab_a.diff_sum.get()) == (1, pytest.approx(1.5 - 0.5))
+    assert got[SHARED].coverage["labels_other_primary"] == 1
+    assert got[SHARED].coverage["labels"] == 2
+
+
+def test_a_partial_names_the_primary_at_its_close_not_at_its_batch_end() -> None:
+    """Windows close event by event; a batch is published at its end. A window closed
+    before the first answer of a new primary, in the same batch, still names the old one."""
+    st = PartitionState(0, W, 200, TTL)
+    events = []
+    for i, t in enumerate((1_000, 1_500, 2_100, 3_200, 4_300, 5_400)):
+        model = PRIMARY if t < 4_000 else "prim@2"
+        answer = {**pred(f"r{i}", t, model, value=1.0), "role": "PRIMARY"}
+        events += [req(f"r{i}", t), answer, pred(f"r{i}", t, CAND_A, value=2.0)]
+    feed(st, events)  # one batch
+    named = {(e.candidate, e.window_start): e.primary for e in st.advance()}
+    assert named[(CAND_A, 1_000)] == PRIMARY  # closed by the events of 3,200
+    assert "prim@2" not in {named[k] for k in named if k[1] < 3_000}
+    out = st.advance(close_all=True)
+    assert {e.primary for e in out} == {"prim@2"}

@@ -160,11 +160,65 @@ def test_late_partials_count_in_the_next_verdict_of_their_comparison_only() -> N
     rng = np.random.default_rng(7)
     ledger = VerdictLedger({}, Policy())
     ledger.window("c@1", "p@1", T0, T0 + W, window_stats(rng, 100), T0)
-    ledger.late("c@1", "p@1", T0, window_stats(rng, 40))
-    ledger.late("c@1", "p@0", T0, window_stats(rng, 1_000))  # an older primary: ignored
+    ledger.fold("c@1", "p@1", T0, window_stats(rng, 40))
+    ledger.fold("c@1", "p@0", T0, window_stats(rng, 1_000))  # another primary's comparison
     out = decode(ledger.window("c@1", "p@1", T0 + W, T0 + 2 * W, window_stats(rng, 10), T0))
     assert out[0][1]["predictions"] == 150
     assert out[0][1]["comparison"] == f"c@1|p@1|{T0}"
+
+
+def _labelled(rng: np.random.Generator, cand_err: np.ndarray, prim_err: np.ndarray) -> PartialStats:
+    s = window_stats(rng, len(cand_err))
+    for c, p in zip(cand_err, prim_err, strict=True):
+        s.labels().add((float(c), float(c * c), None), (float(p), float(p * p), None))
+    return s
+
+
+def test_partitions_switching_primary_in_one_window_keep_each_pair_with_its_primary() -> None:
+    """The CI fault of the demo: at a promotion, joiner partition 0 still sends pairs against
+    the old primary (a refit candidate a little, but very consistently, better than it),
+    partition 1 already against the new one (much better than the candidate). Merged into
+    one window named after the new primary, the old pairs made the candidate look better
+    than the new primary, and it was promoted over it. Each partial's pairs must count
+    only against the primary in that partial."""
+    rng = np.random.default_rng(11)
+    tables: list[dict[bytes, bytes]] = [{}, {}, {}, {}]
+    ledger = VerdictLedger({}, Policy())
+    merger = WindowMerger(*tables, grace_ms=10 * W, clock=lambda: T0, verdicts=ledger)
+    truth = rng.normal(0.0, 1.0, 4_000)
+    old_err = np.abs(truth + 30.0 + rng.normal(0.0, 5.0, 4_000))  # the old primary
+    refit_err = np.maximum(old_err - 0.7 + rng.normal(0.0, 0.3, 4_000), 0.0)  # the candidate
+    new_err = np.abs(truth + rng.normal(0.0, 5.0, 4_000))  # the new primary: much better
+    parts = [
+        (0, "p@old", _labelled(rng, refit_err[:3_000], old_err[:3_000])),
+        (1, "p@new", _labelled(rng, refit_err[3_000:3_020], new_err[3_000:3_020])),
+    ]
+
+    def send(part: int, primary: str, cand: str, s: PartialStats, ws: int) -> list[Any]:
+        rec = s.to_partial(
+            joiner_partition=part, partition_count=2, candidate=cand, primary=primary,
+            window_start=ws, window_end=ws + W, seq=0, watermark=ws + W,
+        )  # fmt: skip
+        h = merger.handle(CODEC.encode("Partial", rec))
+        assert h.error is None
+        return [CODEC.decode_as("Verdict", v) for _, v in h.verdicts]
+
+    for part, primary, _ in parts:  # both partitions known, up to the window
+        assert send(part, primary, SHARED, PartialStats(), T0 - W) == []
+    verdicts = []
+    for part, primary, stats in parts:
+        verdicts += send(part, primary, "c@1", stats, T0)
+    for part, primary, _ in parts:
+        verdicts += send(part, primary, SHARED, PartialStats(), T0)
+    assert len(verdicts) == 1
+    v = verdicts[0]
+    assert (v["candidate"], v["primary"]) == ("c@1", "p@new")  # the last '*' partial's
+    d = refit_err[3_000:3_020] - new_err[3_000:3_020]
+    assert v["n"] == 20
+    assert v["estimate"] == pytest.approx(d.mean(), rel=1e-12)
+    assert v["decision"] != "PROMOTE"  # merged with the old pairs: n 3,020, PROMOTE
+    old = ledger.window("c@1", "p@old", T0 + W, T0 + 2 * W, PartialStats(), T0)
+    assert decode(old)[0][1]["n"] == 3_000
 
 
 def test_bonferroni_divides_alpha_by_the_candidates_seen() -> None:
