@@ -210,7 +210,7 @@ def send(p: Producer, topic: str, value: bytes | None, key: bytes | None, **kw: 
 
 
 def produce_dataset(cfg: Config, n: int, seed: int = 3) -> dict[str, np.ndarray]:
-    """Requests, primary and two candidates' predictions with fixed event times.
+    """Requests, primary and two candidates' predictions with fixed event times (``t``).
 
     Some candidate answers are missing (c2 skips every 50th request) and some events are
     sent twice, so the coverage counters have something to count.
@@ -264,7 +264,7 @@ def produce_dataset(cfg: Config, n: int, seed: int = 3) -> dict[str, np.ndarray]
         if i % 1000 == 0:
             p.poll(0)
     assert p.flush(60) == 0
-    return {"prim": prim, "c1": c1, "c2": c2}
+    return {"prim": prim, "c1": c1, "c2": c2, "t": base + 10 * np.arange(n)}
 
 
 def fold_partials(cfg: Config) -> dict[str, PartialStats]:
