@@ -44,7 +44,6 @@ from streams.kafka import (
     committed_reader,
     partition_counts,
     read_compacted,
-    read_range,
 )
 from streams.merging import WindowMerger, dead_letter_record
 from streams.metrics.partial import PartialStats
@@ -378,17 +377,39 @@ class Evaluator:
 
 
 class GapReader:
-    """Reads the committed records of an offset range of the partials topic, on demand."""
+    """Reads the committed records of an offset range of the partials topic, on demand.
+
+    Nearly every gap is one transaction marker (each joiner batch commits one), so this is
+    asked once per joiner batch, and must answer in about the time a fetch takes. It
+    keeps its assignment and reads forward: the records it read past a range's end wait
+    in a small buffer for the next range, and only a range before what it has read
+    (another partition, a restart) re-assigns it. It polls record by record: a batch
+    ``consume`` returns only when its batch is full or its timeout is over.
+
+    The old way (assign each range's start, batch-consume with a 0.2 s timeout) stalled
+    the evaluator's event loop at every joiner commit: ``bench/gaps.py``, 60 transactions
+    0.2 s apart on the embedded broker, measured p50 201 ms and p99 802 ms a gap, against
+    1.2 ms and 6.7 ms for this reader.
+    """
 
     def __init__(self, cfg: Config, topic: str, timeout_s: float = 60.0) -> None:
         self.cfg = cfg
         self.topic = topic
         self.timeout_s = timeout_s
         self._consumer: Consumer | None = None
+        self._partition: int | None = None
+        #: everything from this offset on has been read (None: not assigned)
+        self._read_from: int | None = None
+        self._ahead: list[tuple[int, bytes | None, bytes | None]] = []
 
     def _reader(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = committed_reader(self.cfg, f"{self.cfg.prefix}.evaluator-gaps")
+            # it stays assigned: its prefetch, which it drains only at gaps, is kept small
+            self._consumer = committed_reader(
+                self.cfg,
+                f"{self.cfg.prefix}.evaluator-gaps",
+                **{"queued.max.messages.kbytes": 4096},
+            )
         return self._consumer
 
     def log_start(self, partition: int) -> int:
@@ -402,11 +423,26 @@ class GapReader:
     ) -> list[tuple[int, bytes | None, bytes | None]]:
         """(offset, key, value) of every committed record with start <= offset < end."""
         reader = self._reader()
-        found = [
-            (m.offset() or 0, m.key(), m.value())
-            for m in read_range(reader, self.topic, partition, start, end, self.timeout_s)
-        ]
-        reader.unassign()
+        tp = TopicPartition(self.topic, partition)
+        if self._partition != partition or self._read_from is None or start < self._read_from:
+            reader.assign([TopicPartition(self.topic, partition, start)])
+            self._partition, self._read_from, self._ahead = partition, start, []
+        deadline = time.monotonic() + self.timeout_s
+        while not self._ahead or self._ahead[-1][0] < end:
+            position = reader.position([tp])[0].offset
+            if position >= end:  # past the range's markers and aborted records
+                break
+            m = reader.poll(0.2)
+            if m is not None and m.error() is None and m.offset() is not None:
+                self._ahead.append((m.offset() or 0, m.key(), m.value()))
+            if time.monotonic() > deadline:
+                raise UnderstudyError(
+                    f"reading {self.topic}[{partition}] did not reach offset {end} in "
+                    f"{self.timeout_s:.0f} s"
+                )
+        found = [r for r in self._ahead if start <= r[0] < end]
+        self._ahead = [r for r in self._ahead if r[0] >= end]
+        self._read_from = end
         if found:
             log.warning(
                 "applying %d partial(s) the stream skipped: %s[%d] offsets %s",

@@ -317,12 +317,13 @@ def check_copartitioned(cfg: Config, timeout: float = 15.0) -> int:
     return next(iter(counts.values()))
 
 
-def committed_reader(cfg: Config, group: str) -> Consumer:
+def committed_reader(cfg: Config, group: str, **overrides: Any) -> Consumer:
     """A consumer for reading state back: committed records only, and it commits nothing."""
     return Consumer(
         client_config(
             cfg,
             **{"group.id": group, "enable.auto.commit": False, "isolation.level": "read_committed"},
+            **overrides,
         )
     )
 
