@@ -398,9 +398,7 @@ class PartitionState:
             e.label = truth
             w.count(SHARED, t, "labels")
             w.count(SHARED, t, "labels_early")
-            if len(table.live) > table.max_pending:
-                for old_rid, old in table.pop_over_cap():
-                    self._finish(old_rid, old, evicted=True)
+            self._evict_over_cap()
         return None
 
     def _score(
@@ -481,16 +479,17 @@ class PartitionState:
 
     def _after(self, stream: str, t: int) -> None:
         """After each event: its time, then whatever the watermark now finishes or closes."""
-        if self._unplaced_dead:
-            self.windows.count(SHARED, t, "dead_letters", self._unplaced_dead)
-            self._unplaced_dead = 0
+        self.place_dead_letters(t)
         if self.clock.seen(stream, t):
             self._meta_dirty = True
-        table = self.table
-        if len(table.live) > table.max_pending:
-            for rid, e in table.pop_over_cap():
-                self._finish(rid, e, evicted=True)
+        self._evict_over_cap()
         self._progress()
+
+    def _evict_over_cap(self) -> None:
+        """Finish the open joins beyond the pending cap, earliest deadline first."""
+        if len(self.table.live) > self.table.max_pending:
+            for rid, e in self.table.pop_over_cap():
+                self._finish(rid, e, evicted=True)
 
     def _progress(self) -> None:
         wm = self.clock.wm
@@ -551,19 +550,17 @@ class PartitionState:
         """The whole partition is idle: processing time ``now`` moves its watermark."""
         if self.clock.idle_until(now):
             self._meta_dirty = True
-            wm = self.clock.wm
-            if self._unplaced_dead and wm is not None:
+            if self.clock.wm is not None:
                 # a partition that has only seen bad messages: its dead letters need a window
-                self.windows.count(SHARED, wm, "dead_letters", self._unplaced_dead)
-                self._unplaced_dead = 0
+                self.place_dead_letters(self.clock.wm)
             self._progress()
 
-    def place_dead_letters(self, now: int) -> None:
-        """The input has ended: dead letters still waiting for a believable event time (a
-        partition that only ever saw bad messages) go into the window of ``now``, the
-        processing time, as an idle partition's would."""
+    def place_dead_letters(self, t: int) -> None:
+        """Dead letters still waiting for a believable event time go into the window of
+        ``t``: the first event's time, an idle partition's watermark, or, at the end of
+        the input, the processing time (a partition that only ever saw bad messages)."""
         if self._unplaced_dead:
-            self.windows.count(SHARED, now, "dead_letters", self._unplaced_dead)
+            self.windows.count(SHARED, t, "dead_letters", self._unplaced_dead)
             self._unplaced_dead = 0
             self._meta_dirty = True
 
