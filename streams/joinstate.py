@@ -94,7 +94,6 @@ class PartitionState:
         #: finished joins' answers awaiting their labels, once this partition has seen one
         self.awaiting = AwaitingLabels(label_horizon_ms, label_budget)
         self.labels_seen = False
-        self._skipped = False
         #: candidates in the order first seen
         self.candidates: list[str] = []
         self.primary_id = ""
@@ -386,7 +385,8 @@ class PartitionState:
         elif kept is not None:
             w.count(SHARED, t, "labels")
             pm, prim = kept[1] if kept[1] is not None else (None, None)
-            if not self._score(truth, pm, prim, kept[2]) and not self._skipped:
+            scored, other_primary = self._score(truth, pm, prim, kept[2])
+            if not scored and not other_primary:
                 w.count(SHARED, t, "labels_unmatched")
             self.awaiting.mark_labelled(h)
         elif table.done.get(h) is not None:  # finished, its answers not kept
@@ -403,17 +403,17 @@ class PartitionState:
 
     def _score(
         self, truth: Truth, pm: str | None, prim: Answer | None, cands: Iterable[tuple[str, Answer]]
-    ) -> int:
-        """Score the pairs against the primary's answer, unless another model than the
-        partition's primary gave it (around a promotion): a comparison is with the primary
-        of its partial, so such pairs are counted ``labels_other_primary`` instead."""
-        self._skipped = pm is not None and pm != self.primary_id
-        if self._skipped:
+    ) -> tuple[int, bool]:
+        """Score the pairs against the primary's answer: (pairs scored, whether another
+        model than the partition's primary gave it). A comparison is with the primary of
+        its partial, so pairs a former primary answered (around a promotion) are counted
+        ``labels_other_primary``, not scored."""
+        if pm is not None and pm != self.primary_id:
             n = sum(1 for _ in cands)
             if n:
                 self.windows.count(SHARED, truth[2], "labels_other_primary", n)
-            return 0
-        return score_pairs(self.windows, truth, prim, cands)
+            return 0, True
+        return score_pairs(self.windows, truth, prim, cands), False
 
     def _evicted_labels(self, t: int, n: int) -> None:
         if n:
