@@ -130,8 +130,8 @@ def measure(bootstrap: str, n: int) -> int:
     restore_s = time.perf_counter() - t0
     gc.collect()
     added = rss_bytes() - before
-    awaiting = sum(len(st.awaiting) for st in states)
-    labelled = sum(1 for st in states for kept in st.awaiting.items.values() if kept[3])
+    awaiting = sum(len(st.labels.awaiting) for st in states)
+    labelled = sum(1 for st in states for kept in st.labels.awaiting.items.values() if kept[3])
     # joins that finished before their partition read its first label kept nothing (a
     # partition keeps answers only once labels come): with all the data on the topics
     # already, the first few seconds of event time can go by before a label is read
