@@ -152,8 +152,10 @@ class Labels:
         self.awaiting.restore_segment(rest, value)
 
     def dump_meta(self) -> dict[str, Any]:
-        return {"labels_seen": self.seen, "label_seq": self.awaiting.log.seq}
+        return {"labels_seen": self.seen}
 
     def load_meta(self, meta: dict[str, Any]) -> None:
+        """The meta's ``labels_seen``. Metas of earlier releases also carry ``label_seq``,
+        the awaiting store's segment sequence: it is not read, since the segment keys
+        carry it (:meth:`streams.join.segments.SegmentLog.restore`)."""
         self.seen = bool(meta.get("labels_seen", False))
-        self.awaiting.log.seq = max(self.awaiting.log.seq, int(meta.get("label_seq", 0)))

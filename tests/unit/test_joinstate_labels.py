@@ -265,7 +265,9 @@ def test_a_changelog_of_the_release_with_label_seq_restores_and_continues(
         assert not [k for k, v in new if k in old_keys and v is not None]
         log += new
     out += st.advance(close_all=True)
-    assert any(k[:1] == KEY_AWAITING for k, _ in log[len(data["records"]) :])
+    written = log[len(data["records"]) :]
+    assert any(k[:1] == KEY_AWAITING for k, _ in written)
+    assert not [v for k, v in written if k == KEY_META and b"label_seq" in (v or b"")]
     ref = PartitionState(0, window, lateness, ttl)
     feed(ref, events)
     ref_out = ref.advance(close_all=True)
