@@ -24,6 +24,9 @@ from test_joinstate import (
 )
 
 from streams.join.awaiting import KEY_AWAITING
+from streams.join.labels import Labels
+from streams.join.table import JoinTable
+from streams.join.windows import Windows
 from streams.joinstate import KEY_META, Emitted, PartitionState
 from streams.metrics.partial import SHARED
 
@@ -276,3 +279,21 @@ def test_a_changelog_of_the_release_with_label_seq_restores_and_continues(
     assert got[SHARED].coverage["labels"] > 100
     cand = got[CAND_A].labelled
     assert cand is not None and cand.summary()["n"] > 100
+
+
+def test_labels_alone_score_and_say_when_another_primary_answered() -> None:
+    """:class:`Labels` without the partition state: ``score`` returns the pairs scored and
+    whether a former primary gave the answer (then they are counted, not scored)."""
+    windows = Windows(W)
+    labels = Labels(JoinTable(TTL, 60_000, 100), windows, 86_400_000, 10)
+    truth = (1.0, None, 1_500)
+    prim: tuple[Any, ...] = (1.5, None, 1.0, None)
+    cands = [(CAND_A, (2.0, None, 1.0, None)), (CAND_B, (0.0, None, 1.0, None))]
+    assert labels.score(truth, PRIMARY, prim, cands, PRIMARY) == (2, False)
+    assert labels.score(truth, "old@1", prim, cands, PRIMARY) == (0, True)
+    assert labels.score(truth, PRIMARY, None, cands, PRIMARY) == (0, False)  # no primary
+    assert windows.acc[(SHARED, 1_000)].coverage["labels_other_primary"] == 2
+    assert labels.on_label("r1", truth, PRIMARY)  # before any answer: it opens the join
+    assert labels.seen and labels.meta_dirty
+    assert not labels.on_label("r1", truth, PRIMARY)  # a duplicate
+    assert windows.acc[(SHARED, 1_000)].coverage["label_duplicates"] == 1
