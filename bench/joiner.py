@@ -20,17 +20,16 @@ stopped after it (``--keep-broker`` keeps it).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
 import uuid
 
 import numpy as np
+from _common import bulk_producer, requests_main
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams import broker
 from streams.config import Config
 from streams.joiner import Joiner
 from streams.kafka import Topics, ensure_topics
@@ -50,16 +49,7 @@ def fill(cfg: Config, n: int) -> int:
     rng = np.random.default_rng(1)
     tty = sys.stderr.isatty()
     prim = rng.normal(300.0, 50.0, n)
-    p = Producer(
-        {
-            "bootstrap.servers": cfg.bootstrap_servers,
-            "partitioner": "murmur2_random",
-            "linger.ms": 50,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 1_000_000,
-            "compression.type": "lz4",
-        }
-    )
+    p = bulk_producer(cfg)
     # recent event times: the joiner refuses ones far from their message's timestamp
     base = (int(time.time() * 1000) - n - 10_000) // 10_000 * 10_000
     names = [f"f{j}" for j in range(NUMERIC)]
@@ -180,16 +170,7 @@ def joiner_run(cfg: Config, total: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=200_000)
-    ap.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
-    args = ap.parse_args(argv)
-    with broker.bootstrap_for_run(keep=args.keep_broker, progress=_err) as bootstrap:
-        return measure(bootstrap, args.requests)
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr)
+    return requests_main(__doc__, 200_000, measure, argv)
 
 
 def measure(bootstrap: str, requests: int) -> int:

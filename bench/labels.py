@@ -18,7 +18,6 @@ embedded broker, else one started for the run (``--keep-broker`` keeps it).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 import threading
@@ -26,9 +25,8 @@ import time
 import uuid
 
 import numpy as np
-from confluent_kafka import Producer
+from _common import bulk_producer, requests_main
 
-from streams import broker
 from streams.config import Config
 from streams.joiner import Joiner, JoinerStats
 from streams.kafka import Topics, ensure_topics
@@ -47,16 +45,7 @@ def fill(cfg: Config, n: int) -> int:
     t = Topics(cfg.prefix)
     codec = default_codec()
     enc_req, enc_pred, enc_lab = (codec.encoder(x) for x in ("Request", "Prediction", "Label"))
-    p = Producer(
-        {
-            "bootstrap.servers": cfg.bootstrap_servers,
-            "partitioner": "murmur2_random",
-            "linger.ms": 50,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 1_000_000,
-            "compression.type": "lz4",
-        }
-    )
+    p = bulk_producer(cfg)
     now = int(time.time() * 1000)
     for part in range(cfg.partitions):
         lab = {"request_id": f"warm-up-{part}", "event_time": now, "value": 0.0}
@@ -87,16 +76,7 @@ def fill(cfg: Config, n: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--requests", type=int, default=1_000_000)
-    ap.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
-    args = ap.parse_args(argv)
-    with broker.bootstrap_for_run(keep=args.keep_broker, progress=_err) as bootstrap:
-        return measure(bootstrap, args.requests)
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr)
+    return requests_main(__doc__, 1_000_000, measure, argv)
 
 
 def measure(bootstrap: str, n: int) -> int:
@@ -130,8 +110,8 @@ def measure(bootstrap: str, n: int) -> int:
     restore_s = time.perf_counter() - t0
     gc.collect()
     added = rss_bytes() - before
-    awaiting = sum(len(st.awaiting) for st in states)
-    labelled = sum(1 for st in states for kept in st.awaiting.items.values() if kept[3])
+    awaiting = sum(len(st.labels.awaiting) for st in states)
+    labelled = sum(1 for st in states for kept in st.labels.awaiting.items.values() if kept[3])
     # joins that finished before their partition read its first label kept nothing (a
     # partition keeps answers only once labels come): with all the data on the topics
     # already, the first few seconds of event time can go by before a label is read

@@ -33,9 +33,9 @@ import threading
 import time
 import uuid
 
+from _common import KEEP_BROKER_HELP, with_broker
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams import broker
 from streams.config import Config
 from streams.demo_models import HouseMarket, TreePriceModel, ridge_candidate
 from streams.kafka import Topics, ensure_topics
@@ -181,14 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=50_000)
     ap.add_argument("--batch-size", type=int, default=500, help="the worker's default")
     ap.add_argument("--profile", metavar="FILE", help="cProfile of the worker phase to FILE")
-    ap.add_argument("--keep-broker", action="store_true", help="leave a broker it started up")
+    ap.add_argument("--keep-broker", action="store_true", help=KEEP_BROKER_HELP)
     args = ap.parse_args(argv)
-    with broker.bootstrap_for_run(keep=args.keep_broker, progress=_err) as bootstrap:
-        return measure(bootstrap, args.requests, args.batch_size, args.profile)
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr)
+    return with_broker(
+        args.keep_broker,
+        lambda bootstrap: measure(bootstrap, args.requests, args.batch_size, args.profile),
+    )
 
 
 def measure(bootstrap: str, requests: int, batch_size: int, profile: str | None) -> int:

@@ -3,7 +3,7 @@
 :mod:`streams.joiner` feeds it decoded events in offset order, collects the partials it
 emits and the state changes to write to the changelog, and commits both in one transaction.
 The parts (:mod:`streams.join`): an event-time clock, the join table, the window
-accumulators and the conservation ledger.
+accumulators, the conservation ledger and the labels.
 
 Semantics, per input partition:
 
@@ -33,16 +33,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from streams.deadletter import MAX_ID_CHARS
-from streams.join.awaiting import KEY_AWAITING, AwaitingLabels
+from streams.join.awaiting import KEY_AWAITING
 from streams.join.clock import EventClock
 from streams.join.finished import digest
-from streams.join.labelling import answer_loss, score_pairs
+from streams.join.labels import Labels, refuse_truth
 from streams.join.ledger import Ledger
-from streams.join.table import Answer, Entry, JoinTable, Truth
+from streams.join.table import Answer, Entry, JoinTable
 from streams.join.timecheck import check_event_time
 from streams.join.windows import Emitted, Key, Windows
 from streams.metrics.partial import SHARED, PartialStats
@@ -91,10 +91,7 @@ class PartitionState:
         self.table = JoinTable(ttl_ms, max_age_ms, max_pending)
         self.windows = Windows(window_ms)
         self.ledger = Ledger()
-        #: finished joins' answers awaiting their labels, once this partition has seen one
-        self.awaiting = AwaitingLabels(label_horizon_ms, label_budget)
-        self.labels_seen = False
-        self._skipped = False
+        self.labels = Labels(self.table, self.windows, label_horizon_ms, label_budget)
         #: candidates in the order first seen
         self.candidates: list[str] = []
         self.primary_id = ""
@@ -323,7 +320,7 @@ class PartitionState:
                 if e.ctx:
                     self._slice_answers(e)
                 if e.label is not None:
-                    self._score(e.label, model, ans, e.cands.items())
+                    self.labels.score(e.label, model, ans, e.cands.items(), self.primary_id)
                 if e.req and e.cands:
                     self.ledger.pair(e.cands)
                     self._meta_dirty = True
@@ -340,7 +337,7 @@ class PartitionState:
             if e.prim is not None:
                 self._pair(model, self.windows.start(e.t), e.prim, ans)
                 if e.label is not None:
-                    self._score(e.label, e.pm, e.prim, ((model, ans),))
+                    self.labels.score(e.label, e.pm, e.prim, ((model, ans),), self.primary_id)
                 if e.req:
                     self.ledger.pair((model,))
                     self._meta_dirty = True
@@ -352,95 +349,19 @@ class PartitionState:
 
         Labels never move the watermark (they may come hours late, or never): they are
         scored against the answers they find, into windows at their own event time (see
-        :mod:`streams.join.labelling`). A label before any prediction opens the join, as
-        an answer before its request does.
+        :mod:`streams.join.labels`). A label before any prediction opens the join, as an
+        answer before its request does.
         """
         rid, t = rec.get("request_id"), rec.get("event_time")
         value, label = rec.get("value"), rec.get("label")
-        reason = self._refuse(rid, t, now)
-        if reason is None and value is None and label is None:
-            reason = "label has neither a value nor a class"
-        elif reason is None and value is not None and not math.isfinite(value):
-            reason = f"label value {value!r} is not finite"
+        reason = self._refuse(rid, t, now) or refuse_truth(value, label)
         if reason is not None:
             self.on_dead_letter("labels")
             return reason
         assert isinstance(rid, str) and isinstance(t, int)
-        truth: Truth = (value, label, t)
-        w, table = self.windows, self.table
-        if not self.labels_seen:
-            self.labels_seen = True
-            self._meta_dirty = True
-        e = table.live.get(rid)
-        if e is not None:
-            if e.label is not None:
-                w.count(SHARED, t, "label_duplicates")
-            else:
-                e.label = truth
-                table.dirty.add(rid)
-                w.count(SHARED, t, "labels")
-                self._score(truth, e.pm, e.prim, e.cands.items())
-            return None
-        h = digest(rid)
-        kept = self.awaiting.get(h)
-        if kept is not None and kept[3]:
-            w.count(SHARED, t, "label_duplicates")
-        elif kept is not None:
-            w.count(SHARED, t, "labels")
-            pm, prim = kept[1] if kept[1] is not None else (None, None)
-            if not self._score(truth, pm, prim, kept[2]) and not self._skipped:
-                w.count(SHARED, t, "labels_unmatched")
-            self.awaiting.mark_labelled(h)
-        elif table.done.get(h) is not None:  # finished, its answers not kept
-            w.count(SHARED, t, "labels")
-            w.count(SHARED, t, "labels_unmatched")
-            self._evicted_labels(t, self.awaiting.mark_labelled(h, t))
-        else:  # before any prediction (or for a request never seen): open its join
-            e = table.open(rid, t, h)
-            e.label = truth
-            w.count(SHARED, t, "labels")
-            w.count(SHARED, t, "labels_early")
-            if len(table.live) > table.max_pending:
-                for old_rid, old in table.pop_over_cap():
-                    self._finish(old_rid, old, evicted=True)
+        if self.labels.on_label(rid, (value, label, t), self.primary_id):
+            self._evict_over_cap()
         return None
-
-    def _score(
-        self, truth: Truth, pm: str | None, prim: Answer | None, cands: Iterable[tuple[str, Answer]]
-    ) -> int:
-        """Score the pairs against the primary's answer, unless another model than the
-        partition's primary gave it (around a promotion): a comparison is with the primary
-        of its partial, so such pairs are counted ``labels_other_primary`` instead."""
-        self._skipped = pm is not None and pm != self.primary_id
-        if self._skipped:
-            n = sum(1 for _ in cands)
-            if n:
-                self.windows.count(SHARED, truth[2], "labels_other_primary", n)
-            return 0
-        return score_pairs(self.windows, truth, prim, cands)
-
-    def _evicted_labels(self, t: int, n: int) -> None:
-        if n:
-            self.windows.count(SHARED, t, "labels_evicted", n)
-
-    def _label_finish(self, e: Entry, at: int) -> None:
-        """A join ends: keep its answers for a label to come, or settle the label it had."""
-        truth = e.label
-        if truth is not None:
-            scored = answer_loss(truth, e.prim) is not None and any(
-                answer_loss(truth, a) is not None for a in e.cands.values()
-            )
-            if not scored:
-                self.windows.count(SHARED, at, "labels_unmatched")
-        if not self.labels_seen or self.awaiting.horizon_ms <= 0:
-            return
-        first_seen = e.deadline - self.ttl_ms
-        if truth is not None:
-            self._evicted_labels(at, self.awaiting.mark_labelled(e.h, first_seen))
-        elif e.prim is not None or e.cands:
-            prim = None if e.prim is None else (e.pm, e.prim)
-            n = self.awaiting.keep(e.h, first_seen, prim, tuple(e.cands.items()))
-            self._evicted_labels(at, n)
 
     def _answered(self, key: str, t: int, ans: Answer, primary: bool) -> None:
         w = self.windows
@@ -483,16 +404,17 @@ class PartitionState:
 
     def _after(self, stream: str, t: int) -> None:
         """After each event: its time, then whatever the watermark now finishes or closes."""
-        if self._unplaced_dead:
-            self.windows.count(SHARED, t, "dead_letters", self._unplaced_dead)
-            self._unplaced_dead = 0
+        self.place_dead_letters(t)
         if self.clock.seen(stream, t):
             self._meta_dirty = True
-        table = self.table
-        if len(table.live) > table.max_pending:
-            for rid, e in table.pop_over_cap():
-                self._finish(rid, e, evicted=True)
+        self._evict_over_cap()
         self._progress()
+
+    def _evict_over_cap(self) -> None:
+        """Finish the open joins beyond the pending cap, earliest deadline first."""
+        if len(self.table.live) > self.table.max_pending:
+            for rid, e in self.table.pop_over_cap():
+                self._finish(rid, e, evicted=True)
 
     def _progress(self) -> None:
         wm = self.clock.wm
@@ -503,7 +425,7 @@ class PartitionState:
             for rid, e in self.table.pop_due(wm):
                 self._finish(rid, e)
         self.table.forget(wm)
-        self.awaiting.forget(wm)
+        self.labels.forget(wm)
         target = wm - wm % self.window_ms
         closed = self.windows.closed_until
         if closed is None or target > closed:
@@ -542,7 +464,7 @@ class PartitionState:
         else:
             for cand in answered:
                 w.count(cand, at, "no_request" if prim else "no_primary")
-        self._label_finish(e, at)
+        self.labels.finish(e, at)
         self.table.finish(rid, e)
 
     def mark_idle(self, stream: str) -> None:
@@ -555,19 +477,17 @@ class PartitionState:
         """The whole partition is idle: processing time ``now`` moves its watermark."""
         if self.clock.idle_until(now):
             self._meta_dirty = True
-            wm = self.clock.wm
-            if self._unplaced_dead and wm is not None:
+            if self.clock.wm is not None:
                 # a partition that has only seen bad messages: its dead letters need a window
-                self.windows.count(SHARED, wm, "dead_letters", self._unplaced_dead)
-                self._unplaced_dead = 0
+                self.place_dead_letters(self.clock.wm)
             self._progress()
 
-    def place_dead_letters(self, now: int) -> None:
-        """The input has ended: dead letters still waiting for a believable event time (a
-        partition that only ever saw bad messages) go into the window of ``now``, the
-        processing time, as an idle partition's would."""
+    def place_dead_letters(self, t: int) -> None:
+        """Dead letters still waiting for a believable event time go into the window of
+        ``t``: the first event's time, an idle partition's watermark, or, at the end of
+        the input, the processing time (a partition that only ever saw bad messages)."""
         if self._unplaced_dead:
-            self.windows.count(SHARED, now, "dead_letters", self._unplaced_dead)
+            self.windows.count(SHARED, t, "dead_letters", self._unplaced_dead)
             self._unplaced_dead = 0
             self._meta_dirty = True
 
@@ -597,7 +517,7 @@ class PartitionState:
         w.fold()
         seq = self.table.seq
         yield from self.table.changes(KEY_ENTRY, KEY_DONE)
-        yield from self.awaiting.changes()
+        yield from self.labels.changes()
         if self.table.seq != seq:
             self._meta_dirty = True
         for key in w.removed - w.dirty:
@@ -607,11 +527,11 @@ class PartitionState:
                 yield _acc_key(key), encode_acc(key, w.acc[key])
             else:
                 yield _acc_key(key), None
-        if self._meta_dirty:
+        if self._meta_dirty or self.labels.meta_dirty:
             yield KEY_META, json.dumps(self._meta()).encode()
         w.removed.clear()
         w.dirty.clear()
-        self._meta_dirty = False
+        self._meta_dirty = self.labels.meta_dirty = False
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -622,8 +542,7 @@ class PartitionState:
             "ledger": self.ledger.dump(),
             "unplaced_dead": self._unplaced_dead,
             "entry_seq": self.table.seq,
-            "labels_seen": self.labels_seen,
-            "label_seq": self.awaiting.log.seq,
+            **self.labels.dump_meta(),
         }
 
     def restore(self, key: bytes | None, value: bytes | None, decode_acc: DecodeAcc) -> None:
@@ -643,7 +562,7 @@ class PartitionState:
         elif kind == KEY_DONE:
             self.table.done.restore_segment(rest, value)
         elif kind == KEY_AWAITING:
-            self.awaiting.restore_segment(rest, value)
+            self.labels.restore_segment(rest, value)
         elif kind == KEY_ACC:
             c, ws = json.loads(rest)
             if value is None:
@@ -662,8 +581,7 @@ class PartitionState:
                 self.ledger.add_candidate(cand)
             self._unplaced_dead = int(m.get("unplaced_dead", 0))
             self.table.seq = max(self.table.seq, int(m.get("entry_seq", 0)))
-            self.labels_seen = bool(m.get("labels_seen", False))
-            self.awaiting.log.seq = max(self.awaiting.log.seq, int(m.get("label_seq", 0)))
+            self.labels.load_meta(m)
 
     def finish_restore(self) -> None:
         self.table.finish_restore(self.clock.wm)

@@ -17,6 +17,9 @@ values in; the numbers do not depend on how the values are buffered.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -105,24 +108,10 @@ class SliceColumns:
             st.requests += req_n[j]
             slot[j] = len(admitted)
             admitted.append(st)
-        if reg_rows.size:
-            seg, rows, used = _admitted(slot, reg_names, reg_rows)
-            if rows.size:
-                SliceStats.add_regression_segments(
-                    [admitted[i] for i in used],
-                    np.asarray(self.reg_p, dtype=np.float64)[rows],
-                    np.asarray(self.reg_c, dtype=np.float64)[rows],
-                    seg,
-                )
-        if out_rows.size:
-            seg, rows, used = _admitted(slot, out_names, out_rows)
-            if rows.size:
-                SliceStats.add_outputs_segments(
-                    [admitted[i] for i in used],
-                    np.asarray(self.out, dtype=np.float64)[rows],
-                    seg,
-                    primary=primary,
-                )
+        add_regression = SliceStats.add_regression_segments
+        add_outputs = functools.partial(SliceStats.add_outputs_segments, primary=primary)
+        _fold_floats(admitted, slot, reg_names, reg_rows, (self.reg_p, self.reg_c), add_regression)
+        _fold_floats(admitted, slot, out_names, out_rows, (self.out,), add_outputs)
         if cls_rows.size:
             seg, rows, used = _admitted(slot, cls_names, cls_rows)
             order = np.argsort(seg, kind="stable")
@@ -163,6 +152,24 @@ class _Spread:
         rows = np.repeat(np.arange(cid.size, dtype=np.intp), k)
         first = np.repeat(self._starts[cid] - (np.cumsum(k) - k), k)
         return rows, self._flat[first + np.arange(total, dtype=np.intp)]
+
+
+def _fold_floats(
+    admitted: list[SliceStats],
+    slot: Ids,
+    names: Ids,
+    rows: Ids,
+    columns: Sequence[list[float]],
+    add: Callable[..., None],
+) -> None:
+    """``add(slices, *values, segments)`` of the values whose slice was admitted: each
+    column's values at those rows, as float64, one segment per admitted slice."""
+    if not rows.size:
+        return
+    seg, rows, used = _admitted(slot, names, rows)
+    if rows.size:
+        values = [np.asarray(c, dtype=np.float64)[rows] for c in columns]
+        add([admitted[i] for i in used], *values, seg)
 
 
 def _admitted(slot: Ids, names: Ids, rows: Ids) -> tuple[Ids, Ids, list[int]]:

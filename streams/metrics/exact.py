@@ -166,6 +166,12 @@ class ExactSum:
             raise TypeError(f"cannot merge {type(other).__name__} into ExactSum")
         self._n += other._n
 
+    def copy(self) -> ExactSum:
+        """An independent sum equal to this one: merging into either leaves the other be."""
+        out = ExactSum()
+        out._n = self._n
+        return out
+
     def get(self) -> float:
         """The sum correctly rounded to the nearest double (``+0.0`` when it is zero).
 

@@ -66,11 +66,7 @@ def paired_loss(stats: PartialStats) -> PairedLoss:
     lab = stats.labelled
     if lab is None:
         return PairedLoss()
-    return PairedLoss(
-        lab.diff_n,
-        ExactSum.from_bytes(lab.diff_sum.to_bytes()),
-        ExactSum.from_bytes(lab.diff_sq.to_bytes()),
-    )
+    return PairedLoss(lab.diff_n, lab.diff_sum.copy(), lab.diff_sq.copy())
 
 
 @dataclass

@@ -178,6 +178,18 @@ def test_bytes_round_trip_and_minimal_length() -> None:
     assert pickle.loads(pickle.dumps(s)) == s
 
 
+def test_copy_is_equal_and_independent() -> None:
+    s = summed(wide_values(np.random.default_rng(8), 100))
+    before = s.to_int()
+    c = s.copy()
+    assert c == s and c is not s and c.to_bytes() == s.to_bytes()
+    c.update(1.0)
+    assert s.to_int() == before  # adding to the copy leaves the original be
+    copied = c.to_int()
+    s.merge(ExactSum.from_int(5))
+    assert c.to_int() == copied  # and the other way round
+
+
 def test_protocol_errors() -> None:
     s = ExactSum()
     with pytest.raises(TypeError):

@@ -4,6 +4,8 @@ and the same numbers after a restore from the changelog (without Kafka)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +23,17 @@ from test_joinstate import (
     totals,
 )
 
-from streams.joinstate import Emitted, PartitionState
+from streams.join.awaiting import KEY_AWAITING
+from streams.join.labels import Labels
+from streams.join.table import JoinTable
+from streams.join.windows import Windows
+from streams.joinstate import KEY_META, Emitted, PartitionState
 from streams.metrics.partial import SHARED
 
 TTL = 3_000
+CHANGELOG = Path(__file__).with_name("data") / "label_changelog.json"
+"""A changelog with labels as the release whose meta carried ``label_seq`` wrote it
+(made by data/make_label_changelog.py from :func:`changelog_events`)."""
 
 
 def lab(rid: str, t: int, value: float | None = None, label: str | None = None) -> dict[str, Any]:
@@ -230,3 +239,100 @@ def test_a_partial_names_the_primary_at_its_close_not_at_its_batch_end() -> None
     assert "prim@2" not in {named[k] for k in named if k[1] < 3_000}
     out = st.advance(close_all=True)
     assert {e.primary for e in out} == {"prim@2"}
+
+
+def changelog_events() -> list[dict[str, Any]]:
+    """The events of ``CHANGELOG``: 200 requests 10 ms apart, answered by the primary and
+    two candidates, nine in ten labelled 1 s later (after their joins finished: TTL 500
+    ms), then a duplicate label and one for no request; plain arithmetic, no generator
+    whose stream a numpy release could change."""
+    timed: list[tuple[int, int, dict[str, Any]]] = []
+    for i in range(200):
+        t = 1_000 + 10 * i
+        rid = f"r{i}"
+        truth = 100.0 + (i * 37 % 23) - 11
+        timed.append((t, 0, req(rid, t)))
+        for k, (m, spread) in enumerate(((PRIMARY, 3.0), (CAND_A, 2.0), (CAND_B, 5.0))):
+            value = truth + spread * ((i * (7 + k)) % 5 - 2) / 2
+            timed.append((t, 1 + k, pred(rid, t, m, value=value)))
+        if i % 10 != 9:
+            timed.append((t + 1_000, 4, lab(rid, t + 1_000, value=truth)))
+    timed.sort(key=lambda x: (x[0], x[1]))
+    return [
+        lab("warm-up", 999, value=0.0),  # answers are kept once the partition saw a label
+        *(e for _, _, e in timed),
+        lab("r5", 9_000, value=1.0),
+        lab("nobody", 9_000, value=1.0),
+    ]
+
+
+def _without_label_seq(value: bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    meta = json.loads(value)
+    meta.pop("label_seq", None)
+    return json.dumps(meta).encode()
+
+
+@pytest.mark.parametrize("keep_label_seq", [True, False], ids=["as-written", "no-label_seq"])
+def test_a_changelog_of_the_release_with_label_seq_restores_and_continues(
+    keep_label_seq: bool,
+) -> None:
+    """Restored from that release's changelog (its meta's ``label_seq`` read or not: the
+    segment keys carry the sequence), the state continues to the partials of a run never
+    interrupted, and its new label segments never reuse a key of the old ones."""
+    data = json.loads(CHANGELOG.read_text())
+    events = changelog_events()
+    window, lateness, ttl = data["window_ms"], data["lateness_ms"], data["ttl_ms"]
+    log = [(bytes.fromhex(k), None if v is None else bytes.fromhex(v)) for k, v in data["records"]]
+    assert any(k[:1] == KEY_AWAITING for k, _ in log)
+    assert all("label_seq" in json.loads(v or b"{}") for k, v in log if k == KEY_META)
+    if not keep_label_seq:
+        log = [(k, _without_label_seq(v) if k == KEY_META else v) for k, v in log]
+    old_keys = {k for k, _ in log if k[:1] == KEY_AWAITING}
+    out = [
+        Emitted(cand, ws, seq, decode_acc(bytes.fromhex(p))) for cand, ws, seq, p in data["emitted"]
+    ]
+    for lo in range(data["cut"], len(events), data["batch"]):
+        latest: dict[bytes, bytes | None] = {}
+        for k, v in log:
+            latest[k] = v
+        st = PartitionState(0, window, lateness, ttl)
+        for k, v in latest.items():
+            st.restore(k, v, decode_acc)
+        st.finish_restore()
+        feed(st, events[lo : lo + data["batch"]])
+        out += st.advance()
+        new = list(st.changes(encode_acc))
+        assert not [k for k, v in new if k in old_keys and v is not None]
+        log += new
+    out += st.advance(close_all=True)
+    written = log[len(data["records"]) :]
+    assert any(k[:1] == KEY_AWAITING for k, _ in written)
+    assert not [v for k, v in written if k == KEY_META and b"label_seq" in (v or b"")]
+    ref = PartitionState(0, window, lateness, ttl)
+    feed(ref, events)
+    ref_out = ref.advance(close_all=True)
+    assert per_window(out) == per_window(ref_out)
+    got = totals(out)
+    assert got[SHARED].coverage["labels"] > 100
+    cand = got[CAND_A].labelled
+    assert cand is not None and cand.summary()["n"] > 100
+
+
+def test_labels_alone_score_and_say_when_another_primary_answered() -> None:
+    """:class:`Labels` without the partition state: ``score`` returns the pairs scored and
+    whether a former primary gave the answer (then they are counted, not scored)."""
+    windows = Windows(W)
+    labels = Labels(JoinTable(TTL, 60_000, 100), windows, 86_400_000, 10)
+    truth = (1.0, None, 1_500)
+    prim: tuple[Any, ...] = (1.5, None, 1.0, None)
+    cands = [(CAND_A, (2.0, None, 1.0, None)), (CAND_B, (0.0, None, 1.0, None))]
+    assert labels.score(truth, PRIMARY, prim, cands, PRIMARY) == (2, False)
+    assert labels.score(truth, "old@1", prim, cands, PRIMARY) == (0, True)
+    assert labels.score(truth, PRIMARY, None, cands, PRIMARY) == (0, False)  # no primary
+    assert windows.acc[(SHARED, 1_000)].coverage["labels_other_primary"] == 2
+    assert labels.on_label("r1", truth, PRIMARY)  # before any answer: it opens the join
+    assert labels.seen and labels.meta_dirty
+    assert not labels.on_label("r1", truth, PRIMARY)  # a duplicate
+    assert windows.acc[(SHARED, 1_000)].coverage["label_duplicates"] == 1
