@@ -310,7 +310,11 @@ def _promotion_line(p: dict[str, Any], v: dict[str, Any] | None) -> str:
         else ""
     )
     fate = "retired" if p["old_primary"] == "RETIRE" else "kept as a shadow"
-    return f"PROMOTED {p['candidate']} at {at}Z over {p['previous_primary']} ({fate}){evidence}"
+    return (
+        f"PROMOTED {p['candidate']} at {at}Z over {p['previous_primary']} ({fate}){evidence}"
+        f"\n  {p['candidate']} answers the service since: its requests from then on are not"
+        " shadowed, and its row counts them no_candidate"
+    )
 
 
 def _settled(snapshot: dict[str, Any], total: int) -> bool:
