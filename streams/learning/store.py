@@ -34,8 +34,9 @@ from typing import Any
 __all__ = ["DEFAULT_CAP", "FeatureStore", "StoreStats"]
 
 #: Requests' features kept per learner by default. A demo request (8 features) costs about
-#: 1 KB of Python objects in the store (the feature dict is shared with the scoring path),
-#: so the default is about 100 MB at most per learner.
+#: 520 bytes in the store, its feature dict included (measured with tracemalloc: 100,000
+#: of them, 52 MB), so the default is about 50 MB of features per learner, plus the
+#: learned ids and early labels (each capped alike, and smaller).
 DEFAULT_CAP = 100_000
 
 Features = dict[str, Any]

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 from support import (
+    answer_or_none,
     committed_total,
     kill,
-    kill_when,
     pipeline_cfg,
     read_all,
     snapshots,
@@ -148,56 +148,108 @@ def test_the_learner_ends_with_a_lower_mae_than_its_frozen_copy_judged_in_the_sh
     assert learner_mae > 1.0
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_a_learner_killed_and_restarted_keeps_what_it_learned_and_learns_each_label_once(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, delivery: str
 ) -> None:
-    n = 4_000
+    """Three incarnations of one learning worker, with a checkpoint behind on purpose:
+
+    1. it learns 2,000 drifting requests' labels and stops (SIGTERM-like idle exit): its
+       last checkpoint has them all;
+    2. restarted, it scores 2,000 more and learns their labels, but writes no checkpoint
+       (an interval of an hour), and is SIGKILLed: the checkpoint is 2,000 requests behind
+       the committed offsets;
+    3. restarted, it must read those requests back (refill) and learn each label of both
+       halves once: learned = every label, nothing unmatched, nothing twice.
+
+    Then a fourth scores unlabelled requests: it answers as the last checkpoint's model."""
+    half = 2_000
     cfg = pipeline_cfg(kafka_bootstrap, prefix)
     ensure_topics(cfg)
     state = tmp_path / "state"
     path = checkpoint_path(state, LEARNER)
-    args = worker_args(state, frozen=False, every=2)
+    extra = []
+    if delivery == "exactly-once":
+        # the restart fences the killed incarnation at once, so the committed offsets the
+        # refill reads up to are stable without waiting for the transaction timeout
+        extra = ["--exactly-once", "--instance", "learner-a"]
     requests = Topics(cfg.prefix).requests
-    thread, service = serve(cfg, events=n, rate=400, drift_after=0.0, label_lag=100)
-    worker = stage(cfg, "worker", *args, log=tmp_path / "w1.log")
 
-    def gap() -> Checkpoint | None:
-        """A checkpoint that has learned, taken before the last committed requests: the
-        restart must read those requests back to learn their labels."""
-        ckpt = saved(path, cfg.prefix)
-        if ckpt is None or ckpt.learned < 300:
-            return None
-        committed = committed_total(cfg, f"{cfg.prefix}.worker", [requests], cfg.partitions)
-        return ckpt if committed > sum(ckpt.requests_next.values()) else None
+    def committed() -> int:
+        return committed_total(cfg, f"{cfg.prefix}.worker", [requests], cfg.partitions)
 
-    killed = kill_when(worker, gap, "a checkpoint behind the committed requests")
-    thread.join(120)
-    assert service and service[0].requests == n
+    # 1. learn the first half, stop cleanly
+    run_service(cfg, events=half, rate=0, drift_after=0.0, label_lag=100, seed=7)
+    first = stage(
+        cfg,
+        "worker",
+        *worker_args(state, frozen=False, every=1),
+        *extra,
+        "--idle-exit",
+        "5",
+        log=tmp_path / "w1.log",
+    )
+    try:
+        first.wait(240)
+    finally:
+        kill(first)
+    assert first.returncode == 0
+    after_first = saved(path, cfg.prefix)
+    assert after_first is not None and after_first.restores == 0
+    labels_first = len(label_values(cfg))
+    assert after_first.learned == labels_first > half * 0.9
+
+    # 2. score and learn the second half without a checkpoint, then SIGKILL
+    second = stage(
+        cfg,
+        "worker",
+        *worker_args(state, frozen=False, every=3600),
+        *extra,
+        log=tmp_path / "w2.log",
+    )
+    try:
+        run_service(cfg, events=half, rate=0, drift_after=0.0, label_lag=100, seed=9)
+        wait_for(
+            lambda: answer_or_none(committed)() == 2 * half,
+            timeout=240,
+            what="the second half scored and committed",
+            procs=[second],
+        )
+    finally:
+        kill(second)
+    behind = saved(path, cfg.prefix)
+    assert behind is not None and behind.learned == after_first.learned  # nothing saved
+    assert sum(behind.requests_next.values()) == half < committed()
     labels = len(label_values(cfg))
-    assert labels > n * 0.9, "the label source lost labels"
-    worker = stage(cfg, "worker", *args, log=tmp_path / "w2.log")
+
+    # 3. restart: refill, learn every label once
+    third = stage(
+        cfg, "worker", *worker_args(state, frozen=False, every=1), *extra, log=tmp_path / "w3.log"
+    )
     try:
         final = wait_for(
             lambda: (c := saved(path, cfg.prefix)) is not None and c.learned >= labels and c,
             timeout=240,
             what="every label learned after the restart",
-            procs=[worker],
+            procs=[third],
         )
     finally:
-        kill(worker)  # its last periodic checkpoint has everything: the next start restores it
-    # each label once: none lost, none twice
+        kill(third)  # its last periodic checkpoint has everything: the next start restores it
+    # each label once; restored once in its lineage (the second incarnation saved nothing)
     assert final.restores == 1 and final.learned == labels
     assert final.learn_errors == final.learn_timeouts == 0
     st = final.store.stats
     assert (st.unmatched, st.evicted, st.expired, st.label_duplicates) == (0, 0, 0, 0)
-    assert len(final.store) == n - labels and final.store.early_labels == 0
-    assert killed.learned < labels
-    print(f"\nkilled at {killed.learned} learned; after the restart {final.learned} of {labels}")
+    assert len(final.store) == 2 * half - labels and final.store.early_labels == 0
+    assert sum(final.requests_next.values()) == 2 * half
+    print(f"\n{labels} labels learned once, {half} requests refilled after a SIGKILL")
 
-    # requests without labels, scored by a third incarnation: it answers as the checkpoint
+    # 4. requests without labels, scored by a fourth incarnation: it answers as the checkpoint
     probes = 300
     run_service(cfg, events=probes, rate=0, seed=8)
-    worker = stage(cfg, "worker", *args, log=tmp_path / "w3.log")
+    fourth = stage(
+        cfg, "worker", *worker_args(state, frozen=False, every=1), *extra, log=tmp_path / "w4.log"
+    )
     try:
         got = wait_for(
             lambda: (
@@ -207,10 +259,10 @@ def test_a_learner_killed_and_restarted_keeps_what_it_learned_and_learns_each_la
             ),
             timeout=180,
             what="the probes scored",
-            procs=[worker],
+            procs=[fourth],
         )
     finally:
-        terminate(worker)
+        terminate(fourth)
     xs = features(cfg)
     fresh = pretrained()
     assert [got[i] for i in sorted(got)] == pytest.approx(
