@@ -336,6 +336,7 @@ class ShadowWorker:
             if scored is not None:
                 learner.after_batch(scored)
             read += learner.poll()
+            learner.release(self._consumer)
             learner.learn(lanes)
             learner.checkpoint(lanes)
         return read
@@ -508,7 +509,7 @@ class ShadowWorker:
         self._scored_features = []
         if requests:
             self._score(requests, partitions, stamps)
-        scored = self._scored_batch(requests, partitions, stamps, positions)
+        scored = self._scored_batch(requests, partitions, stamps, positions, offsets)
         aborted = self.stats.aborted
         if self.exactly_once:
             self._commit_transaction(offsets)
@@ -526,10 +527,11 @@ class ShadowWorker:
         partitions: list[int],
         stamps: list[int],
         positions: list[int],
+        offsets: dict[tuple[str, int], int],
     ) -> ScoredBatch | None:
         """What the learners need of the batch just scored (None without learners)."""
         features = self._scored_features
-        if not self._learners or not requests or len(features) != len(requests):
+        if not self._learners or len(features) != len(requests):
             return None
         return ScoredBatch(
             ids=[r["request_id"] for r in requests],
@@ -539,6 +541,7 @@ class ShadowWorker:
             event_times=[r["event_time"] for r in requests],
             stamps=stamps,
             skipped=self._scored_skipped,
+            consumed={partition: offset for (_, partition), offset in offsets.items()},
         )
 
     def _score(

@@ -49,6 +49,9 @@ class Checkpoint:
     #: Per partition: the offset after the last request whose features the store holds
     #: (a restart reads the requests scored after it again, to refill the store).
     requests_next: dict[int, int] = field(default_factory=dict)
+    #: Pairs matched but not learned yet, waiting for the scoring to pass their label's
+    #: event time: (label ms, features, target).
+    held: list[tuple[int, Any, Any]] = field(default_factory=list)
     #: Pairs learned without error, and ``learn_one`` calls that raised or ran past the
     #: budget, since the learner began (across restarts).
     learned: int = 0

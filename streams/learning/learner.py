@@ -39,12 +39,15 @@ as a hung prediction would. The labels of a learn call past the budget count as
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 import os
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,8 @@ class ScoredBatch:
     stamps: list[int]
     #: Model ids not scored in this batch (promoted to primary).
     skipped: frozenset[str] = frozenset()
+    #: Per partition, the offset after the batch's last message (dead letters included).
+    consumed: dict[int, int] = field(default_factory=dict)
 
 
 def _learn_all(model: Any, pairs: Sequence[tuple[Features, Any]]) -> tuple[int, int, str | None]:
@@ -177,6 +182,15 @@ class OnlineLearner:
         self._settle: set[int] = set()  # labels positioned from a known offset, refill first
         self._reading: set[int] = set()  # label partitions assigned to the consumer
         self._ready: list[tuple[Features, Any]] = []
+        #: matched pairs waiting for the scoring to pass their label's event time:
+        #: (label ms, sequence, features, target)
+        self._held: list[tuple[int, int, Features, Any]] = []
+        self._seq = itertools.count()
+        #: per assigned partition: the offset after the last message consumed (None: not
+        #: known, never holds learning back), and the latest event time scored there
+        self._next: dict[int, int | None] = {}
+        self._scored_ms: dict[int, int] = {}
+        self._locate: set[int] = set()
         #: drop counters at the last checkpoint: what grew since is logged as a warning
         self._dropped_seen: dict[str, int] = {}
         self._dirty = False
@@ -205,6 +219,8 @@ class OnlineLearner:
         self.store = store
         self.labels_next = dict(ckpt.labels_next)
         self.requests_next = dict(ckpt.requests_next)
+        for label_ms, x, y in ckpt.held:
+            self._hold((x, y, label_ms))
         self.learned, self.learn_errors = ckpt.learned, ckpt.learn_errors
         self.learn_timeouts, self.saves = ckpt.learn_timeouts, ckpt.saves
         self.restores = ckpt.restores + 1
@@ -269,6 +285,7 @@ class OnlineLearner:
         for p in partitions:
             self._assigned.add(p)
             self._revoked.discard(p)
+            self._locate.add(p)
             if p in self.labels_next:
                 self._settle.add(p)
             else:
@@ -277,6 +294,8 @@ class OnlineLearner:
             dropped = self.store.drop_partition(p)
             self.labels_next.pop(p, None)
             self.requests_next.pop(p, None)
+            self._next.pop(p, None)
+            self._scored_ms.pop(p, None)
             log.info("learner %s: partition %d gone, %d entries dropped", self.model_id, p, dropped)
             self._dirty = True
         self._revoked.clear()
@@ -303,25 +322,35 @@ class OnlineLearner:
 
         Called between batches, before the next one is scored: the group's committed offset
         of each such partition is then where scoring resumes."""
-        if not self._settle or self._consumer is None:
+        if not self._locate or self._consumer is None:
             return
-        parts = sorted(self._settle)
-        self._settle.clear()
-        tps = [TopicPartition(self.topics.requests, p) for p in parts]
+        located = sorted(self._locate)
+        self._locate.clear()
+        topic = self.topics.requests
         try:
             committed = {
                 tp.partition: tp.offset
-                for tp in requests_consumer.committed(tps, timeout=KAFKA_CALL_S)
+                for tp in requests_consumer.committed(
+                    [TopicPartition(topic, p) for p in located], timeout=KAFKA_CALL_S
+                )
             }
+            for p in located:  # where scoring resumes: the commit, or the log's start
+                low, _ = requests_consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=KAFKA_CALL_S
+                )
+                self._next[p] = max(committed.get(p, -1), low)
         except KafkaException as exc:
             log.warning(
-                "learner %s: cannot read the committed offsets of %s (%s): no refill, the "
-                "labels of requests scored after the checkpoint will be unmatched",
+                "learner %s: cannot read the committed offsets of %s (%s): no refill (the "
+                "labels of requests scored after the checkpoint will be unmatched), and "
+                "learning there keeps the labels' order, not the requests' time",
                 self.model_id,
-                parts,
+                located,
                 exc,
             )
             committed = {}
+        parts = sorted(self._settle.intersection(located))
+        self._settle.difference_update(parts)
         for p in parts:
             end = committed.get(p, -1)
             start = self.requests_next.get(p)
@@ -357,7 +386,7 @@ class OnlineLearner:
                 x = {**r["numeric_features"], **r["categorical_features"]}
                 pair = self.store.add(partition, r["request_id"], r["event_time"], x)
                 if pair is not None:
-                    self._ready.append(pair)
+                    self._hold(pair)
                 added += 1
                 if offset is not None:
                     self.requests_next[partition] = offset + 1
@@ -420,10 +449,15 @@ class OnlineLearner:
 
     def after_batch(self, batch: ScoredBatch) -> None:
         """The delivered batch's requests this candidate scored go to the store."""
+        self._next.update(batch.consumed)
+        scored_ms = self._scored_ms
+        for p, t in zip(batch.partitions, batch.event_times, strict=True):
+            if t > scored_ms.get(p, -1):
+                scored_ms[p] = t
         if self.model_id in batch.skipped:
             return
         first: dict[int, int] = {}
-        store, ready, nxt = self.store, self._ready, self.requests_next
+        store, hold, nxt = self.store, self._hold, self.requests_next
         for rid, x, p, off, t, stamp in zip(
             batch.ids,
             batch.features,
@@ -437,7 +471,7 @@ class OnlineLearner:
                 first[p] = min(first.get(p, stamp), stamp)
             pair = store.add(p, rid, t, x)
             if pair is not None:
-                ready.append(pair)
+                hold(pair)
             nxt[p] = off + 1
         if first:
             self._fresh.difference_update(first)
@@ -460,7 +494,7 @@ class OnlineLearner:
             return 0
         messages = self._consumer.consume(num_messages=LABELS_PER_POLL, timeout=0)
         read = 0
-        store, ready, decode = self.store, self._ready, self._decode
+        store, hold, decode = self.store, self._hold, self._decode
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -482,10 +516,51 @@ class OnlineLearner:
                 continue
             pair = store.label(p, label["request_id"], label["event_time"], y)
             if pair is not None:
-                ready.append(pair)
+                hold(pair)
         if read:
             self._dirty = True
         return read
+
+    def _hold(self, pair: tuple[Features, Any, int]) -> None:
+        x, y, label_ms = pair
+        heapq.heappush(self._held, (label_ms, next(self._seq), x, y))
+
+    def release(self, requests_consumer: Any) -> None:
+        """Hand to :meth:`learn` the pairs whose label's event time the scoring has passed.
+
+        Predict first holds request by request anyway (a request's features are stored only
+        once it is scored). This keeps *time* order too: a worker catching up on a backlog
+        reads one partition ahead of another, and a label learned from the head of one would
+        reach the model before it answers older requests of the others, which a model
+        running live could not have known. So a pair waits until every assigned partition
+        that still has requests to read has scored past its label's event time; partitions
+        read to their end hold nothing back, so a live worker learns at once.
+        """
+        held = self._held
+        if not held:
+            return
+        limit = self._frontier(requests_consumer)
+        ready = self._ready
+        while held and held[0][0] <= limit:
+            _, _, x, y = heapq.heappop(held)
+            ready.append((x, y))
+
+    def _frontier(self, consumer: Any) -> float:
+        """The event time every partition with requests still to read has scored past."""
+        limit = math.inf
+        topic = self.topics.requests
+        for p in self._assigned:
+            nxt = self._next.get(p)
+            if nxt is None:
+                continue  # where it stands is unknown: it never holds learning back
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            except KafkaException:
+                high = -1
+            if 0 <= high <= nxt:
+                continue  # read to its end (a fetch response said so)
+            limit = min(limit, self._scored_ms.get(p, -math.inf))
+        return limit
 
     def learn(self, lanes: Lanes) -> None:
         """``learn_one`` on every ready pair, on the candidate's lane; kept when it is busy."""
@@ -541,6 +616,7 @@ class OnlineLearner:
             store=self.store,
             labels_next=dict(self.labels_next),
             requests_next=dict(self.requests_next),
+            held=[(ms, x, y) for ms, _, x, y in self._held],
             learned=self.learned,
             learn_errors=self.learn_errors,
             learn_timeouts=self.learn_timeouts,

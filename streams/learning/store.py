@@ -40,7 +40,9 @@ __all__ = ["DEFAULT_CAP", "FeatureStore", "StoreStats"]
 DEFAULT_CAP = 100_000
 
 Features = dict[str, Any]
-Pair = tuple[Features, Any]
+#: ``(features, target, the label's event time)``: ready to learn once the scoring has
+#: passed that time (see :mod:`streams.learning.learner`).
+Pair = tuple[Features, Any, int]
 
 
 @dataclass
@@ -76,13 +78,13 @@ class FeatureStore:
     >>> store = FeatureStore(cap=2, horizon_ms=1_000)
     >>> store.add(0, "r1", 100, {"x": 1.0})
     >>> store.label(0, "r1", 150, 3.0)
-    ({'x': 1.0}, 3.0)
+    ({'x': 1.0}, 3.0, 150)
     >>> store.label(0, "r1", 160, 3.0) is None  # a duplicate label
     True
     >>> store.label(0, "r2", 170, 5.0) is None  # early: r2 is not scored yet
     True
     >>> store.add(0, "r2", 120, {"x": 2.0})
-    ({'x': 2.0}, 5.0)
+    ({'x': 2.0}, 5.0, 170)
     >>> (store.stats.matched, store.stats.early, store.stats.label_duplicates)
     (2, 1, 1)
     """
@@ -120,7 +122,7 @@ class FeatureStore:
         early = self._early.pop(request_id, None)
         stats.features += 1
         if early is not None:
-            return self._learn(request_id, x, early[2])
+            return self._learn(request_id, x, early[2], early[1])
         self._pending[request_id] = (partition, event_ms, x)
         if len(self._pending) > self.cap:
             self._pending.popitem(last=False)
@@ -137,7 +139,7 @@ class FeatureStore:
         self._tick(event_ms)
         kept = self._pending.pop(request_id, None)
         if kept is not None:
-            return self._learn(request_id, kept[2], y)
+            return self._learn(request_id, kept[2], y, event_ms)
         stats.early += 1
         self._early[request_id] = (partition, event_ms, y)
         if len(self._early) > self.cap:
@@ -157,13 +159,13 @@ class FeatureStore:
         self.stats.revoked += len(gone) + len(early)
         return len(gone) + len(early)
 
-    def _learn(self, request_id: str, x: Features, y: Any) -> Pair:
+    def _learn(self, request_id: str, x: Features, y: Any, label_ms: int) -> Pair:
         self.stats.matched += 1
         learned = self._learned
         learned[request_id] = None
         if len(learned) > self.cap:
             learned.popitem(last=False)
-        return x, y
+        return x, y, label_ms
 
     def _tick(self, event_ms: int) -> None:
         """Advance the clock; drop what it leaves past the horizon, oldest arrivals first."""

@@ -119,7 +119,7 @@ def test_the_learner_ends_with_a_lower_mae_than_its_frozen_copy_judged_in_the_sh
     elapsed = time.monotonic() - started
     learner_mae, frozen_mae = got[LEARNER]["mae"], got[FROZEN]["mae"]
     print(
-        f"\n{n} requests in {elapsed:.0f} s: labelled MAE learner {learner_mae:.2f}, frozen "
+        f"\n{prefix}: {n} requests in {elapsed:.0f} s: labelled MAE learner {learner_mae:.2f}, frozen "
         f"{frozen_mae:.2f}, primary {got[LEARNER]['primary_mae']:.2f}"
     )
     assert learner_mae < frozen_mae

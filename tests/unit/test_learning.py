@@ -50,10 +50,10 @@ def accounted(s: FeatureStore) -> bool:
 def test_predict_first_then_learn_and_early_labels() -> None:
     s = FeatureStore(cap=10, horizon_ms=1_000)
     assert s.add(0, "a", 100, {"x": 1}) is None
-    assert s.label(0, "a", 200, 2.0) == ({"x": 1}, 2.0)
+    assert s.label(0, "a", 200, 2.0) == ({"x": 1}, 2.0, 200)
     assert s.label(1, "b", 210, 3.0) is None  # before its request was scored
     assert s.early_labels == 1
-    assert s.add(1, "b", 150, {"x": 2}) == ({"x": 2}, 3.0)
+    assert s.add(1, "b", 150, {"x": 2}) == ({"x": 2}, 3.0, 210)
     assert (s.stats.matched, s.stats.early, len(s), s.early_labels) == (2, 1, 0, 0)
     assert accounted(s)
 
@@ -67,7 +67,7 @@ def test_duplicates_are_counted_and_never_learned_twice() -> None:
     assert s.add(0, "a", 1, {"x": 1}) is None  # scored again after it was learned
     s.label(0, "e", 4, 1.0)
     assert s.label(0, "e", 5, 9.0) is None  # a second early label: the first one stays
-    assert s.add(0, "e", 4, {"x": 5}) == ({"x": 5}, 1.0)
+    assert s.add(0, "e", 4, {"x": 5}) == ({"x": 5}, 1.0, 4)
     st = s.stats
     assert (st.feature_duplicates, st.label_duplicates, st.matched) == (2, 2, 2)
     assert accounted(s)
@@ -79,7 +79,7 @@ def test_cap_evicts_the_oldest_and_counts_it() -> None:
         s.add(0, f"r{i}", i, {"i": i})
     assert len(s) == 3 and s.stats.evicted == 2
     assert s.label(0, "r0", 10, 0.0) is None  # evicted: held as early, never learned
-    assert s.label(0, "r4", 10, 4.0) == ({"i": 4}, 4.0)
+    assert s.label(0, "r4", 10, 4.0) == ({"i": 4}, 4.0, 10)
     for i in range(5):
         s.label(0, f"x{i}", 20, 0.0)  # labels of requests never scored
     assert s.early_labels == 3
@@ -241,7 +241,8 @@ def test_learn_one_runs_on_the_candidates_lane_errors_counted(tmp_path: Path) ->
         for rid, y in (("a", 10.0), ("b", -1.0), ("c", 30.0)):
             pair = learner.store.label(0, rid, 2_000, y)
             assert pair is not None
-            learner._ready.append(pair)
+            learner._hold(pair)
+        learner.release(None)  # no partition assigned: nothing holds learning back
         learner.learn(lanes)
     finally:
         lanes.close()
