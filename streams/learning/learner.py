@@ -8,6 +8,11 @@ with them and handed to ``learn_one(x, y)``. So every published prediction was m
 the model learned from that request's label: the losses the joiner and evaluator compute
 from them are *progressive validation*, the honest measure of an online model.
 
+Time order is kept as well: a matched pair is learned only once every assigned partition
+that still has requests to read has scored past its label's event time
+(:meth:`OnlineLearner.release`), so a worker catching up on a backlog, reading one
+partition ahead of another, does not answer old requests with what later ones taught.
+
 Labels are read by a consumer of this learner's own, with manual assignment: it follows the
 partitions of ``<prefix>.requests`` that the worker's group gives it (labels are
 co-partitioned with requests, keyed by request_id), because the group's assignor is the
