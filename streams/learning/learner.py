@@ -232,7 +232,7 @@ class OnlineLearner:
         self._dropped_seen = self._drop_counts()
         old = self.candidate
         restored = Candidate(old.model_id, ckpt.model, None, old.sample_rate)
-        restored.warmed = old.warmed
+        # warmed up like any dict model: untimed, on the first request (see Lanes.warm_up)
         self.candidate = restored
         log.warning(  # a restart is news: visible at the CLI's default level
             "learner %s restored from %s: %d pairs learned so far, %d features awaiting "

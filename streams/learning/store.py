@@ -124,7 +124,7 @@ class FeatureStore:
         if early is not None:
             return self._learn(request_id, x, early[2], early[1])
         self._pending[request_id] = (partition, event_ms, x)
-        if len(self._pending) > self.cap:
+        while len(self._pending) > self.cap:  # while: a restart may lower the cap
             self._pending.popitem(last=False)
             stats.evicted += 1
         return None
@@ -142,7 +142,7 @@ class FeatureStore:
             return self._learn(request_id, kept[2], y, event_ms)
         stats.early += 1
         self._early[request_id] = (partition, event_ms, y)
-        if len(self._early) > self.cap:
+        while len(self._early) > self.cap:
             self._early.popitem(last=False)
             stats.unmatched += 1
         return None
@@ -163,7 +163,7 @@ class FeatureStore:
         self.stats.matched += 1
         learned = self._learned
         learned[request_id] = None
-        if len(learned) > self.cap:
+        while len(learned) > self.cap:
             learned.popitem(last=False)
         return x, y, label_ms
 
