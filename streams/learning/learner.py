@@ -195,6 +195,9 @@ class OnlineLearner:
         #: known, never holds learning back), and the latest event time scored there
         self._next: dict[int, int | None] = {}
         self._scored_ms: dict[int, int] = {}
+        #: per assigned partition: monotonic time it last gave the worker a message (or was
+        #: assigned); idle past the config's ``idle_flush_ms``, it holds nothing back
+        self._active_at: dict[int, float] = {}
         self._locate: set[int] = set()
         #: drop counters at the last checkpoint: what grew since is logged as a warning
         self._dropped_seen: dict[str, int] = {}
@@ -291,6 +294,7 @@ class OnlineLearner:
             self._assigned.add(p)
             self._revoked.discard(p)
             self._locate.add(p)
+            self._active_at[p] = time.monotonic()
             if p in self.labels_next:
                 self._settle.add(p)
             else:
@@ -301,6 +305,7 @@ class OnlineLearner:
             self.requests_next.pop(p, None)
             self._next.pop(p, None)
             self._scored_ms.pop(p, None)
+            self._active_at.pop(p, None)
             log.info("learner %s: partition %d gone, %d entries dropped", self.model_id, p, dropped)
             self._dirty = True
         self._revoked.clear()
@@ -455,6 +460,9 @@ class OnlineLearner:
     def after_batch(self, batch: ScoredBatch) -> None:
         """The delivered batch's requests this candidate scored go to the store."""
         self._next.update(batch.consumed)
+        now = time.monotonic()
+        for p in batch.consumed:
+            self._active_at[p] = now
         scored_ms = self._scored_ms
         for p, t in zip(batch.partitions, batch.event_times, strict=True):
             if t > scored_ms.get(p, -1):
@@ -551,13 +559,19 @@ class OnlineLearner:
             ready.append((x, y))
 
     def _frontier(self, consumer: Any) -> float:
-        """The event time every partition with requests still to read has scored past."""
+        """The event time every partition with requests still to read has scored past.
+
+        Liveness, as the joiner's watermarks have it (Flink's ``withIdleness``): a partition
+        that gave the worker nothing for ``idle_flush_ms`` holds nothing back, whatever its
+        offsets say (a transactional producer's last commit marker is an offset no message
+        is ever returned for)."""
         limit = math.inf
         topic = self.topics.requests
+        idle_before = time.monotonic() - self.cfg.idle_flush_ms / 1000.0
         for p in self._assigned:
             nxt = self._next.get(p)
-            if nxt is None:
-                continue  # where it stands is unknown: it never holds learning back
+            if nxt is None or self._active_at.get(p, 0.0) < idle_before:
+                continue  # position unknown, or idle: it never holds learning back
             try:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
             except KafkaException:
