@@ -187,15 +187,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UnderstudyError(f"--latency-sample must be in [0, 1], got {args.latency_sample}")
     from streams.models import load_candidate
 
+    _check_learn_flags(args)
     example = _warm_up_request(args.warm_up_request)
     # Models load (and warm up) before Kafka: a bad spec is one line at once, broker or not.
     candidates = [
         load_candidate(spec, sample_rate=args.latency_sample, example=example)
         for spec in args.candidate
     ]
+    ids = [c.model_id for c in candidates]
+    for name in args.learn:
+        if name not in ids:
+            raise UnderstudyError(
+                f"--learn {name}: not a --candidate (candidates: {', '.join(ids)})"
+            )
+        model = candidates[ids.index(name)].model
+        if not callable(getattr(model, "learn_one", None)):
+            raise UnderstudyError(
+                f"--learn {name}: its model ({type(model).__name__}) has no learn_one(x, y); "
+                "only river-style models can learn online"
+            )
     cfg = connect(args)
     from streams.worker import ShadowWorker
 
+    learning = _learn_settings(args, cfg)
     exactly_once = args.exactly_once or cfg.worker_exactly_once
     guarantee = "exactly-once" if exactly_once else "at-least-once"
     _err(
@@ -209,6 +223,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         exactly_once=exactly_once,
         instance=args.instance,
+        learning=learning,
     )
     if exactly_once:
         watch = (worker, "worker", args.budget)  # the lanes score side by side
@@ -221,6 +236,53 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     _err(f"worker stopped: {stats}")
     return 0
+
+
+def _check_learn_flags(args: argparse.Namespace) -> None:
+    """``--learn`` and its options agree (before any model loads or Kafka call)."""
+    if not args.learn:
+        for flag, value in (
+            ("--state-dir", args.state_dir),
+            ("--learn-cap", args.learn_cap),
+            ("--learn-horizon", args.learn_horizon),
+        ):
+            if value is not None:
+                raise UnderstudyError(f"{flag} applies to learning candidates: give --learn ID")
+        return
+    if args.state_dir is None:
+        raise UnderstudyError(
+            "--learn needs --state-dir DIR: where the learner's checkpoint is kept, so that a "
+            "restart keeps what it learned"
+        )
+    if args.learn_cap is not None and args.learn_cap < 1:
+        raise UnderstudyError(f"--learn-cap must be >= 1, got {args.learn_cap}")
+    if args.learn_horizon is not None and args.learn_horizon < 0:
+        raise UnderstudyError(f"--learn-horizon must be >= 0 seconds, got {args.learn_horizon}")
+    if args.checkpoint_every <= 0:
+        raise UnderstudyError(
+            f"--checkpoint-every must be > 0 seconds, got {args.checkpoint_every}"
+        )
+
+
+def _learn_settings(args: argparse.Namespace, cfg: Config) -> Any:
+    """``--learn`` and its options as :class:`streams.learning.LearnSettings` (None without)."""
+    if not args.learn:
+        return None
+    from streams.learning import LearnSettings
+
+    horizon_ms = (
+        cfg.label_horizon_ms if args.learn_horizon is None else round(args.learn_horizon * 1000)
+    )
+    try:
+        return LearnSettings(
+            models=tuple(args.learn),
+            state_dir=Path(args.state_dir),
+            cap=100_000 if args.learn_cap is None else args.learn_cap,
+            horizon_ms=horizon_ms,
+            checkpoint_s=args.checkpoint_every,
+        )
+    except ValueError as exc:
+        raise UnderstudyError(str(exc)) from None
 
 
 def _warm_up_request(text: str | None) -> dict[str, Any] | None:
@@ -443,6 +505,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="commit each batch's predictions and offsets in one Kafka transaction, so a "
         "restart after a crash publishes no duplicate (also worker_exactly_once in the "
         "config); default: at-least-once",
+    )
+    p.add_argument(
+        "--learn",
+        action="append",
+        default=[],
+        metavar="MODEL_ID",
+        help="this candidate (a river model, with learn_one) keeps learning from "
+        "<prefix>.labels while shadowed: predict first, learn when the label comes "
+        "(repeatable; see docs/online-learning.md)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where learners keep their checkpoints (needed with --learn); its files are "
+        "pickles, as trusted as a model file",
+    )
+    p.add_argument(
+        "--learn-cap",
+        type=int,
+        metavar="N",
+        help="requests' features a learner keeps awaiting labels, and early labels awaiting "
+        "their request (default 100000 each); the oldest beyond it are dropped and counted",
+    )
+    p.add_argument(
+        "--learn-horizon",
+        type=float,
+        metavar="SECONDS",
+        help="how long (event time) a learner waits for a request's label (default: "
+        "label_horizon_ms of the config, 24 h)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between a learner's checkpoints (one more when the worker stops; default 30)",
     )
     _instance_argument(p)
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")

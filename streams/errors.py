@@ -6,7 +6,8 @@
     │   └── MissingToolError Java or Maven is not installed
     ├── TopicLayoutError     topics missing or not co-partitioned
     ├── SchemaError          a message cannot be encoded or decoded
-    └── ModelLoadError       a candidate model spec cannot be loaded
+    ├── ModelLoadError       a candidate model spec cannot be loaded
+    └── CheckpointError      an online learner's checkpoint cannot be written or read
 
 Library errors are wrapped with ``raise ... from exc`` so the cause stays visible.
 """
@@ -40,3 +41,7 @@ class SchemaError(UnderstudyError):
 
 class ModelLoadError(UnderstudyError):
     """A candidate model spec cannot be imported or loaded."""
+
+
+class CheckpointError(UnderstudyError):
+    """An online learner's checkpoint cannot be written, or read back as its own."""

@@ -34,7 +34,7 @@ from typing import Any
 from streams.errors import ModelLoadError
 from streams.models import Candidate, Features, Outcome, sample_points
 
-__all__ = ["DEFAULT_BUDGET_S", "WARM_UP_TIMEOUT_S", "LaneStats", "Lanes"]
+__all__ = ["DEFAULT_BUDGET_S", "WARM_UP_TIMEOUT_S", "LaneCall", "LaneStats", "Lanes"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,22 @@ class LaneStats:
     late_returns: int = 0
     #: Batches whose call raised out of the candidate (a bug in the adapter, not the model).
     crashed: int = 0
+
+
+@dataclass(frozen=True)
+class LaneCall:
+    """What became of a job run on a lane with :meth:`Lanes.call`."""
+
+    #: False: the lane was busy, the job was not started.
+    ran: bool
+    #: The job did not return within its timeout (it runs on; the lane stays busy).
+    timed_out: bool = False
+    result: Any = None
+    failure: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.ran and not self.timed_out and self.failure is None
 
 
 class Lane:
@@ -230,6 +246,32 @@ class Lanes:
             for index in sorted(pending):
                 self.lanes[index].stats.timed_out += 1
                 deliver(index, timeout)
+
+    def call(self, index: int, job: Callable[[], Any], timeout: float) -> LaneCall:
+        """Run ``job`` on candidate ``index``'s lane, between batches, within ``timeout``.
+
+        For work that must not race the candidate's own calls: an online learner's
+        ``learn_one`` and the pickling of its checkpoint run on the thread that scores it,
+        so a model is never read and changed at once. A lane still busy (a hung call) runs
+        nothing; a job past ``timeout`` keeps the lane busy, exactly as a hung prediction
+        would (the candidate's next batches time out until it returns).
+        """
+        lane = self.lanes[index]
+        if lane.busy:
+            return LaneCall(ran=False)
+        token = self._next_token()
+        lane.submit(token, job)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                got_index, got, result, failure = self._done.get(timeout=max(remaining, 0.0))
+            except queue.Empty:
+                return LaneCall(ran=True, timed_out=True)
+            if got != token or got_index != index:
+                self.lanes[got_index].stats.late_returns += 1
+                continue
+            return LaneCall(ran=True, result=result, failure=failure)
 
     def _next_token(self) -> int:
         self._token += 1

@@ -72,8 +72,9 @@ Latency (see :class:`Candidate`): every published latency estimates what *one re
 called alone* costs, as the production service pays it, never a batch's amortized share.
 
 A river model works as a candidate through ``predict_one`` (its ``predict_many`` expects a
-pandas DataFrame, so it is not used). Learning from the ``labels`` topic while shadowing
-(predict, then learn) is a later step of the worker; here the model only predicts.
+pandas DataFrame, so it is not used). Here the model only predicts; one the operator names
+with ``--learn`` also learns from the ``labels`` topic while shadowed (predict, then learn),
+which is the worker's business: see :mod:`streams.learning`.
 """
 
 from __future__ import annotations

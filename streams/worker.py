@@ -91,6 +91,7 @@ from streams.kafka import (
     scrub,
     validate_client_options,
 )
+from streams.learning.learner import LearnSettings, OnlineLearner, ScoredBatch
 from streams.models import Candidate, Outcome
 from streams.schemas import Codec, default_codec
 from streams.transactions import commit, instance_ids, recover, rewind
@@ -165,6 +166,9 @@ class WorkerStats:
     #: costs: ``single_ms`` (mean single call, what the published latencies estimate),
     #: ``amortized_ms`` (batch call cost per request, kept apart), ``single_calls``.
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per online learner (``--learn``): what it learned, what its store holds and dropped
+    #: (:meth:`streams.learning.learner.OnlineLearner.report`).
+    learners: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ShadowWorker:
@@ -181,11 +185,13 @@ class ShadowWorker:
         budget_s: float = DEFAULT_BUDGET_S,
         exactly_once: bool | None = None,
         instance: str | None = None,
+        learning: LearnSettings | None = None,
     ) -> None:
         """``exactly_once``: one Kafka transaction per batch (None: ``cfg.worker_exactly_once``).
         ``instance``: a stable id of this worker (``--instance``): static group membership
         and a fixed transactional id, so a restart fences its predecessor at once; None for
-        a unique one (see :func:`streams.transactions.instance_ids`)."""
+        a unique one (see :func:`streams.transactions.instance_ids`). ``learning``: which
+        candidates learn from ``<prefix>.labels`` while shadowed (:mod:`streams.learning`)."""
         if not candidates:
             raise ValueError("a shadow worker needs at least one candidate model")
         ids = [c.model_id for c in candidates]
@@ -196,6 +202,19 @@ class ShadowWorker:
         if budget_s <= 0:
             raise ValueError(f"budget_s must be > 0, got {budget_s}")
         self.budget_s = budget_s
+        self.learning = learning
+        if learning is not None:
+            unknown = sorted(set(learning.models) - set(ids))
+            if unknown:
+                raise ConfigError(
+                    f"--learn names {', '.join(unknown)}, which is not a --candidate "
+                    f"(candidates: {', '.join(ids)})"
+                )
+        self._learners: list[OnlineLearner] = []
+        self._scored: ScoredBatch | None = None
+        #: the last scored batch's feature dicts and skipped (promoted) candidates
+        self._scored_features: list[dict[str, Any]] = []
+        self._scored_skipped: frozenset[str] = frozenset()
         self._lanes: Lanes | None = None
         self._primary: PrimaryFollower | None = None
         self.cfg = cfg
@@ -253,6 +272,7 @@ class ShadowWorker:
             ", ".join(c.model_id for c in self.candidates),
         )
         try:
+            self._start_learners()
             self._lanes = Lanes(self.candidates, self.budget_s)
             # a candidate promoted to primary (<prefix>.control) answers users now: the
             # service sends its answers, so it is no longer scored in the shadow
@@ -262,8 +282,12 @@ class ShadowWorker:
             while stop is None or not stop.is_set():
                 messages = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
                 self._raise_if_fatal()
+                for learner in self._learners:
+                    learner.settle(self._consumer)
                 now = time.monotonic()
                 if not messages:
+                    if self._learn():
+                        last_activity = now  # labels still coming: not idle
                     self._producer.poll(0)  # serves error_cb: a fatal error ends an idle worker
                     since = max(last_activity, self._assigned_at)
                     if not self._assigned_at:  # the group has not answered yet
@@ -278,11 +302,44 @@ class ShadowWorker:
                 except _Abandoned:
                     self._abandoned = True
                     break
+                self._learn()
                 if on_batch is not None:
                     on_batch(len(messages))
         finally:
             self.close()
         return self.stats
+
+    def _start_learners(self) -> None:
+        """Restore each learner's checkpoint (its model replaces the spec's), open its
+        labels consumer. Before the lanes exist: a lane holds its candidate's model."""
+        if self.learning is None:
+            return
+        for name in self.learning.models:
+            index = next(i for i, c in enumerate(self.candidates) if c.model_id == name)
+            learner = OnlineLearner(
+                self.cfg, self.candidates[index], index, self.learning, self.codec, self.budget_s
+            )
+            self.candidates[index] = learner.restore()
+            learner.open(self._on_client_error)
+            self._learners.append(learner)
+
+    def _learn(self) -> int:
+        """Between batches: the delivered batch's features to the learners' stores, the
+        labels that came, ``learn_one``, a checkpoint when due. Returns labels read."""
+        if not self._learners:
+            return 0
+        lanes = self._lanes
+        assert lanes is not None
+        scored, self._scored = self._scored, None
+        read = 0
+        for learner in self._learners:
+            if scored is not None:
+                learner.after_batch(scored)
+            read += learner.poll()
+            learner.release(self._consumer)
+            learner.learn(lanes)
+            learner.checkpoint(lanes)
+        return read
 
     def _raise_if_fatal(self) -> None:
         if self._fatal is not None:
@@ -356,6 +413,13 @@ class ShadowWorker:
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         lanes, self._lanes = self._lanes, None
+        learners, self._learners = self._learners, []
+        for learner in learners:
+            learner.close(None if self._abandoned or self._fatal is not None else lanes)
+            self.stats.learners[learner.model_id] = report = learner.report()
+            log.info(
+                "learner %s: %s", learner.model_id, ", ".join(f"{k}={v}" for k, v in report.items())
+            )
         if lanes is not None:
             lanes.close()
             self._report_candidates(lanes)
@@ -380,6 +444,8 @@ class ShadowWorker:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         self._assigned_at = time.monotonic()
+        for learner in self._learners:
+            learner.on_assign([tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # Nothing pending to commit: see the module docstring. A transaction open here is a
@@ -387,6 +453,8 @@ class ShadowWorker:
         if self._in_transaction and self._producer is not None:
             self._abort_open_transaction(self._producer)
         self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        for learner in self._learners:
+            learner.on_revoke([tp.partition for tp in partitions])
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -394,6 +462,7 @@ class ShadowWorker:
         """Decode, score, produce, wait for every acknowledgement, then commit."""
         requests: list[dict[str, Any]] = []
         partitions: list[int] = []
+        positions: list[int] = []
         stamps: list[int] = []
         offsets: dict[tuple[str, int], int] = {}
         decode = self.codec.decode_as
@@ -434,16 +503,46 @@ class ShadowWorker:
                 continue
             requests.append(record)
             partitions.append(partition)
+            positions.append(offset)
             stamps.append(_stamp(msg))
         self.stats.requests += len(requests)
+        self._scored_features = []
         if requests:
             self._score(requests, partitions, stamps)
+        scored = self._scored_batch(requests, partitions, stamps, positions, offsets)
+        aborted = self.stats.aborted
         if self.exactly_once:
             self._commit_transaction(offsets)
         else:
             self._await_deliveries()
             self._commit(offsets)
         self.stats.batches += 1
+        # learners see a batch once its answers are out: never one aborted (scored again,
+        # its answers must not come from a model that learned its labels meanwhile)
+        self._scored = scored if self.stats.aborted == aborted else None
+
+    def _scored_batch(
+        self,
+        requests: list[dict[str, Any]],
+        partitions: list[int],
+        stamps: list[int],
+        positions: list[int],
+        offsets: dict[tuple[str, int], int],
+    ) -> ScoredBatch | None:
+        """What the learners need of the batch just scored (None without learners)."""
+        features = self._scored_features
+        if not self._learners or len(features) != len(requests):
+            return None
+        return ScoredBatch(
+            ids=[r["request_id"] for r in requests],
+            features=features,  # the dicts the models saw, shared, not copied
+            partitions=partitions,
+            offsets=positions,
+            event_times=[r["event_time"] for r in requests],
+            stamps=stamps,
+            skipped=self._scored_skipped,
+            consumed={partition: offset for (_, partition), offset in offsets.items()},
+        )
 
     def _score(
         self, requests: list[dict[str, Any]], partitions: list[int], stamps: list[int]
@@ -492,6 +591,8 @@ class ShadowWorker:
             self.stats.timeouts += timeouts
 
         lanes.score(features, ids, deliver, skip=promoted)
+        self._scored_features = features
+        self._scored_skipped = frozenset(self.candidates[i].model_id for i in promoted)
 
     def _report_candidates(self, lanes: Lanes) -> None:
         """Each candidate's lane counts and call costs into the stats, and one log line."""
@@ -686,6 +787,7 @@ def run_worker(
     budget_s: float = DEFAULT_BUDGET_S,
     exactly_once: bool | None = None,
     instance: str | None = None,
+    learning: LearnSettings | None = None,
 ) -> WorkerStats:
     """Run one shadow worker until ``stop`` is set or ``idle_exit_s`` passes without input.
 
@@ -702,6 +804,7 @@ def run_worker(
         budget_s=budget_s,
         exactly_once=exactly_once,
         instance=instance,
+        learning=learning,
     )
     return worker.run(stop=stop, idle_exit_s=idle_exit_s, on_batch=on_batch)
 

@@ -1,0 +1,23 @@
+"""Online learning in the shadow: a river candidate that learns from ``<prefix>.labels``.
+
+- :mod:`streams.learning.store`: features awaiting their labels, bounded (pure);
+- :mod:`streams.learning.checkpoint`: the learner's state on local disk, atomically (pure);
+- :mod:`streams.learning.learner`: the worker's side: labels consumer, refill, learning on
+  the candidate's lane, periodic checkpoints.
+
+See docs/online-learning.md.
+"""
+
+from streams.learning.checkpoint import Checkpoint, checkpoint_path
+from streams.learning.learner import LearnSettings, OnlineLearner, ScoredBatch
+from streams.learning.store import FeatureStore, StoreStats
+
+__all__ = [
+    "Checkpoint",
+    "FeatureStore",
+    "LearnSettings",
+    "OnlineLearner",
+    "ScoredBatch",
+    "StoreStats",
+    "checkpoint_path",
+]

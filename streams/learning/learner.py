@@ -1,0 +1,731 @@
+"""An online learner inside the shadow worker: predict first, learn when the label comes.
+
+A river candidate named with ``understudy worker --learn MODEL_ID`` keeps learning from
+``<prefix>.labels`` while it is shadowed. It is scored like any candidate; then, after the
+batch's predictions are delivered (committed), each scored request's features go to a
+bounded :class:`~streams.learning.store.FeatureStore`. Its label, when it comes, is paired
+with them and handed to ``learn_one(x, y)``. So every published prediction was made before
+the model learned from that request's label: the losses the joiner and evaluator compute
+from them are *progressive validation*, the honest measure of an online model.
+
+Time order is kept as well: a matched pair is learned only once every assigned partition
+that still has requests to read has scored past its label's event time
+(:meth:`OnlineLearner.release`), so a worker catching up on a backlog, reading one
+partition ahead of another, does not answer old requests with what later ones taught.
+
+Labels are read by a consumer of this learner's own, with manual assignment: it follows the
+partitions of ``<prefix>.requests`` that the worker's group gives it (labels are
+co-partitioned with requests, keyed by request_id), because the group's assignor is the
+user's choice and only the range assignor would put the same partitions of both topics on
+one member. Its offsets are never committed to Kafka: they are part of the checkpoint
+(:mod:`streams.learning.checkpoint`), so they always agree with the model they produced.
+
+Where the labels of a partition are read from:
+
+- a partition in the checkpoint: from the checkpoint's offset. The requests scored after
+  the checkpoint (committed by the group, so their predictions are out) are read back from
+  ``<prefix>.requests`` into the store (the *refill*, at most ``cap`` of them): their
+  labels, read again from the checkpoint's offset, are learned once, by the restored model;
+- a partition seen for the first time: from the first label stamped at most
+  :data:`LABEL_SLACK_MS` before the first request this worker scored there (Kafka
+  timestamps: a request's truth is known after it was served). Labels of requests scored
+  before this learner held the partition find no features and end ``unmatched``.
+
+A partition taken away by a rebalance keeps its state until the rebalance's assignment: if
+it comes back (an eager rebalance gives everything back at once) nothing is lost; if not,
+its features and early labels are dropped, counted ``revoked``.
+
+``learn_one`` and the checkpoint's pickling run on the candidate's own lane
+(:meth:`streams.isolation.Lanes.call`), so the model is never read by a prediction while it
+changes, and a ``learn_one`` that hangs costs that candidate's predictions only (timeouts),
+as a hung prediction would. The labels of a learn call past the budget count as
+``learn_timeouts``: whether the model took them in is unknown.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import os
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streams.clientlog import CLIENT_LOG
+from streams.config import Config
+from streams.errors import CheckpointError, ModelLoadError, SchemaError, UnderstudyError
+from streams.isolation import Lanes
+from streams.kafka import Topics, client_config, read_range
+from streams.learning.checkpoint import Checkpoint, checkpoint_path, load, lock, save
+from streams.learning.store import DEFAULT_CAP, FeatureStore
+from streams.models import Candidate, Features
+from streams.schemas import Codec
+
+__all__ = [
+    "DEFAULT_CHECKPOINT_S",
+    "LABEL_SLACK_MS",
+    "LearnSettings",
+    "OnlineLearner",
+    "ScoredBatch",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checkpoints, by default (and one more when the worker stops).
+DEFAULT_CHECKPOINT_S = 30.0
+#: How far before a partition's first scored request its labels are read from (clock skew
+#: between the service's and the label source's producers).
+LABEL_SLACK_MS = 60_000
+#: Labels read per poll, at most.
+LABELS_PER_POLL = 5_000
+#: Bound on a checkpoint's pickling, on the candidate's lane.
+PICKLE_TIMEOUT_S = 60.0
+#: Bound on Kafka look-ups (offsets, committed positions) and on one partition's refill.
+KAFKA_CALL_S = 30.0
+
+
+@dataclass(frozen=True)
+class LearnSettings:
+    """Which candidates learn, where their state lives, and the store's bounds."""
+
+    models: tuple[str, ...]
+    state_dir: Path
+    cap: int = DEFAULT_CAP
+    horizon_ms: int = 86_400_000
+    checkpoint_s: float = DEFAULT_CHECKPOINT_S
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("no learning candidate named")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"a learning candidate is named twice: {list(self.models)}")
+        if self.cap < 1:
+            raise ValueError(f"the learner's cap must be >= 1, got {self.cap}")
+        if self.horizon_ms < 0:
+            raise ValueError(f"the learner's horizon must be >= 0, got {self.horizon_ms}")
+        if self.checkpoint_s <= 0:
+            raise ValueError(f"the checkpoint interval must be > 0 s, got {self.checkpoint_s}")
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """The requests of one delivered batch, as the learner needs them (parallel lists)."""
+
+    ids: list[str]
+    features: list[Features]
+    partitions: list[int]
+    offsets: list[int]
+    event_times: list[int]
+    #: Each request's Kafka timestamp (0: none).
+    stamps: list[int]
+    #: Model ids not scored in this batch (promoted to primary).
+    skipped: frozenset[str] = frozenset()
+    #: Per partition, the offset after the batch's last message (dead letters included).
+    consumed: dict[int, int] = field(default_factory=dict)
+
+
+def _learn_all(model: Any, pairs: Sequence[tuple[Features, Any]]) -> tuple[int, int, str | None]:
+    """``learn_one`` on each pair, in order: (learned, raised, the first error's text)."""
+    learned = errors = 0
+    first: str | None = None
+    for x, y in pairs:
+        try:
+            model.learn_one(x, y)
+            learned += 1
+        except Exception as exc:  # one bad label must not stop the learning
+            errors += 1
+            if first is None:
+                first = f"{type(exc).__name__}: {exc}"[:500]
+    return learned, errors, first
+
+
+class OnlineLearner:
+    """One learning candidate: its store, its labels consumer and its checkpoint."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        candidate: Candidate,
+        index: int,
+        settings: LearnSettings,
+        codec: Codec,
+        budget_s: float,
+    ) -> None:
+        if not callable(getattr(candidate.model, "learn_one", None)):
+            raise ModelLoadError(
+                f"--learn {candidate.model_id}: its model ({type(candidate.model).__name__}) "
+                "has no learn_one(x, y); only river-style models can learn online"
+            )
+        self.cfg = cfg
+        self.candidate = candidate
+        self.index = index
+        self.settings = settings
+        self.budget_s = budget_s
+        self.topics = Topics(cfg.prefix)
+        self.path = checkpoint_path(settings.state_dir, candidate.model_id)
+        self.store = FeatureStore(settings.cap, settings.horizon_ms)
+        self.labels_next: dict[int, int] = {}
+        self.requests_next: dict[int, int] = {}
+        self.learned = 0
+        self.learn_errors = 0
+        self.learn_timeouts = 0
+        self.bad_labels = 0
+        self.refilled = 0
+        self.saves = 0
+        self.restores = 0
+        self._decode = codec.decode_as
+        self._assigned: set[int] = set()
+        self._revoked: set[int] = set()
+        self._fresh: set[int] = set()  # labels positioned at the first scored request
+        self._settle: set[int] = set()  # labels positioned from a known offset, refill first
+        self._reading: set[int] = set()  # label partitions assigned to the consumer
+        self._ready: list[tuple[Features, Any]] = []
+        #: matched pairs waiting for the scoring to pass their label's event time:
+        #: (label ms, sequence, features, target)
+        self._held: list[tuple[int, int, Features, Any]] = []
+        self._seq = itertools.count()
+        #: per assigned partition: the offset after the last message consumed (None: not
+        #: known, never holds learning back), and the latest event time scored there
+        self._next: dict[int, int | None] = {}
+        self._scored_ms: dict[int, int] = {}
+        #: per assigned partition: monotonic time it last gave the worker a message (or was
+        #: assigned); idle past the config's ``idle_flush_ms``, it holds nothing back
+        self._active_at: dict[int, float] = {}
+        self._locate: set[int] = set()
+        #: drop counters at the last checkpoint: what grew since is logged as a warning
+        self._dropped_seen: dict[str, int] = {}
+        self._dirty = False
+        self._last_save = time.monotonic()
+        self._consumer: Any = None
+        self._lock: int | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.candidate.model_id
+
+    # -- start and stop ----------------------------------------------------------------
+
+    def restore(self) -> Candidate:
+        """Lock the state file, load the checkpoint if any; the candidate to score."""
+        if self._lock is None:
+            self._lock = lock(self.path)
+        ckpt = load(self.path, self.model_id, self.cfg.prefix)
+        if ckpt is None:
+            log.info(
+                "learner %s: no checkpoint at %s, starting from its spec", self.model_id, self.path
+            )
+            return self.candidate
+        store = ckpt.store
+        store.cap, store.horizon_ms = self.settings.cap, self.settings.horizon_ms
+        self.store = store
+        self.labels_next = dict(ckpt.labels_next)
+        self.requests_next = dict(ckpt.requests_next)
+        for label_ms, x, y in ckpt.held:
+            self._hold((x, y, label_ms))
+        self.learned, self.learn_errors = ckpt.learned, ckpt.learn_errors
+        self.learn_timeouts, self.saves = ckpt.learn_timeouts, ckpt.saves
+        self.restores = ckpt.restores + 1
+        self._dropped_seen = self._drop_counts()
+        old = self.candidate
+        restored = Candidate(old.model_id, ckpt.model, None, old.sample_rate)
+        # warmed up like any dict model: untimed, on the first request (see Lanes.warm_up)
+        self.candidate = restored
+        log.warning(  # a restart is news: visible at the CLI's default level
+            "learner %s restored from %s: %d pairs learned so far, %d features awaiting "
+            "labels, %d early labels, label offsets %s",
+            self.model_id,
+            self.path,
+            self.learned,
+            len(store),
+            store.early_labels,
+            dict(sorted(self.labels_next.items())),
+        )
+        return restored
+
+    def open(self, error_cb: Any) -> None:
+        conf = client_config(self.cfg, error_cb=error_cb)
+        conf.update(
+            {
+                # never subscribes nor commits: the group id only names the client
+                "group.id": f"{self.cfg.prefix}.learner.{self.model_id}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            self._consumer = Consumer(conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise UnderstudyError(
+                f"learner {self.model_id}: cannot create its consumer: {exc}"
+            ) from None
+
+    def close(self, lanes: Lanes | None) -> None:
+        """A last checkpoint (when the lane is free), then close the labels consumer."""
+        try:
+            if lanes is not None:
+                self.checkpoint(lanes, force=True)
+        except CheckpointError as exc:
+            log.error("learner %s: %s", self.model_id, exc)
+        finally:
+            consumer, self._consumer = self._consumer, None
+            held, self._lock = self._lock, None
+            try:
+                if consumer is not None:
+                    consumer.close()
+            finally:
+                if held is not None:
+                    os.close(held)
+
+    # -- following the worker's assignment ---------------------------------------------
+
+    def on_assign(self, partitions: Sequence[int]) -> None:
+        """Partitions of requests the group gave the worker (inside its rebalance callback:
+        no Kafka call here; :meth:`settle` and :meth:`after_batch` position the labels)."""
+        for p in partitions:
+            self._assigned.add(p)
+            self._revoked.discard(p)
+            self._locate.add(p)
+            self._active_at[p] = time.monotonic()
+            if p in self.labels_next:
+                self._settle.add(p)
+            else:
+                self._fresh.add(p)
+        for p in sorted(self._revoked):  # taken away for good: another worker learns there
+            dropped = self.store.drop_partition(p)
+            self.labels_next.pop(p, None)
+            self.requests_next.pop(p, None)
+            self._next.pop(p, None)
+            self._scored_ms.pop(p, None)
+            self._active_at.pop(p, None)
+            log.info("learner %s: partition %d gone, %d entries dropped", self.model_id, p, dropped)
+            self._dirty = True
+        self._revoked.clear()
+
+    def on_revoke(self, partitions: Sequence[int]) -> None:
+        """Stop reading those partitions' labels; their state waits for the next assignment."""
+        gone = [p for p in partitions if p in self._assigned]
+        reading = [TopicPartition(self.topics.labels, p) for p in gone if p in self._reading]
+        if reading and self._consumer is not None:
+            try:
+                self._consumer.incremental_unassign(reading)
+            except KafkaException as exc:
+                log.warning("learner %s: unassigning labels failed: %s", self.model_id, exc)
+        for p in gone:
+            self._assigned.discard(p)
+            self._reading.discard(p)
+            self._fresh.discard(p)
+            self._settle.discard(p)
+            self._revoked.add(p)
+
+    def settle(self, requests_consumer: Any) -> None:
+        """Position the labels of partitions whose offset is known (the checkpoint's, or
+        before a rebalance), after refilling the store with the requests scored since.
+
+        Called between batches, before the next one is scored: the group's committed offset
+        of each such partition is then where scoring resumes."""
+        if not self._locate or self._consumer is None:
+            return
+        located = sorted(self._locate)
+        self._locate.clear()
+        topic = self.topics.requests
+        try:
+            committed = {
+                tp.partition: tp.offset
+                for tp in requests_consumer.committed(
+                    [TopicPartition(topic, p) for p in located], timeout=KAFKA_CALL_S
+                )
+            }
+            for p in located:  # where scoring resumes: the commit, or the log's start
+                low, _ = requests_consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=KAFKA_CALL_S
+                )
+                self._next[p] = max(committed.get(p, -1), low)
+        except KafkaException as exc:
+            log.warning(
+                "learner %s: cannot read the committed offsets of %s (%s): no refill (the "
+                "labels of requests scored after the checkpoint will be unmatched), and "
+                "learning there keeps the labels' order, not the requests' time",
+                self.model_id,
+                located,
+                exc,
+            )
+            committed = {}
+        parts = sorted(self._settle.intersection(located))
+        self._settle.difference_update(parts)
+        for p in parts:
+            end = committed.get(p, -1)
+            start = self.requests_next.get(p)
+            if start is not None and end > start:
+                self._refill(p, max(start, end - self.store.cap), end)
+        self._read_labels({p: self.labels_next[p] for p in parts})
+
+    def _refill(self, partition: int, start: int, end: int) -> None:
+        """Requests ``[start, end)`` of a partition, scored before a restart (their answers are
+        out), back into the store: their labels can then be learned."""
+        reader = Consumer(
+            client_config(
+                self.cfg,
+                **{
+                    "group.id": f"{self.cfg.prefix}.learner.refill",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                },
+            )
+        )
+        added = 0
+        try:
+            for msg in read_range(
+                reader, self.topics.requests, partition, start, end, KAFKA_CALL_S
+            ):
+                offset = msg.offset()
+                try:
+                    r = self._decode("Request", msg.value())
+                except SchemaError:
+                    continue  # the worker dead-lettered it: it has no features to learn from
+                if not r["request_id"] or not msg.key():
+                    continue
+                x = {**r["numeric_features"], **r["categorical_features"]}
+                pair = self.store.add(partition, r["request_id"], r["event_time"], x)
+                if pair is not None:
+                    self._hold(pair)
+                added += 1
+                if offset is not None:
+                    self.requests_next[partition] = offset + 1
+        except (UnderstudyError, KafkaException) as exc:
+            log.warning(
+                "learner %s: refilling partition %d stopped after %d requests: %s",
+                self.model_id,
+                partition,
+                added,
+                exc,
+            )
+        finally:
+            reader.close()
+        self.refilled += added
+        self._dirty = True
+        log.warning(
+            "learner %s: partition %d refilled with %d requests scored before the restart "
+            "(offsets %d-%d)",
+            self.model_id,
+            partition,
+            added,
+            start,
+            end - 1,
+        )
+
+    def _read_labels(self, offsets: dict[int, int]) -> None:
+        if not offsets:
+            return
+        assert self._consumer is not None
+        tps = [TopicPartition(self.topics.labels, p, o) for p, o in sorted(offsets.items())]
+        self._consumer.incremental_assign(tps)
+        self._reading.update(offsets)
+        self.labels_next.update(offsets)
+
+    def _first_labels(self, stamps: dict[int, int]) -> None:
+        """Position fresh partitions at the labels stamped from their first scored request
+        (less :data:`LABEL_SLACK_MS`); the end of the topic when there are none yet."""
+        assert self._consumer is not None
+        now = int(time.time() * 1000)
+        wanted = [
+            TopicPartition(
+                self.topics.labels,
+                p,
+                (ts if ts > 0 else now - self.settings.horizon_ms) - LABEL_SLACK_MS,
+            )
+            for p, ts in sorted(stamps.items())
+        ]
+        found = self._consumer.offsets_for_times(wanted, timeout=KAFKA_CALL_S)
+        offsets: dict[int, int] = {}
+        for tp in found:
+            offset = tp.offset
+            if offset < 0:  # no label stamped that late yet: start at the end
+                offset = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topics.labels, tp.partition), timeout=KAFKA_CALL_S
+                )[1]
+            offsets[tp.partition] = offset
+        self._read_labels(offsets)
+
+    # -- the work between batches ------------------------------------------------------
+
+    def after_batch(self, batch: ScoredBatch) -> None:
+        """The delivered batch's requests this candidate scored go to the store."""
+        self._next.update(batch.consumed)
+        now = time.monotonic()
+        for p in batch.consumed:
+            self._active_at[p] = now
+        scored_ms = self._scored_ms
+        for p, t in zip(batch.partitions, batch.event_times, strict=True):
+            if t > scored_ms.get(p, -1):
+                scored_ms[p] = t
+        if self.model_id in batch.skipped:
+            return
+        first: dict[int, int] = {}
+        store, hold, nxt = self.store, self._hold, self.requests_next
+        for rid, x, p, off, t, stamp in zip(
+            batch.ids,
+            batch.features,
+            batch.partitions,
+            batch.offsets,
+            batch.event_times,
+            batch.stamps,
+            strict=True,
+        ):
+            if p in self._fresh:
+                first[p] = min(first.get(p, stamp), stamp)
+            pair = store.add(p, rid, t, x)
+            if pair is not None:
+                hold(pair)
+            nxt[p] = off + 1
+        if first:
+            self._fresh.difference_update(first)
+            try:
+                self._first_labels(first)
+            except KafkaException as exc:
+                # their labels wait: positioned again on the partitions' next batch
+                self._fresh.update(first)
+                log.warning(
+                    "learner %s: cannot position labels of %s: %s",
+                    self.model_id,
+                    sorted(first),
+                    exc,
+                )
+        self._dirty = True
+
+    def poll(self) -> int:
+        """Read the labels that are there (no wait); pair them. Returns how many were read."""
+        if not self._reading or self._consumer is None:
+            return 0
+        messages = self._consumer.consume(num_messages=LABELS_PER_POLL, timeout=0)
+        read = 0
+        store, hold, decode = self.store, self._hold, self._decode
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                CLIENT_LOG.error_cb(err)
+                continue
+            p, offset = msg.partition(), msg.offset()
+            if p is None or offset is None or p not in self._reading:
+                continue
+            self.labels_next[p] = offset + 1
+            read += 1
+            try:
+                label = decode("Label", msg.value())
+            except SchemaError:
+                self.bad_labels += 1  # the joiner dead-letters it; here it teaches nothing
+                continue
+            y = label["value"] if label["value"] is not None else label["label"]
+            if y is None or not label["request_id"]:
+                self.bad_labels += 1
+                continue
+            pair = store.label(p, label["request_id"], label["event_time"], y)
+            if pair is not None:
+                hold(pair)
+        if read:
+            self._dirty = True
+        return read
+
+    def _hold(self, pair: tuple[Features, Any, int]) -> None:
+        x, y, label_ms = pair
+        heapq.heappush(self._held, (label_ms, next(self._seq), x, y))
+
+    def release(self, requests_consumer: Any) -> None:
+        """Hand to :meth:`learn` the pairs whose label's event time the scoring has passed.
+
+        Predict first holds request by request anyway (a request's features are stored only
+        once it is scored). This keeps *time* order too: a worker catching up on a backlog
+        reads one partition ahead of another, and a label learned from the head of one would
+        reach the model before it answers older requests of the others, which a model
+        running live could not have known. So a pair waits until every assigned partition
+        that still has requests to read has scored past its label's event time; partitions
+        read to their end hold nothing back, so a live worker learns at once.
+        """
+        held = self._held
+        if not held:
+            return
+        limit = self._frontier(requests_consumer)
+        ready = self._ready
+        while held and held[0][0] <= limit:
+            _, _, x, y = heapq.heappop(held)
+            ready.append((x, y))
+
+    def _frontier(self, consumer: Any) -> float:
+        """The event time every partition with requests still to read has scored past.
+
+        Liveness, as the joiner's watermarks have it (Flink's ``withIdleness``): a partition
+        that gave the worker nothing for ``idle_flush_ms`` holds nothing back, whatever its
+        offsets say (a transactional producer's last commit marker is an offset no message
+        is ever returned for)."""
+        limit = math.inf
+        topic = self.topics.requests
+        idle_before = time.monotonic() - self.cfg.idle_flush_ms / 1000.0
+        for p in self._assigned:
+            nxt = self._next.get(p)
+            if nxt is None or self._active_at.get(p, 0.0) < idle_before:
+                continue  # position unknown, or idle: it never holds learning back
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            except KafkaException:
+                high = -1
+            if 0 <= high <= nxt:
+                continue  # read to its end (a fetch response said so)
+            limit = min(limit, self._scored_ms.get(p, -math.inf))
+        return limit
+
+    def learn(self, lanes: Lanes) -> None:
+        """``learn_one`` on every ready pair, on the candidate's lane; kept when it is busy."""
+        if not self._ready:
+            return
+        pairs, self._ready = self._ready, []
+        call = lanes.call(
+            self.index,
+            lambda: _learn_all(self.candidate.model, pairs),
+            timeout=self.budget_s,
+        )
+        if not call.ran:
+            self._ready = pairs + self._ready  # the lane is busy (a hung call): later
+            return
+        self._dirty = True
+        if call.timed_out:
+            self.learn_timeouts += len(pairs)
+            log.warning(
+                "learner %s: learn_one on %d labels ran past the %.1f s budget; its lane is busy "
+                "until it returns",
+                self.model_id,
+                len(pairs),
+                self.budget_s,
+            )
+            return
+        if call.failure is not None:
+            self.learn_errors += len(pairs)
+            log.warning("learner %s: learning failed: %s", self.model_id, call.failure)
+            return
+        learned, errors, first = call.result
+        self.learned += learned
+        if errors:
+            if not self.learn_errors:
+                log.warning("learner %s: learn_one raised: %s", self.model_id, first)
+            self.learn_errors += errors
+
+    def checkpoint(self, lanes: Lanes, *, force: bool = False) -> bool:
+        """Write the checkpoint when due (``checkpoint_s``) or forced, and anything changed.
+
+        Only with every ready pair learned (their labels' offsets are in it) and the lane
+        free (the model is pickled on it, never while it changes)."""
+        if not self._dirty:
+            return False
+        if not force and time.monotonic() - self._last_save < self.settings.checkpoint_s:
+            return False
+        self.learn(lanes)
+        if self._ready:
+            return False
+        ckpt = Checkpoint(
+            model_id=self.model_id,
+            prefix=self.cfg.prefix,
+            model=self.candidate.model,
+            store=self.store,
+            labels_next=dict(self.labels_next),
+            requests_next=dict(self.requests_next),
+            held=[(ms, x, y) for ms, _, x, y in self._held],
+            learned=self.learned,
+            learn_errors=self.learn_errors,
+            learn_timeouts=self.learn_timeouts,
+            saves=self.saves + 1,
+            restores=self.restores,
+        )
+        call = lanes.call(
+            self.index,
+            lambda: pickle.dumps(ckpt, protocol=pickle.HIGHEST_PROTOCOL),
+            PICKLE_TIMEOUT_S,
+        )
+        if not call.ok:
+            log.warning(
+                "learner %s: checkpoint not written (its lane is busy, or pickling failed: %s)",
+                self.model_id,
+                call.failure,
+            )
+            return False
+        try:
+            save(self.path, call.result)
+        except CheckpointError as exc:
+            if force:
+                raise
+            # learning goes on in memory; a crash before the next success loses more of it
+            log.error(
+                "learner %s: %s (trying again in %.0f s)",
+                self.model_id,
+                exc,
+                self.settings.checkpoint_s,
+            )
+            self._last_save = time.monotonic()
+            return False
+        self.saves += 1
+        self._dirty = False
+        self._last_save = time.monotonic()
+        s = self.store.stats
+        log.info(
+            "learner %s checkpoint %d (%d bytes): learned %d, awaiting %d, early %d, "
+            "unmatched %d, evicted %d, expired %d, duplicate labels %d",
+            self.model_id,
+            self.saves,
+            len(call.result),
+            self.learned,
+            len(self.store),
+            self.store.early_labels,
+            s.unmatched,
+            s.evicted,
+            s.expired,
+            s.label_duplicates,
+        )
+        self._warn_dropped()
+        return True
+
+    def _warn_dropped(self) -> None:
+        """One warning per checkpoint interval when something was dropped since the last
+        one: never silent, never one line per event."""
+        now = self._drop_counts()
+        grown = {k: v - self._dropped_seen.get(k, 0) for k, v in now.items()}
+        self._dropped_seen = now
+        if any(grown.values()):
+            log.warning(
+                "learner %s since its last checkpoint: %s",
+                self.model_id,
+                ", ".join(f"{v} {k}" for k, v in grown.items() if v),
+            )
+
+    def _drop_counts(self) -> dict[str, int]:
+        s = self.store.stats
+        return {
+            "features evicted (cap)": s.evicted,
+            "features expired (horizon)": s.expired,
+            "labels unmatched": s.unmatched,
+            "entries of partitions gone": s.revoked,
+            "labels not decodable or without a value": self.bad_labels,
+            "learn_one errors": self.learn_errors,
+            "learn_one timeouts": self.learn_timeouts,
+        }
+
+    def report(self) -> dict[str, Any]:
+        """Counters for :class:`streams.worker.WorkerStats` and the closing log line."""
+        out: dict[str, Any] = {
+            "learned": self.learned,
+            "learn_errors": self.learn_errors,
+            "learn_timeouts": self.learn_timeouts,
+            "bad_labels": self.bad_labels,
+            "refilled": self.refilled,
+            "awaiting": len(self.store),
+            "early_waiting": self.store.early_labels,
+            "checkpoints": self.saves,
+            "restores": self.restores,
+        }
+        out.update(vars(self.store.stats))
+        return out
