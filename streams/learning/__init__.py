@@ -2,6 +2,7 @@
 
 - :mod:`streams.learning.store`: features awaiting their labels, bounded (pure);
 - :mod:`streams.learning.checkpoint`: the learner's state on local disk, atomically (pure);
+- :mod:`streams.learning.timeorder`: which matched labels may be learned yet (pure);
 - :mod:`streams.learning.learner`: the worker's side: labels consumer, refill, learning on
   the candidate's lane, periodic checkpoints.
 

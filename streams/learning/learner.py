@@ -44,10 +44,7 @@ as a hung prediction would. The labels of a learn call past the budget count as
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import math
 import os
 import pickle
 import time
@@ -65,6 +62,7 @@ from streams.isolation import Lanes
 from streams.kafka import Topics, client_config, read_range
 from streams.learning.checkpoint import Checkpoint, checkpoint_path, load, lock, save
 from streams.learning.store import DEFAULT_CAP, FeatureStore
+from streams.learning.timeorder import HeldPairs, PartitionProgress, frontier
 from streams.models import Candidate, Features
 from streams.schemas import Codec
 
@@ -187,10 +185,8 @@ class OnlineLearner:
         self._settle: set[int] = set()  # labels positioned from a known offset, refill first
         self._reading: set[int] = set()  # label partitions assigned to the consumer
         self._ready: list[tuple[Features, Any]] = []
-        #: matched pairs waiting for the scoring to pass their label's event time:
-        #: (label ms, sequence, features, target)
-        self._held: list[tuple[int, int, Features, Any]] = []
-        self._seq = itertools.count()
+        #: matched pairs waiting for the scoring to pass their label's event time
+        self._held = HeldPairs()
         #: per assigned partition: the offset after the last message consumed (None: not
         #: known, never holds learning back), and the latest event time scored there
         self._next: dict[int, int | None] = {}
@@ -228,7 +224,7 @@ class OnlineLearner:
         self.labels_next = dict(ckpt.labels_next)
         self.requests_next = dict(ckpt.requests_next)
         for label_ms, x, y in ckpt.held:
-            self._hold((x, y, label_ms))
+            self._held.hold(x, y, label_ms)
         self.learned, self.learn_errors = ckpt.learned, ckpt.learn_errors
         self.learn_timeouts, self.saves = ckpt.learn_timeouts, ckpt.saves
         self.restores = ckpt.restores + 1
@@ -536,7 +532,7 @@ class OnlineLearner:
 
     def _hold(self, pair: tuple[Features, Any, int]) -> None:
         x, y, label_ms = pair
-        heapq.heappush(self._held, (label_ms, next(self._seq), x, y))
+        self._held.hold(x, y, label_ms)
 
     def release(self, requests_consumer: Any) -> None:
         """Hand to :meth:`learn` the pairs whose label's event time the scoring has passed.
@@ -549,37 +545,30 @@ class OnlineLearner:
         that still has requests to read has scored past its label's event time; partitions
         read to their end hold nothing back, so a live worker learns at once.
         """
-        held = self._held
-        if not held:
-            return
-        limit = self._frontier(requests_consumer)
-        ready = self._ready
-        while held and held[0][0] <= limit:
-            _, _, x, y = heapq.heappop(held)
-            ready.append((x, y))
+        if self._held:
+            self._ready += self._held.release(self._frontier(requests_consumer))
 
     def _frontier(self, consumer: Any) -> float:
-        """The event time every partition with requests still to read has scored past.
-
-        Liveness, as the joiner's watermarks have it (Flink's ``withIdleness``): a partition
-        that gave the worker nothing for ``idle_flush_ms`` holds nothing back, whatever its
-        offsets say (a transactional producer's last commit marker is an offset no message
-        is ever returned for)."""
-        limit = math.inf
+        """:func:`streams.learning.timeorder.frontier` of the assigned partitions."""
         topic = self.topics.requests
-        idle_before = time.monotonic() - self.cfg.idle_flush_ms / 1000.0
-        for p in self._assigned:
-            nxt = self._next.get(p)
-            if nxt is None or self._active_at.get(p, 0.0) < idle_before:
-                continue  # position unknown, or idle: it never holds learning back
+
+        def high(p: int) -> int:
             try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                _, h = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
             except KafkaException:
-                high = -1
-            if 0 <= high <= nxt:
-                continue  # read to its end (a fetch response said so)
-            limit = min(limit, self._scored_ms.get(p, -math.inf))
-        return limit
+                return -1
+            return int(h)
+
+        progress = (
+            PartitionProgress(
+                self._next.get(p),
+                high(p) if self._next.get(p) is not None else -1,
+                self._active_at.get(p, 0.0),
+                self._scored_ms.get(p),
+            )
+            for p in self._assigned
+        )
+        return frontier(progress, time.monotonic() - self.cfg.idle_flush_ms / 1000.0)
 
     def learn(self, lanes: Lanes) -> None:
         """``learn_one`` on every ready pair, on the candidate's lane; kept when it is busy."""
@@ -635,7 +624,7 @@ class OnlineLearner:
             store=self.store,
             labels_next=dict(self.labels_next),
             requests_next=dict(self.requests_next),
-            held=[(ms, x, y) for ms, _, x, y in self._held],
+            held=self._held.items(),
             learned=self.learned,
             learn_errors=self.learn_errors,
             learn_timeouts=self.learn_timeouts,

@@ -29,6 +29,7 @@ from streams.learning import (
     checkpoint_path,
 )
 from streams.learning.checkpoint import load, save
+from streams.learning.timeorder import HeldPairs, PartitionProgress, frontier
 from streams.models import Candidate
 from streams.schemas import default_codec
 
@@ -332,3 +333,37 @@ def test_the_worker_refuses_learning_flags_that_disagree_before_kafka(
     spec = "price-ridge@4=streams.demo_models:ridge_candidate"
     assert main(["worker", "--bootstrap", "127.0.0.1:1", "--candidate", spec, *extra]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_time_order_a_partition_behind_holds_learning_back_until_it_is_scored_past() -> None:
+    """The rule that keeps an online learner honest while a worker catches up: a label is
+    learned only once every partition still being read has scored past its time."""
+    now = 100.0
+    busy_behind = PartitionProgress(next_offset=10, high=500, active_at=now, scored_ms=1_000)
+    busy_ahead = PartitionProgress(next_offset=400, high=500, active_at=now, scored_ms=9_000)
+    assert frontier([busy_behind, busy_ahead], idle_before=now - 3) == 1_000
+    # read to its end, idle past idle_flush, or with no position: it holds nothing back
+    at_end = PartitionProgress(next_offset=500, high=500, active_at=now, scored_ms=1_000)
+    idle = PartitionProgress(next_offset=10, high=500, active_at=now - 10, scored_ms=1_000)
+    unknown = PartitionProgress(next_offset=None, high=-1, active_at=now, scored_ms=None)
+    for quiet in (at_end, idle, unknown):
+        assert frontier([quiet, busy_ahead], idle_before=now - 3) == 9_000
+    assert frontier([at_end, idle, unknown], idle_before=now - 3) == float("inf")
+    # a partition being read that has scored nothing yet holds everything back
+    fresh = PartitionProgress(next_offset=0, high=500, active_at=now, scored_ms=None)
+    assert frontier([fresh, busy_ahead], idle_before=now - 3) == float("-inf")
+    # an unknown high watermark is not "at its end"
+    no_high = PartitionProgress(next_offset=500, high=-1, active_at=now, scored_ms=2_000)
+    assert frontier([no_high, busy_ahead], idle_before=now - 3) == 2_000
+
+    held = HeldPairs()
+    for label_ms, tag in ((3_000, "c"), (1_000, "a"), (2_000, "b"), (1_000, "a2")):
+        held.hold({"tag": tag}, tag, label_ms)
+    assert held.release(500) == []
+    assert [y for _, y in held.release(frontier([busy_behind, busy_ahead], now - 3))] == [
+        "a",
+        "a2",
+    ]  # oldest label first, ties in arrival order
+    assert sorted(ms for ms, _, _ in held.items()) == [2_000, 3_000]  # what a checkpoint keeps
+    assert [y for _, y in held.release(float("inf"))] == ["b", "c"]
+    assert len(held) == 0

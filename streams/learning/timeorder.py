@@ -1,0 +1,84 @@
+"""Time order for an online learner: which labels a model may learn from yet.
+
+A worker catching up on a backlog reads one partition ahead of another. A label learned
+from the head of one partition would reach the model before it answers older requests of
+the others: something a model running live could not have known, and a progressive
+validation that flatters it. So a matched (features, label) pair is *held* until every
+partition that still has requests to read has scored past the label's event time
+(:func:`frontier`), and only then released to be learned.
+
+Plain code on plain numbers, so the rule is unit-tested without Kafka
+(tests/unit/test_learning.py); :class:`streams.learning.learner.OnlineLearner` feeds it
+the consumer's positions and high watermarks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["HeldPairs", "PartitionProgress", "frontier"]
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    """Where the worker stands on one assigned partition of the requests topic."""
+
+    #: offset of the next request to read (None: not known yet)
+    next_offset: int | None
+    #: the partition's high watermark from the last fetch (-1: not known)
+    high: int
+    #: when (monotonic seconds) the worker last got a message of it
+    active_at: float
+    #: event time of the newest request scored on it (None: none yet)
+    scored_ms: int | None
+
+
+def frontier(partitions: Iterable[PartitionProgress], idle_before: float) -> float:
+    """The event time every partition with requests still to read has scored past.
+
+    A partition holds nothing back when its position is unknown, when it gave the worker
+    nothing since ``idle_before`` (idleness, as the joiner's watermarks have it, Flink's
+    ``withIdleness``: a transactional producer's last commit marker is an offset no
+    message is ever returned for), or when it is read to its end. ``inf`` when none holds
+    anything back: a live worker learns at once.
+    """
+    limit = math.inf
+    for p in partitions:
+        if p.next_offset is None or p.active_at < idle_before:
+            continue
+        if 0 <= p.high <= p.next_offset:
+            continue
+        limit = min(limit, -math.inf if p.scored_ms is None else p.scored_ms)
+    return limit
+
+
+class HeldPairs:
+    """Matched pairs waiting for the frontier, oldest label first."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Any, Any]] = []
+        self._seq = itertools.count()  # ties keep arrival order, and features never compare
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def hold(self, x: Any, y: Any, label_ms: int) -> None:
+        heapq.heappush(self._heap, (label_ms, next(self._seq), x, y))
+
+    def release(self, limit: float) -> list[tuple[Any, Any]]:
+        """The pairs whose label's event time is at most ``limit``, in time order."""
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= limit:
+            _, _, x, y = heapq.heappop(heap)
+            out.append((x, y))
+        return out
+
+    def items(self) -> list[tuple[int, Any, Any]]:
+        """(label time, features, label) of every pair held, for a checkpoint."""
+        return [(ms, x, y) for ms, _, x, y in self._heap]
