@@ -128,7 +128,10 @@ class TapStats:
     #: Records the broker acknowledged.
     sent: int = 0
     #: Records whose delivery failed: timed out while Kafka was away, rejected by the
-    #: broker, or purged from librdkafka's queue because ``close`` timed out.
+    #: broker, or purged from librdkafka's queue because ``close`` timed out. A record that
+    #: timed out after it was sent may still have been written (librdkafka cannot know:
+    #: the broker's answer never came), so what reached Kafka is at least ``sent`` and at
+    #: most ``sent + failed``; the joiner's figures count what is on the topic.
     failed: int = 0
     #: Calls whose arguments could not be encoded against the Avro schema (or raised).
     encode_errors: int = 0

@@ -413,6 +413,7 @@ def _latest(cfg: Config, candidate: str) -> dict[str, Any] | None:
     return last
 
 
+@pytest.mark.serial  # its tap-call and catch-up deadlines are judged on timing
 def test_broker_stopped_for_20_s_under_live_traffic(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -498,7 +499,11 @@ def test_broker_stopped_for_20_s_under_live_traffic(
     assert raised == []
     assert served.accepted == len(calls)
     assert served.accepted == served.sent + served.failed + served.dropped + served.encode_errors
-    assert len(r) + len(prim) == served.sent, "each delivered record on its topic"
+    # each acknowledged record is on its topic; a record whose delivery timed out after it
+    # was sent may be there too (librdkafka cannot tell: "possibly persisted"), and the tap
+    # counts it failed, so what reached Kafka lies between sent and sent + failed. One CI
+    # run saw 11,341 records for sent 11,340 and failed 936.
+    assert served.sent <= len(r) + len(prim) <= served.sent + served.failed
     extra = sum(n - 1 for (_, model), n in answers.items() if model in (PRIMARY_ID, cand))
     extra += sum(n - 1 for n in requests.values())
     # the end numbers: every delivered request and answer counted once, copies as duplicates

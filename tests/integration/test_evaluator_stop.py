@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Producer
 from support import committed_total, end_total, snapshots, stage, terminate, wait_for
 
@@ -24,6 +25,9 @@ from streams.config import Config
 from streams.kafka import Topics, ensure_topics
 from streams.metrics.partial import SHARED, PartialStats
 from streams.schemas import default_codec
+
+#: judged on timing: run alone after the parallel phase (see the Makefile)
+pytestmark = pytest.mark.serial
 
 W = 1000
 PARTITIONS = 3

@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from streams.config import Config
 
 
+@pytest.mark.serial  # a 15 s deadline
 def test_without_topics_the_evaluator_exits_at_once_and_creates_nothing(
     kafka_bootstrap: str, prefix: str, admin: AdminClient
 ) -> None:

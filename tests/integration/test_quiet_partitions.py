@@ -33,6 +33,9 @@ from streams.demo_models import CANDIDATE_SPECS, PRIMARY_ID, HouseMarket, primar
 from streams.kafka import Topics, ensure_topics
 from streams.schemas import default_codec
 
+#: judged on timing: run alone after the parallel phase (see the Makefile)
+pytestmark = pytest.mark.serial
+
 PARTITIONS = 6
 WINDOW_MS = 2000
 LATENESS_MS = 500

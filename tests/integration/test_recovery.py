@@ -33,6 +33,9 @@ from streams.merging import WindowMerger
 from streams.schemas import default_codec
 
 N = 30_000
+N_EVAL = 15_000
+"""Requests behind the evaluator's test: 75 windows of 2 s, about 1,350 partials (half of
+N's, for suite time; the kill still lands while it publishes, asserted below)."""
 
 
 def _cfg(bootstrap: str, prefix: str) -> Config:
@@ -176,7 +179,7 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     source = _cfg(kafka_bootstrap, prefix + "s")
-    produce_dataset(source, N)
+    produce_dataset(source, N_EVAL)
     run_joiner(source, idle_exit_s=4)
     partials = fold_partials(source)
     clean, killed = _cfg(kafka_bootstrap, prefix + "a"), _cfg(kafka_bootstrap, prefix + "b")
@@ -217,7 +220,7 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
         (a["rule"], a["candidate"], a["feature"], a["state"]) for a in want_alerts
     ]
     expected = expected_windows(want_snaps)
-    assert expected >= 2 * (N * 10 // source.window_ms) * 0.9  # ~2 candidates x windows
+    assert expected >= 2 * (N_EVAL * 10 // source.window_ms) * 0.9  # ~2 candidates x windows
 
     proc = stage(clean, "evaluator", log=tmp_path / "clean.log")
     try:
@@ -279,4 +282,4 @@ def test_evaluator_killed_mid_run_publishes_nothing_twice(
         fa = a["last"][cand]
         assert fa["coverage"]["pairs"] == partials[cand].coverage["pairs"]
         assert fa["sum_sq_diff"] == partials[cand].sum_sq_diff.get()
-    assert a["last"]["c1@1"]["coverage"]["requests"] == N
+    assert a["last"]["c1@1"]["coverage"]["requests"] == N_EVAL

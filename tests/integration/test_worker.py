@@ -429,6 +429,7 @@ def test_null_key_empty_key_and_empty_request_id_are_dead_letters(
     assert len(candidate_predictions(kafka_bootstrap, topics.predictions)) == 1
 
 
+@pytest.mark.serial  # a 10 s deadline
 @pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
 def test_sigterm_stops_the_worker_within_10_s_with_its_work_committed(
     kafka_bootstrap: str, prefix: str, tmp_path: Path, mode: str
@@ -507,6 +508,7 @@ class Unacknowledged:
         self.pending = 0
 
 
+@pytest.mark.serial  # a 10 s deadline
 def test_stop_while_kafka_does_not_acknowledge_ends_within_10_s_without_commit(
     kafka_bootstrap: str, prefix: str
 ) -> None:

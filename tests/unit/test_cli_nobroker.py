@@ -18,6 +18,9 @@ import pytest
 
 from streams.kafka import REACH_TIMEOUT_S
 
+#: judged on timing: run alone after the parallel phase (see the Makefile)
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 15.0
 SECRET = "hunter2-s3cr3t"
