@@ -973,3 +973,55 @@ def apache_decoder(name: str) -> Callable[[bytes], dict[str, Any]]:
         return reader.read(avro.io.BinaryDecoder(io.BytesIO(message[10:])))  # type: ignore[no-any-return]
 
     return decode
+
+
+# -- an outside Java subscriber ---------------------------------------------------------------
+
+JavaRecord = tuple[int, int, bytes | None, bytes | None]
+"""(partition, offset, key, value) as the official Java consumer read it."""
+
+
+def java_records(bootstrap: str, topics: list[str], workdir: Path) -> dict[str, list[JavaRecord]]:
+    """Every committed record of ``topics``, read by Apache Kafka's own Java consumer.
+
+    Compiles ``java/TopicDump.java`` against the kafka-clients jar the embedded broker uses
+    (resolved by Maven if missing) and runs it with ``isolation.level=read_committed``: what
+    a Java team subscribing to our topics would see, with no Python client in the path.
+    """
+    from streams.broker.jars import resolve_jars
+
+    jars = resolve_jars()
+    classes = workdir / "java-classes"
+    classes.mkdir(parents=True, exist_ok=True)
+    source = Path(__file__).resolve().parent / "java" / "TopicDump.java"
+    clients = next(jars.glob("kafka-clients-*.jar"))
+    subprocess.run(
+        ["javac", "-cp", str(clients), "-d", str(classes), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    done = subprocess.run(
+        ["java", "-cp", f"{classes}{os.pathsep}{jars}/*", "TopicDump", bootstrap, *topics],
+        capture_output=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    out: dict[str, list[JavaRecord]] = {t: [] for t in topics}
+    for line in done.stdout.decode().splitlines():
+        if not line.startswith("REC\t"):
+            continue  # the client's own log lines, if any
+        _, topic, partition, offset, key, value = line.split("\t")
+        out[topic].append(
+            (
+                int(partition),
+                int(offset),
+                None if key == "-" else bytes.fromhex(key),
+                None if value == "-" else bytes.fromhex(value),
+            )
+        )
+    for records in out.values():
+        records.sort(key=lambda r: (r[0], r[1]))
+    return out

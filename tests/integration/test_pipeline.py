@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import final_cumulative, read_all, stage, terminate, wait_for
+from support import (
+    apache_decoder,
+    final_cumulative,
+    java_records,
+    read_all,
+    stage,
+    terminate,
+    wait_for,
+)
 
 from streams.config import Config
 from streams.demo_models import CANDIDATE_SPECS, PRIMARY_ID
@@ -83,3 +91,28 @@ def test_5000_requests_through_the_tap_give_exact_disagreement(cfg: Config, tmp_
         assert snap["mean_signed_diff"] == pytest.approx(np.mean(d), rel=1e-9)
         assert snap["primary"] == PRIMARY_ID
         assert snap["candidate_latency_p50"] is not None
+
+    # An outside Java subscriber (Apache Kafka's own consumer, read_committed) reads every
+    # public topic record for record as we do, and Apache avro decodes each value it read.
+    t = Topics(cfg.prefix)
+    public = {
+        t.requests: "Request",
+        t.predictions: "Prediction",
+        t.partials: "Partial",
+        t.metrics: "MetricSnapshot",
+        t.verdicts: "Verdict",
+        t.tap_stats: "TapStats",
+    }
+    java = java_records(cfg.bootstrap_servers, list(public), tmp_path)
+    for topic, name in public.items():
+        ours = sorted(
+            ((p, k, v) for k, v, p in read_all(cfg, topic, idle_s=1.0)), key=lambda r: r[0]
+        )
+        theirs = [(p, k, v) for p, _, k, v in java[topic]]
+        assert theirs, topic
+        assert theirs == ours, f"{topic}: Java read {len(theirs)}, confluent-kafka {len(ours)}"
+        decode = apache_decoder(name)
+        for _, _, value in theirs:
+            assert value is not None
+            decode(value)
+    assert len(java[t.requests]) == N
