@@ -30,7 +30,9 @@ Delivery guarantee, by default at-least-once. The batch's offsets are committed 
 every candidate's outcome for every request (an answer, an error or a timeout) and every
 dead letter of the batch has been acknowledged by the broker; failed deliveries are
 retried, and if they still fail the worker raises without committing, so a restarted worker
-scores that batch again (the joiner recognises the duplicates).
+scores that batch again (the joiner recognises the duplicates). The commit is sent then
+without waiting for its answer (:meth:`ShadowWorker._commit`): the next batch is not held
+by its round trip, and librdkafka completes it before a revoke or a close.
 
 With ``exactly_once`` (``understudy worker --exactly-once``), each batch is one Kafka
 transaction instead (see :mod:`streams.transactions`): its predictions, its dead letters
@@ -39,10 +41,11 @@ point and started again leaves exactly one prediction per request per candidate 
 read_committed reader (the joiner is one). A failed transaction is aborted and the batch
 scored again from the last commit; a fenced or fatally failed one ends the worker.
 
-Either way the batch is finished (committed, or aborted) before the next ``consume()``, and
-a rebalance's callbacks run inside ``consume()``: so revoked partitions never have work in
-flight. A transaction still open at revoke can only be a batch abandoned by a stop or an
-error on its way out (``close`` leaves the group): it is aborted there, never committed.
+Either way the batch is finished (delivered and its commit sent, or committed with its
+transaction, or aborted) before the next ``consume()``, and a rebalance's callbacks run
+inside ``consume()``: so revoked partitions never have work in flight. A transaction still
+open at revoke can only be a batch abandoned by a stop or an error on its way out
+(``close`` leaves the group): it is aborted there, never committed.
 
 Stopping: ``stop`` ends the loop after the current batch, whose predictions are delivered
 and offsets committed before :meth:`ShadowWorker.run` returns. When the broker is away, the
@@ -371,6 +374,7 @@ class ShadowWorker:
         consumer_conf = client_config(self.cfg, error_cb=self._on_client_error)
         consumer_conf.update(
             {
+                "on_commit": self._on_commit,
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
@@ -715,17 +719,31 @@ class ShadowWorker:
         ]
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit the delivered batch's offsets without waiting for the broker's answer.
+
+        The batch's predictions are acknowledged already (the at-least-once promise is about
+        *when* a commit is sent, and it is sent only now), so the commit's round trip need
+        not hold the next batch: librdkafka sends the group's commits in order, and makes a
+        rebalance's revoke and :meth:`close` wait for those in flight (an assignment is not
+        released, nor the group left, while a commit is outstanding). A commit that fails
+        is reported to :meth:`_on_commit`: the batch may be scored twice, as before.
+        """
         owned = self._owned(offsets)
         if not owned:
             return
         try:
-            result = self._consumer.commit(offsets=owned, asynchronous=False)
+            self._consumer.commit(offsets=owned, asynchronous=True)
         except KafkaException as exc:
             # Typically the group rebalanced while the batch was scored: the partitions'
             # new owner starts from the last commit and scores them again (at-least-once).
             log.warning("offset commit failed, the batch may be scored twice: %s", exc)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The consumer's ``on_commit``: what an asynchronous commit came to."""
+        if err is not None:
+            log.warning("offset commit failed, the batch may be scored twice: %s", err)
             return
-        failed = [tp for tp in result or [] if tp.error is not None]
+        failed = [tp for tp in partitions or [] if tp.error is not None]
         if failed:
             log.warning(
                 "offset commit failed for %d partitions, they may be scored twice: %s",
