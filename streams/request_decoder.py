@@ -6,8 +6,18 @@ costs ~10 us for the demo's Request (6 numeric features, 2 categorical, 2 contex
 layout is fixed and simple (Avro specification, "Binary Encoding": strings are a zigzag
 varint length then UTF-8, a long a zigzag varint, a map blocks of ``count, (key,
 value)...`` ended by a zero count, a double 8 little-endian bytes), and a service sends
-the same feature names and category values again and again, so their decoded strings are
-cached by their bytes.
+the same things again and again, which three caches use:
+
+- decoded strings (feature names, categories, use cases), by their bytes;
+- the numeric map's *shape* (see :class:`_Shape`): the same keys in the same order, so
+  one ``struct`` unpack reads every double;
+- the two string maps (categorical features, context), by the bytes they are read from:
+  the rest of the message after the numeric map, which a few categories and segments
+  make a small set. Those bytes decide the two maps entirely, so a hit is what the loop
+  would have read.
+
+Measured with ``timeit`` (min of 5) on the demo's 202-byte request: the codec 7.6 us,
+this 3.7 us.
 
 Correctness: the record must be exactly the one :meth:`streams.schemas.Codec.decode_as`
 returns, and every message it cannot read must still be a dead letter with fastavro's
@@ -29,6 +39,7 @@ truncated and overwritten bytes.
 from __future__ import annotations
 
 import struct
+from operator import itemgetter
 from typing import Any
 
 from streams.schemas import HEADER_LEN, Codec, Record
@@ -47,6 +58,13 @@ LAYOUT: tuple[tuple[str, Any], ...] = (
 
 #: Decoded strings kept per decoder, by their bytes (feature names, categories, use cases).
 CACHE_SIZE = 4096
+
+#: String-map pairs kept per decoder, by their bytes (a few hundred bytes each at most
+#: in practice: ~1 MB when full); cleared when full, as the string cache.
+TAILS_SIZE = 1024
+
+#: Numeric maps read by the loop, with a shape known, before the shape is learned anew.
+SHAPE_PATIENCE = 8
 
 _double = struct.Struct("<d").unpack_from
 
@@ -69,6 +87,31 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
     raise _Unhandled
 
 
+class _Shape:
+    """The byte layout of a numeric-features map seen before: its keys, in order, each
+    with its one-byte length, in one block of fewer than 64 entries.
+
+    A service sends the same features in the same order with every request, so their
+    bytes differ only in the doubles: one ``struct`` unpack reads the whole map, and the
+    map is taken only if every byte that is not a double (the count, each key's length
+    and bytes, the end of the map) is what this shape expects. Then the loop would have
+    read exactly these keys and these doubles: the record is the same.
+    """
+
+    def __init__(self, raws: list[bytes], names: list[str]) -> None:
+        k = len(raws)  # 2 <= k < 64, each key shorter than 64 bytes (the loop's limits)
+        layout = struct.Struct("<B" + "".join(f"B{len(r)}sd" for r in raws) + "B")
+        self.unpack = layout.unpack_from
+        self.size = layout.size
+        # unpacked: count, then (length, key, double) per entry, then the end-of-map 0
+        self.constant = itemgetter(
+            0, *[j for i in range(k) for j in (1 + 3 * i, 2 + 3 * i)], 3 * k + 1
+        )
+        self.expected = (k << 1, *[x for r in raws for x in (len(r) << 1, r)], 0)
+        self.doubles = itemgetter(*[3 + 3 * i for i in range(k)])
+        self.names = names
+
+
 class RequestDecoder:
     """Decodes Request messages as ``codec.decode_as("Request", data)`` does, faster."""
 
@@ -78,6 +121,10 @@ class RequestDecoder:
         self.fast = _layout(schema.raw) == LAYOUT
         self.header = schema.header
         self._strings: dict[bytes, str] = {}
+        self._shape: _Shape | None = None
+        #: the two string maps, by the bytes they are read from (the rest of the message)
+        self._tails: dict[bytes, tuple[dict[str, str], dict[str, str]]] = {}
+        self._misses = 0
 
     def decode(self, data: bytes | None) -> Record:
         """The message's record in the current schema, or :class:`SchemaError` (a dead
@@ -112,27 +159,55 @@ class RequestDecoder:
         u, pos = _varint(data, end)
         event_time = (u >> 1) ^ -(u & 1)
         use_case, pos = self._string(data, pos, n)
-        numeric: dict[str, float] = {}
-        count = data[pos]
-        pos += 1
-        while count:
-            if count >= 0x80 or count & 1:
-                raise _Unhandled  # 64 entries or more in a block, or a negative count
-            for _ in range(count >> 1):
-                size = data[pos]
-                if size >= 0x80 or size & 1:
-                    raise _Unhandled  # a key of 64 bytes or more: fastavro's
-                end = pos + 1 + (size >> 1)
-                raw = data[pos + 1 : end]
-                key = get(raw)
-                if key is None:
-                    if end > n:
-                        raise _Unhandled
-                    key = self._remember(raw)
-                numeric[key] = _double(data, end)[0]
-                pos = end + 8
+        numeric: dict[str, float] | None = None
+        shape = self._shape
+        if shape is not None:
+            try:
+                values = shape.unpack(data, pos)
+            except struct.error:
+                values = None  # too short for this shape: the loop below says what it is
+            if values is not None and shape.constant(values) == shape.expected:
+                numeric = dict(zip(shape.names, shape.doubles(values), strict=True))
+                pos += shape.size
+        if numeric is None:
+            numeric = {}
+            start = pos
             count = data[pos]
             pos += 1
+            blocks = 0
+            while count:
+                if count >= 0x80 or count & 1:
+                    raise _Unhandled  # 64 entries or more in a block, or a negative count
+                blocks += 1
+                for _ in range(count >> 1):
+                    size = data[pos]
+                    if size >= 0x80 or size & 1:
+                        raise _Unhandled  # a key of 64 bytes or more: fastavro's
+                    end = pos + 1 + (size >> 1)
+                    raw = data[pos + 1 : end]
+                    key = get(raw)
+                    if key is None:
+                        if end > n:
+                            raise _Unhandled
+                        key = self._remember(raw)
+                    numeric[key] = _double(data, end)[0]
+                    pos = end + 8
+                count = data[pos]
+                pos += 1
+            if blocks == 1:
+                self._learn_shape(data, start, pos)
+        tail = data[pos:]
+        known = self._tails.get(tail)
+        if known is not None:
+            categorical, context = known
+            return {
+                "request_id": request_id,
+                "event_time": event_time,
+                "use_case": use_case,
+                "numeric_features": numeric,
+                "categorical_features": dict(categorical),  # the caller's to change
+                "context": dict(context),
+            }
         maps: list[dict[str, str]] = [{}, {}]
         for m in maps:
             count = data[pos]
@@ -164,6 +239,9 @@ class RequestDecoder:
                     m[key] = value
                 count = data[pos]
                 pos += 1
+        if len(self._tails) >= TAILS_SIZE:
+            self._tails.clear()
+        self._tails[tail] = (dict(maps[0]), dict(maps[1]))
         return {
             "request_id": request_id,
             "event_time": event_time,
@@ -172,6 +250,25 @@ class RequestDecoder:
             "categorical_features": maps[0],
             "context": maps[1],
         }
+
+    def _learn_shape(self, data: bytes, start: int, end: int) -> None:
+        """Remember the layout of the numeric map just read (``data[start:end]``, one
+        block), so that the next ones with the same keys are one ``struct`` unpack; a
+        stream whose keys change keeps its shape for :data:`SHAPE_PATIENCE` misses first,
+        so that alternating layouts do not rebuild one per message."""
+        if self._shape is not None:
+            self._misses += 1
+            if self._misses < SHAPE_PATIENCE:
+                return
+        self._misses = 0
+        raws: list[bytes] = []
+        pos = start + 1
+        while pos < end - 1:
+            size = data[pos] >> 1
+            raws.append(data[pos + 1 : pos + 1 + size])
+            pos += 1 + size + 8
+        if len(raws) >= 2:
+            self._shape = _Shape(raws, [self._strings.get(r) or r.decode("utf-8") for r in raws])
 
     def _string(self, data: bytes, pos: int, n: int) -> tuple[str, int]:
         """A string that repeats (a use case, a category): cached by its bytes."""

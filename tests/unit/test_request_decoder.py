@@ -144,6 +144,74 @@ def test_truncated_and_overwritten_messages() -> None:
         same_answer(decoder, data + bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 9))))
 
 
+def service_like(rng: random.Random, keys: list[str]) -> dict[str, Any]:
+    """A request as a service sends them: the same features every time, new doubles, a few
+    categories and segments (what the shape and the string-map caches are for)."""
+    return {
+        "request_id": f"r-{rng.randrange(10**9)}",
+        "event_time": rng.randrange(2**41),
+        "use_case": "house-price",
+        "numeric_features": {
+            k: rng.choice(FLOATS) if rng.random() < 0.2 else rng.uniform(-1e6, 1e6) for k in keys
+        },
+        "categorical_features": {"region": rng.choice(["north", "south", "Zürich", ""])},
+        "context": {"tenant": rng.choice(["a", "b"]), "channel": rng.choice(["web", "app"])},
+    }
+
+
+def test_requests_of_one_service_take_the_cached_paths_and_match() -> None:
+    rng = random.Random(17)
+    decoder = RequestDecoder(CODEC)
+    keys = ["sqft", "bedrooms", "distance_km", "é", ""]
+    for _ in range(2000):
+        assert same_answer(decoder, encode(service_like(rng, keys)))
+    assert decoder._shape is not None and decoder._shape.names == keys
+    assert len(decoder._tails) <= 4 * 2 * 2  # every combination of the string maps, once
+
+
+def test_the_cached_paths_on_damaged_and_other_messages() -> None:
+    """With a shape and string maps learned, whatever comes next: other keys of the same
+    lengths, other key orders and counts, maps in several blocks, cut and overwritten
+    bytes, bytes appended. The record is the codec's every time."""
+    rng = random.Random(23)
+    decoder = RequestDecoder(CODEC)
+    key_sets = [["aa", "bb", "cc"], ["ab", "ba", "cc"], ["bb", "aa", "cc"], ["aa", "bb"]]
+    key_sets += [["aa", "bb", "cc", "dd"], ["x" * 63, "y"]]
+    for _ in range(1500):
+        data = encode(service_like(rng, rng.choice(key_sets)))
+        same_answer(decoder, data)
+        same_answer(decoder, data[: rng.randrange(HEADER_LEN, len(data) + 1)])
+        body = bytearray(data)
+        body[rng.randrange(HEADER_LEN, len(body))] = rng.randrange(256)
+        same_answer(decoder, bytes(body))
+        same_answer(decoder, data + bytes([rng.randrange(256)]))
+
+
+def test_a_numeric_map_in_two_blocks_after_a_shape_is_known() -> None:
+    decoder = RequestDecoder(CODEC)
+    one = encode(service_like(random.Random(1), ["aa", "bb"]))
+    assert same_answer(decoder, one) and decoder._shape is not None
+    header = CODEC.schemas["Request"].header
+    # request_id "r", event_time 1, use_case "", numeric map as two blocks of one entry
+    entry_a = b"\x04aa" + struct.pack("<d", 1.5)
+    entry_b = b"\x04bb" + struct.pack("<d", 2.5)
+    body = b"\x02r\x02\x00" + b"\x02" + entry_a + b"\x02" + entry_b + b"\x00\x00\x00"
+    assert same_answer(decoder, header + body)
+    assert decoder.decode(header + body)["numeric_features"] == {"aa": 1.5, "bb": 2.5}
+
+
+def test_a_record_changed_by_its_caller_does_not_change_the_next() -> None:
+    decoder = RequestDecoder(CODEC)
+    record = service_like(random.Random(3), ["aa", "bb"])
+    first = decoder.decode(encode(record))
+    second = decoder.decode(encode(record))  # from the caches
+    for got in (first, second):
+        got["categorical_features"]["region"] = "changed"
+        got["context"].clear()
+        got["numeric_features"]["aa"] = 0.0
+    assert normal(decoder.decode(encode(record))) == normal(record)
+
+
 @settings(max_examples=400, deadline=None)
 @given(body=st.binary(max_size=300))
 def test_any_bytes_after_the_header(body: bytes) -> None:
