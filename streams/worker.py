@@ -30,7 +30,9 @@ Delivery guarantee, by default at-least-once. The batch's offsets are committed 
 every candidate's outcome for every request (an answer, an error or a timeout) and every
 dead letter of the batch has been acknowledged by the broker; failed deliveries are
 retried, and if they still fail the worker raises without committing, so a restarted worker
-scores that batch again (the joiner recognises the duplicates).
+scores that batch again (the joiner recognises the duplicates). The commit is sent then
+without waiting for its answer (:meth:`ShadowWorker._commit`): the next batch is not held
+by its round trip, and librdkafka completes it before a revoke or a close.
 
 With ``exactly_once`` (``understudy worker --exactly-once``), each batch is one Kafka
 transaction instead (see :mod:`streams.transactions`): its predictions, its dead letters
@@ -39,10 +41,11 @@ point and started again leaves exactly one prediction per request per candidate 
 read_committed reader (the joiner is one). A failed transaction is aborted and the batch
 scored again from the last commit; a fenced or fatally failed one ends the worker.
 
-Either way the batch is finished (committed, or aborted) before the next ``consume()``, and
-a rebalance's callbacks run inside ``consume()``: so revoked partitions never have work in
-flight. A transaction still open at revoke can only be a batch abandoned by a stop or an
-error on its way out (``close`` leaves the group): it is aborted there, never committed.
+Either way the batch is finished (delivered and its commit sent, or committed with its
+transaction, or aborted) before the next ``consume()``, and a rebalance's callbacks run
+inside ``consume()``: so revoked partitions never have work in flight. A transaction still
+open at revoke can only be a batch abandoned by a stop or an error on its way out
+(``close`` leaves the group): it is aborted there, never committed.
 
 Stopping: ``stop`` ends the loop after the current batch, whose predictions are delivered
 and offsets committed before :meth:`ShadowWorker.run` returns. When the broker is away, the
@@ -93,6 +96,8 @@ from streams.kafka import (
 )
 from streams.learning.learner import LearnSettings, OnlineLearner, ScoredBatch
 from streams.models import Candidate, Outcome
+from streams.prediction_encoder import PredictionEncoder
+from streams.request_decoder import RequestDecoder
 from streams.schemas import Codec, default_codec
 from streams.transactions import commit, instance_ids, recover, rewind
 
@@ -232,7 +237,10 @@ class ShadowWorker:
         self.topics = Topics(cfg.prefix)
         self.codec = codec or default_codec()
         self.stats = WorkerStats()
-        self._encode_prediction = self.codec.encoder("Prediction")
+        # hand-written, byte for byte / record for record what the codec gives: the two
+        # per-request costs that fastavro made the largest (see each module)
+        self._request_decoder = RequestDecoder(self.codec)
+        self._prediction_encoder = PredictionEncoder(self.codec.schemas["Prediction"])
         self._encode_dead_letter = self.codec.encoder("DeadLetter")
         self._assigned: set[tuple[str, int]] = set()
         self._assigned_at = 0.0
@@ -366,6 +374,7 @@ class ShadowWorker:
         consumer_conf = client_config(self.cfg, error_cb=self._on_client_error)
         consumer_conf.update(
             {
+                "on_commit": self._on_commit,
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
@@ -465,7 +474,7 @@ class ShadowWorker:
         positions: list[int] = []
         stamps: list[int] = []
         offsets: dict[tuple[str, int], int] = {}
-        decode = self.codec.decode_as
+        decode = self._request_decoder.decode
         self._failed = []
         if self.exactly_once:
             self._begin_transaction()
@@ -482,7 +491,7 @@ class ShadowWorker:
             self.stats.consumed += 1
             offsets[(topic, partition)] = offset + 1
             try:
-                record = decode("Request", msg.value())
+                record = decode(msg.value())
             except SchemaError as exc:
                 self._dead_letter(msg, str(exc))
                 continue
@@ -552,8 +561,9 @@ class ShadowWorker:
         ids = [r["request_id"] for r in requests]
         keys = [i.encode() for i in ids]
         topic = self.topics.predictions
-        encode = self._encode_prediction
-        produce = self._produce
+        encoder = self._prediction_encoder
+        # what every candidate's prediction of a request shares, encoded once per request
+        parts = encoder.request_parts(requests)
         lanes = self._lanes
         assert lanes is not None
         lanes.warm_up(features[0])
@@ -561,34 +571,30 @@ class ShadowWorker:
         promoted = [i for i, c in enumerate(self.candidates) if c.model_id == primary]
 
         def deliver(index: int, outcomes: list[Outcome]) -> None:
-            model_id = self.candidates[index].model_id
-            errors = timeouts = 0
-            for record, key, partition, stamp, out in zip(
-                requests, keys, partitions, stamps, outcomes, strict=True
-            ):
-                value = encode(
-                    {
-                        "request_id": record["request_id"],
-                        "event_time": record["event_time"],
-                        "model_id": model_id,
-                        "role": "CANDIDATE",
-                        "value": out.value,
-                        "label": out.label,
-                        "scores": out.scores,
-                        "latency_ms": out.latency_ms,
-                        "error": out.error,
-                        "use_case": record["use_case"],
-                    }
-                )
-                produce(topic, value, key, partition, stamp)
-                if out.error is not None:
-                    errors += 1
-                    if out.error.startswith("timeout"):
-                        timeouts += 1
-            self._producer.poll(0)  # hand them to librdkafka's sender now, not at flush
+            values = encoder.encode_outcomes(
+                self.candidates[index].model_id, "CANDIDATE", requests, parts, outcomes
+            )
+            producer = self._producer
+            produce = producer.produce
+            on_delivery = self._on_delivery
+            for value, key, partition, stamp in zip(values, keys, partitions, stamps, strict=True):
+                try:
+                    produce(
+                        topic,
+                        value,
+                        key,
+                        partition=partition,
+                        timestamp=stamp,
+                        on_delivery=on_delivery,
+                    )
+                except (BufferError, KafkaException):
+                    # a full local queue or a client error: the slow path waits or says why
+                    self._produce(topic, value, key, partition, stamp)
+            producer.poll(0)  # hand them to librdkafka's sender now, not at flush
+            errors = [o.error for o in outcomes if o.error is not None]
             self.stats.predictions += len(outcomes)
-            self.stats.errors += errors
-            self.stats.timeouts += timeouts
+            self.stats.errors += len(errors)
+            self.stats.timeouts += sum(1 for e in errors if e.startswith("timeout"))
 
         lanes.score(features, ids, deliver, skip=promoted)
         self._scored_features = features
@@ -713,17 +719,31 @@ class ShadowWorker:
         ]
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit the delivered batch's offsets without waiting for the broker's answer.
+
+        The batch's predictions are acknowledged already (the at-least-once promise is about
+        *when* a commit is sent, and it is sent only now), so the commit's round trip need
+        not hold the next batch: librdkafka sends the group's commits in order, and makes a
+        rebalance's revoke and :meth:`close` wait for those in flight (an assignment is not
+        released, nor the group left, while a commit is outstanding). A commit that fails
+        is reported to :meth:`_on_commit`: the batch may be scored twice, as before.
+        """
         owned = self._owned(offsets)
         if not owned:
             return
         try:
-            result = self._consumer.commit(offsets=owned, asynchronous=False)
+            self._consumer.commit(offsets=owned, asynchronous=True)
         except KafkaException as exc:
             # Typically the group rebalanced while the batch was scored: the partitions'
             # new owner starts from the last commit and scores them again (at-least-once).
             log.warning("offset commit failed, the batch may be scored twice: %s", exc)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The consumer's ``on_commit``: what an asynchronous commit came to."""
+        if err is not None:
+            log.warning("offset commit failed, the batch may be scored twice: %s", err)
             return
-        failed = [tp for tp in result or [] if tp.error is not None]
+        failed = [tp for tp in partitions or [] if tp.error is not None]
         if failed:
             log.warning(
                 "offset commit failed for %d partitions, they may be scored twice: %s",
