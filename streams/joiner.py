@@ -31,6 +31,7 @@ from streams.config import Config
 from streams.deadletter import clip, dead_letter_of
 from streams.errors import SchemaError, UnderstudyError
 from streams.join.clock import STREAMS
+from streams.join.start_offsets import StartOffsets
 from streams.joinstate import Emitted, PartitionState
 from streams.kafka import Topics, check_copartitioned, client_config, read_compacted
 from streams.metrics.partial import PartialStats
@@ -46,6 +47,8 @@ POLL_S = 0.2
 can leave only with the transaction of the batch that passed its end: at traffic too low to
 fill ``batch_size``, this wait is part of every partial's delay (0.5 s made the soak's p99
 freshness 2.2 s against a goal of lateness + 1 s), while at full speed batches fill first."""
+COMMITTED_LOOKUP_S = 1.0
+"""Bound on one committed-offset lookup of the idleness check (``join/start_offsets.py``)."""
 RECOVERY_TIMEOUT_S = 20.0
 """Bound on each Kafka call while rewinding after an aborted transaction: past it the
 joiner exits non-zero (a supervisor restarts it) rather than waiting on a broker."""
@@ -84,7 +87,10 @@ class Joiner:
         self._last_idle_tick = 0.0
         self._fatal: str | None = None
         #: where consumption of a (topic, partition) started, for the idleness check
-        self._start_offsets: dict[tuple[str, int], int] = {}
+        self._starts = StartOffsets(
+            lambda tp: self.consumer.committed([tp], timeout=COMMITTED_LOOKUP_S)[0].offset,
+            backoff_s=cfg.idle_flush_ms / 1000,
+        )
         #: monotonic time the current transaction began, None between transactions: a
         #: watchdog (the CLI's) ends a process whose Kafka call hangs past its timeouts
         self.busy_since: float | None = None
@@ -178,7 +184,7 @@ class Joiner:
             self.states[p] = self._restore(p)
             self.stats.restored_partitions += 1
         for tp in partitions:
-            self._start_offsets.pop((tp.topic, tp.partition), None)
+            self._starts.forget(tp)
         if new:
             now = time.monotonic()
             self._last_data = now  # idleness counts from a usable assignment
@@ -332,21 +338,15 @@ class Joiner:
             pos = self.consumer.position([tp])[0].offset
             if pos < 0:
                 # nothing consumed there since the assignment: we start from the commit
-                pos = self._start_offset(tp, low)
+                start = self._starts.get(tp, low)
+                if start is None:
+                    return False
+                pos = start
         except KafkaException:
             return False
         if high < 0:
             return False  # no fetch answered yet: we do not know
         return high == 0 or pos >= high
-
-    def _start_offset(self, tp: TopicPartition, low: int) -> int:
-        key = (tp.topic, tp.partition)
-        start = self._start_offsets.get(key)
-        if start is None:
-            committed = self.consumer.committed([tp], timeout=5)[0].offset
-            start = committed if committed >= 0 else low
-            self._start_offsets[key] = start
-        return start
 
     def _close_all(self) -> None:
         """The end of the input: classify every open join, publish every open window."""
