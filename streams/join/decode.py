@@ -4,13 +4,17 @@ Why: in bench/joiner.py fastavro's ``schemaless_reader`` cost ~14 us per Request
 numeric features, 3 categorical, 3 context keys) and ~4 us per Prediction on this 2-core
 machine, a third of the joiner's time (py-spy). Its compiled reader still calls the
 Python ``read()`` of a ``BytesIO`` for every field. These readers walk the bytes of the
-*current* schema version directly (slices, ``struct``), and learn the layout of the numeric
-feature map: requests of one service send the same feature names in the same order, so
-after the first one a request's 20 doubles are read with one ``struct`` call once one
-masked integer comparison has checked that every key and length byte is where the
-layout says (``_MapLayout``).
+*current* schema version directly (slices, ``struct``), and learn byte layouts: requests
+of one service send the same feature names in the same order, and a model's answers
+differ only in their doubles, so after the first one a request's feature map, or the
+rest of an answer after its model id, is checked by one masked integer comparison
+(every length, key and union branch where the layout says, ``_Layout``) and its doubles
+read without looking at the names again (a feature map is not even read here: its
+bytes are, in one numpy pass per batch, :mod:`streams.join.feature_rows`).
 
-They give exactly what :meth:`streams.schemas.Codec.decode` gives, or step aside: a
+They give what :meth:`streams.schemas.Codec.decode` gives, or step aside (the one
+difference: numeric features that fit the learnt layout come as a read-only
+:class:`~streams.join.feature_rows.FeatureRow`, a mapping equal to the codec's dict): a
 message of another schema or version, or anything unusual in one (a truncated body,
 negative lengths, a multi-block map, an unknown union branch, bad UTF-8) is decoded by the
 codec, so its result or its error is the reference one. ``tests/unit/test_fast_decode.py``
@@ -20,10 +24,11 @@ checks the equality on random and malformed records.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
-from streams.schemas import HEADER_LEN, MAGIC, Codec, Record
+from streams.join.feature_rows import DoublesLayout, FeatureRow
+from streams.schemas import HEADER_LEN, Codec, Record
 
 __all__ = ["MAX_REMEMBERED", "FastDecoder"]
 
@@ -73,18 +78,19 @@ def _string(data: bytes, pos: int) -> tuple[str, int]:
     return data[start:end].decode(), end
 
 
-class _MapLayout:
-    """The byte layout of one map of doubles: keys, lengths and where each value sits.
+class _Layout:
+    """Bytes with doubles at known offsets: which bytes must match, how to read the doubles.
 
-    ``mask`` selects every byte that is not a value, ``expect`` holds those bytes: a
-    block of the map matches when ``int(bytes) & mask == expect`` (one comparison in C
-    over ~260 bytes, instead of 20 lengths and keys compared in Python).
+    ``mask`` selects every byte that is not part of a double, ``expect`` holds those
+    bytes: other bytes of the same size fit when ``int(bytes) & mask == expect`` (one
+    comparison in C over a few hundred bytes, instead of every length, key and union
+    branch read again in Python). Avro is read front to back, so bytes that agree
+    everywhere but in the doubles read the same way, with the doubles at the same places.
     """
 
-    __slots__ = ("expect", "keys", "mask", "size", "unpack")
+    __slots__ = ("expect", "mask", "size", "unpack")
 
-    def __init__(self, block: bytes, keys: tuple[str, ...], offsets: list[int]) -> None:
-        self.keys = keys
+    def __init__(self, block: bytes, offsets: list[int]) -> None:
         self.size = len(block)
         mask = bytearray(b"\xff" * len(block))
         fmt = ["<"]
@@ -97,6 +103,34 @@ class _MapLayout:
         self.expect = int.from_bytes(block, "little") & self.mask
         self.unpack = struct.Struct("".join(fmt)).unpack_from
 
+    def fits(self, data: bytes, start: int, end: int) -> bool:
+        return int.from_bytes(data[start:end], "little") & self.mask == self.expect
+
+
+class _MapLayout(_Layout):
+    """A map of doubles: its names in order, and its block's layout."""
+
+    __slots__ = ("keys", "rows")
+
+    def __init__(self, block: bytes, keys: tuple[str, ...], offsets: list[int]) -> None:
+        super().__init__(block, offsets)
+        self.keys = keys
+        self.rows = DoublesLayout(keys, offsets, len(block))
+
+
+class _AnswerLayout(_Layout):
+    """What follows a Prediction's model id and role when its only doubles are its value
+    and latency (no class scores): the record's other fields, as read once."""
+
+    __slots__ = ("fields", "slots")
+
+    def __init__(
+        self, block: bytes, offsets: list[int], slots: tuple[str, ...], fields: Record
+    ) -> None:
+        super().__init__(block, offsets)
+        self.slots = slots
+        self.fields = fields
+
 
 class FastDecoder:
     """``decode(data) -> (event name, record)``, as :meth:`Codec.decode`, faster for the
@@ -104,27 +138,29 @@ class FastDecoder:
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
-        self._readers: dict[bytes, tuple[str, Callable[[bytes], Record]]] = {
-            codec.schemas["Request"].fingerprint: ("Request", self._request),
-            codec.schemas["Prediction"].fingerprint: ("Prediction", self._prediction),
-        }
+        self._request_header = codec.schemas["Request"].header
+        self._prediction_header = codec.schemas["Prediction"].header
         #: the layout of the last numeric feature map read (one per service: one here)
         self._numeric: _MapLayout | None = None
         #: string maps by their bytes: a service's categorical features and contexts take
         #: few distinct values together (a segment), read once each
         self._categorical: dict[bytes, dict[str, str]] = {}
         self._context: dict[bytes, dict[str, str]] = {}
+        #: by a prediction's model id and role bytes: the layout of the rest
+        self._answers: dict[bytes, _AnswerLayout] = {}
 
     def decode(self, data: bytes | None) -> tuple[str, Record]:
         """The event name and its record; a :class:`~streams.errors.SchemaError` from the
         codec for what cannot be decoded."""
-        if data is not None and data[:2] == MAGIC:
-            reader = self._readers.get(data[2:HEADER_LEN])
-            if reader is not None:
-                try:
-                    return reader[0], reader[1](data)
-                except (_Unusual, IndexError, struct.error, UnicodeDecodeError):
-                    pass  # the codec decodes it, or says why it cannot
+        if data is not None:
+            header = data[:HEADER_LEN]
+            try:
+                if header == self._prediction_header:
+                    return "Prediction", self._prediction(data)
+                if header == self._request_header:
+                    return "Request", self._request(data)
+            except (_Unusual, IndexError, struct.error, UnicodeDecodeError):
+                pass  # the codec decodes it, or says why it cannot
         return self.codec.decode(data)
 
     # -- Request -----------------------------------------------------------------------
@@ -147,8 +183,9 @@ class FastDecoder:
             "context": context,
         }
 
-    def _doubles(self, data: bytes, pos: int) -> tuple[dict[str, float], int]:
-        """A map of doubles in one block (or none): by the learnt layout when it fits."""
+    def _doubles(self, data: bytes, pos: int) -> tuple[Mapping[str, float], int]:
+        """A map of doubles in one block (or none): a :class:`FeatureRow` of the learnt
+        layout when it fits, else a dict."""
         count, start = _long(data, pos)
         if count == 0:
             return {}, start
@@ -157,12 +194,8 @@ class FastDecoder:
         layout = self._numeric
         if layout is not None and len(layout.keys) == count:
             end = start + layout.size
-            if (
-                end < len(data)
-                and data[end] == 0
-                and int.from_bytes(data[start:end], "little") & layout.mask == layout.expect
-            ):
-                return dict(zip(layout.keys, layout.unpack(data, start), strict=True)), end + 1
+            if end < len(data) and data[end] == 0 and layout.fits(data, start, end):
+                return FeatureRow(layout.rows, data, start), end + 1
         keys: list[str] = []
         offsets: list[int] = []
         out: dict[str, float] = {}
@@ -178,7 +211,8 @@ class FastDecoder:
         if data[p] != 0:
             raise _Unusual
         if len(set(keys)) == len(keys):  # a layout of distinct names only
-            self._numeric = _MapLayout(data[start:p], tuple(keys), offsets)
+            layout = self._numeric = _MapLayout(data[start:p], tuple(keys), offsets)
+            return FeatureRow(layout.rows, data, start), p + 1
         return out, p + 1
 
     @staticmethod
@@ -214,11 +248,30 @@ class FastDecoder:
     def _prediction(self, data: bytes) -> Record:
         rid, pos = _string(data, HEADER_LEN)
         t, pos = _long(data, pos)
+        n = data[pos]
+        if n < 0x80 and not n & 1:  # a model id under 64 bytes: its answers' layout
+            head = pos + 2 + (n >> 1)  # after the model id and the role
+            layout = self._answers.get(data[pos:head])
+            if (
+                layout is not None
+                and len(data) - head == layout.size
+                and layout.fits(data, head, len(data))
+            ):
+                rec = {"request_id": rid, "event_time": t, **layout.fields}
+                rec.update(zip(layout.slots, layout.unpack(data, head), strict=True))
+                rec["scores"] = {}
+                return rec
         model, pos = _string(data, pos)
         role = data[pos]
         if role > 2 or role & 1:
             raise _Unusual
-        value, pos = _opt_double(data, pos + 1)
+        head = pos = pos + 1
+        slots: list[str] = []
+        offsets: list[int] = []
+        value, pos = _opt_double(data, pos)
+        if value is not None:
+            slots.append("value")
+            offsets.append(pos - 8 - head)
         b = data[pos]
         if b == 0:
             label, pos = None, pos + 1
@@ -232,6 +285,9 @@ class FastDecoder:
         else:
             scores, pos = _scores(data, pos)
         latency, pos = _opt_double(data, pos)
+        if latency is not None:
+            slots.append("latency_ms")
+            offsets.append(pos - 8 - head)
         b = data[pos]
         if b == 0:
             error, pos = None, pos + 1
@@ -242,7 +298,7 @@ class FastDecoder:
         use_case, pos = _string(data, pos)
         if pos > len(data):
             raise _Unusual
-        return {
+        rec = {
             "request_id": rid,
             "event_time": t,
             "model_id": model,
@@ -254,6 +310,14 @@ class FastDecoder:
             "error": error,
             "use_case": use_case,
         }
+        if not scores and pos == len(data) and n < 0x80 and not n & 1:
+            if len(self._answers) >= MAX_REMEMBERED:
+                self._answers.clear()
+            fields = {k: v for k, v in rec.items() if k not in ("request_id", "event_time")}
+            self._answers[data[head - 2 - (n >> 1) : head]] = _AnswerLayout(
+                data[head:], offsets, tuple(slots), fields
+            )
+        return rec
 
 
 def _opt_double(data: bytes, pos: int) -> tuple[float | None, int]:

@@ -145,3 +145,25 @@ def test_maps_are_never_shared_between_records() -> None:
     first = fast.decode(data)[1]
     first["context"]["region"] = "changed"
     assert fast.decode(data)[1]["context"] == {"region": "eu"}
+
+
+def test_answer_layout_is_learnt_per_model_and_checked() -> None:
+    """Answers of one model differ only in their doubles: read by the learnt layout, and
+    anything else about them (a label, an error, scores, no latency) read as it is."""
+    codec = default_codec()
+    fast = FastDecoder(codec)
+    base = {"request_id": "r", "event_time": 7, "model_id": "m@1", "role": "CANDIDATE"}
+    for extra in (
+        {"value": 1.0, "latency_ms": 2.0},
+        {"value": float("nan"), "latency_ms": -0.0},
+        {"value": 3.0, "latency_ms": None},
+        {"value": None, "label": "cat", "latency_ms": 2.0},
+        {"value": 4.0, "latency_ms": 2.0, "error": "boom"},
+        {"value": 5.0, "latency_ms": 2.0, "scores": {"a": 0.5}},
+        {"value": 6.0, "latency_ms": 9.0},
+        {"value": 6.0, "latency_ms": 9.0, "role": "PRIMARY"},
+        {"value": 6.0, "latency_ms": 9.0, "model_id": "n@1"},
+    ):
+        data = codec.encode("Prediction", {**base, **extra})
+        assert repr(fast.decode(data)) == repr(codec.decode(data))
+        assert repr(fast.decode(data + b"\x00")) == repr(codec.decode(data + b"\x00"))
