@@ -122,14 +122,17 @@ class _AnswerLayout(_Layout):
     """What follows a Prediction's model id and role when its only doubles are its value
     and latency (no class scores): the record's other fields, as read once."""
 
-    __slots__ = ("fields", "slots")
+    __slots__ = ("error", "has_latency", "has_value", "label", "model", "role", "use_case")
 
-    def __init__(
-        self, block: bytes, offsets: list[int], slots: tuple[str, ...], fields: Record
-    ) -> None:
+    def __init__(self, block: bytes, offsets: list[int], rec: Record) -> None:
         super().__init__(block, offsets)
-        self.slots = slots
-        self.fields = fields
+        self.has_value = rec["value"] is not None
+        self.has_latency = rec["latency_ms"] is not None
+        self.model = rec["model_id"]
+        self.role = rec["role"]
+        self.label = rec["label"]
+        self.error = rec["error"]
+        self.use_case = rec["use_case"]
 
 
 class FastDecoder:
@@ -257,20 +260,29 @@ class FastDecoder:
                 and len(data) - head == layout.size
                 and layout.fits(data, head, len(data))
             ):
-                rec = {"request_id": rid, "event_time": t, **layout.fields}
-                rec.update(zip(layout.slots, layout.unpack(data, head), strict=True))
-                rec["scores"] = {}
-                return rec
+                doubles = layout.unpack(data, head)
+                value = doubles[0] if layout.has_value else None
+                latency = doubles[-1] if layout.has_latency else None
+                return {
+                    "request_id": rid,
+                    "event_time": t,
+                    "model_id": layout.model,
+                    "role": layout.role,
+                    "value": value,
+                    "label": layout.label,
+                    "scores": {},
+                    "latency_ms": latency,
+                    "error": layout.error,
+                    "use_case": layout.use_case,
+                }
         model, pos = _string(data, pos)
         role = data[pos]
         if role > 2 or role & 1:
             raise _Unusual
         head = pos = pos + 1
-        slots: list[str] = []
         offsets: list[int] = []
         value, pos = _opt_double(data, pos)
         if value is not None:
-            slots.append("value")
             offsets.append(pos - 8 - head)
         b = data[pos]
         if b == 0:
@@ -286,7 +298,6 @@ class FastDecoder:
             scores, pos = _scores(data, pos)
         latency, pos = _opt_double(data, pos)
         if latency is not None:
-            slots.append("latency_ms")
             offsets.append(pos - 8 - head)
         b = data[pos]
         if b == 0:
@@ -313,9 +324,8 @@ class FastDecoder:
         if not scores and pos == len(data) and n < 0x80 and not n & 1:
             if len(self._answers) >= MAX_REMEMBERED:
                 self._answers.clear()
-            fields = {k: v for k, v in rec.items() if k not in ("request_id", "event_time")}
             self._answers[data[head - 2 - (n >> 1) : head]] = _AnswerLayout(
-                data[head:], offsets, tuple(slots), fields
+                data[head:], offsets, rec
             )
         return rec
 

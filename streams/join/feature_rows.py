@@ -73,7 +73,7 @@ class FeatureRow(Mapping[str, float]):
         return iter(self._dict())
 
     def __len__(self) -> int:
-        return len(self._dict())
+        return len(self.layout.keys)  # distinct names: the decoder learns no other layout
 
     def _dict(self) -> dict[str, float]:
         # names repeat only in a layout the decoder never learns: as a dict, last wins
