@@ -56,12 +56,22 @@ class Entry:
     def dump(self) -> list[Any]:
         # ctx as it is: one tuple shared by every request of the same context, which a
         # segment's pickle then writes once (the list it once was: written every time)
-        out = [self.t, self.deadline, self.req, self.prim, self.cands]
         if self.pm is not None:
-            return [*out, self.ctx, self.label, self.pm]
+            return [
+                self.t,
+                self.deadline,
+                self.req,
+                self.prim,
+                self.cands,
+                self.ctx,
+                self.label,
+                self.pm,
+            ]
         if self.label is not None:
-            return [*out, self.ctx, self.label]
-        return [*out, self.ctx] if self.ctx else out
+            return [self.t, self.deadline, self.req, self.prim, self.cands, self.ctx, self.label]
+        if self.ctx:
+            return [self.t, self.deadline, self.req, self.prim, self.cands, self.ctx]
+        return [self.t, self.deadline, self.req, self.prim, self.cands]
 
     @classmethod
     def load(cls, data: list[Any], h: int) -> Entry:
