@@ -30,10 +30,13 @@ from typing import Any
 from streams.join.feature_rows import DoublesLayout, FeatureRow
 from streams.schemas import HEADER_LEN, Codec, Record
 
-__all__ = ["MAX_REMEMBERED", "FastDecoder"]
+__all__ = ["MAX_REMEMBERED", "MAX_REMEMBERED_BYTES", "FastDecoder"]
 
 MAX_REMEMBERED = 4096
-"""Distinct string maps remembered per field (emptied when full): a few hundred KB."""
+"""Distinct string maps, and answer layouts, remembered (each set emptied when full)."""
+MAX_REMEMBERED_BYTES = 256
+"""Only maps and answers this small are remembered: at most ~1 MB per set, whatever
+arrives (a hostile producer's 1 MB maps are read, never kept)."""
 
 _DOUBLE = struct.Struct("<d")
 _unpack_double = _DOUBLE.unpack_from
@@ -229,14 +232,16 @@ class FastDecoder:
             if count == 0:
                 return {}, start
             raise _Unusual
+        if count > MAX_REMEMBERED_BYTES // 2:
+            return _strings(data, pos)
         p = start
         for _ in range(count + count):  # the lengths only: where the block ends
             n = data[p]
             if n >= 0x80 or n & 1:  # a string of 64 bytes or more: not remembered
                 return _strings(data, pos)
             p += 1 + (n >> 1)
-        if p >= len(data) or data[p] != 0:  # more blocks: not remembered
-            return _strings(data, pos)
+        if p >= len(data) or data[p] != 0 or p - pos > MAX_REMEMBERED_BYTES:
+            return _strings(data, pos)  # more blocks, or a large map: not remembered
         block = data[pos:p]  # the count too: the bytes alone say what the map is
         out = seen.get(block)
         if out is None:
@@ -321,7 +326,13 @@ class FastDecoder:
             "error": error,
             "use_case": use_case,
         }
-        if not scores and pos == len(data) and n < 0x80 and not n & 1:
+        if (
+            not scores
+            and pos == len(data)
+            and pos - head <= MAX_REMEMBERED_BYTES
+            and n < 0x80
+            and not n & 1
+        ):
             if len(self._answers) >= MAX_REMEMBERED:
                 self._answers.clear()
             self._answers[data[head - 2 - (n >> 1) : head]] = _AnswerLayout(

@@ -167,3 +167,20 @@ def test_answer_layout_is_learnt_per_model_and_checked() -> None:
         data = codec.encode("Prediction", {**base, **extra})
         assert repr(fast.decode(data)) == repr(codec.decode(data))
         assert repr(fast.decode(data + b"\x00")) == repr(codec.decode(data + b"\x00"))
+
+
+def test_large_maps_and_answers_are_read_not_remembered() -> None:
+    """What the decoder keeps between records is bounded whatever arrives: a large map or
+    a large answer is read as it is and not kept."""
+    codec = default_codec()
+    fast = FastDecoder(codec)
+    big = {f"key{i}": f"value{i}" for i in range(200)}
+    data = codec.encode("Request", {"request_id": "r", "event_time": 1, "context": big})
+    for _ in range(2):
+        assert repr(fast.decode(data)) == repr(codec.decode(data))
+    assert not fast._context
+    answer = {"request_id": "r", "event_time": 1, "model_id": "m", "role": "PRIMARY"}
+    data = codec.encode("Prediction", {**answer, "value": 1.0, "error": "x" * 300})
+    for _ in range(2):
+        assert repr(fast.decode(data)) == repr(codec.decode(data))
+    assert not fast._answers
