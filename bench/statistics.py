@@ -13,8 +13,9 @@ Jensen-Shannon with :func:`~streams.metrics.drift.categorical_drift`, as
 :mod:`streams.judge` does).
 
 Only the statistics are timed: generating the traffic (and the joiner's per-event appends
-into the column buffers) is not. Each batch's feature maps are built just before it is
-folded, as the joiner's decoder builds them just before its fold. Prints
+into the column buffers) is not. Each batch's numeric feature maps are what the joiner's
+decoder makes of Avro Requests (:class:`~streams.join.feature_rows.FeatureRow`: the
+message's bytes, read by the fold), made just before the batch is folded. Prints
 ``statistics: N pairs/s``, the time of each phase,
 ``numpy baseline: N values/s`` (``np.sort`` of every numeric feature column of the same
 windows, once) and the ratio of the two times (statistics / baseline: how many times
@@ -31,10 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streams.join.decode import FastDecoder
 from streams.join.windows import Windows
 from streams.metrics.drift import categorical_drift, numeric_drift
 from streams.metrics.partial import SHARED, PartialStats
 from streams.metrics.slices import slice_names
+from streams.schemas import default_codec
 
 NUMERIC = 20
 CATEGORICAL = 3
@@ -47,6 +50,7 @@ CONTEXT = {
 }
 LEVELS = {f"c{j}": [f"v{k}" for k in range(3 + 4 * j)] for j in range(CATEGORICAL)}
 NAMES = [f"f{j}" for j in range(NUMERIC)]
+CODEC = default_codec()
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Window:
     """One window of traffic, as the joiner's column buffers would hold it."""
 
     numeric: np.ndarray  # (pairs, NUMERIC)
-    num_rows: list[list[float]]  # feature values; fill() makes the maps
+    requests: list[bytes]  # Avro Requests with the numeric features; fill() decodes them
     cat_rows: list[list[str]]
     ctx: list[tuple[str, ...]]
     prim: list[float]
@@ -70,7 +74,17 @@ def make_window(rng: np.random.Generator, n: int, shift: float) -> Window:
     prim = rng.normal(300.0, 50.0, n)
     return Window(
         numeric=numeric,
-        num_rows=numeric.tolist(),
+        requests=[
+            CODEC.encode(
+                "Request",
+                {
+                    "request_id": "",
+                    "event_time": 0,
+                    "numeric_features": dict(zip(NAMES, r, strict=True)),
+                },
+            )
+            for r in numeric.tolist()
+        ],
         cat_rows=[[LEVELS[c][cats[c][i]] for c in LEVELS] for i in range(n)],
         ctx=[slice_names({c: CONTEXT[c][ctx_ix[c][i]] for c in CONTEXT}) for i in range(n)],
         prim=prim.tolist(),
@@ -84,9 +98,10 @@ def fill(w: Windows, win: Window, rows: list[int]) -> None:
     """The joiner's per-event appends for ``rows`` (not timed)."""
     shared = w.columns((SHARED, 0))
     cand = w.columns((CANDIDATE, 0))
+    decode = FastDecoder(CODEC).decode
     for i in rows:
         ctx = win.ctx[i]
-        shared.num_rows.append(dict(zip(NAMES, win.num_rows[i], strict=True)))
+        shared.num_rows.append(decode(win.requests[i])[1]["numeric_features"])
         shared.cat_rows.append(dict(zip(LEVELS, win.cat_rows[i], strict=True)))
         shared.slices.request(ctx)
         shared.out.append(win.prim[i])

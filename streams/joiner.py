@@ -31,6 +31,8 @@ from streams.config import Config
 from streams.deadletter import clip, dead_letter_of
 from streams.errors import SchemaError, UnderstudyError
 from streams.join.clock import STREAMS
+from streams.join.decode import FastDecoder
+from streams.join.gctune import fewer_collections
 from streams.join.start_offsets import StartOffsets
 from streams.joinstate import Emitted, PartitionState
 from streams.kafka import Topics, check_copartitioned, client_config, read_compacted
@@ -94,6 +96,7 @@ class Joiner:
         #: monotonic time the current transaction began, None between transactions: a
         #: watchdog (the CLI's) ends a process whose Kafka call hangs past its timeouts
         self.busy_since: float | None = None
+        self._decode = FastDecoder(self.codec).decode
         self._encode_partial = self.codec.encoder("Partial")
         self._encode_dead = self.codec.encoder("DeadLetter")
         # a fixed id (``--instance``) fences the previous incarnation at once and takes its
@@ -144,6 +147,15 @@ class Joiner:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
+        with fewer_collections():
+            return self._loop(stop, idle_exit_s, on_batch)
+
+    def _loop(
+        self,
+        stop: threading.Event,
+        idle_exit_s: float | None,
+        on_batch: Callable[[JoinerStats], None] | None,
+    ) -> JoinerStats:
         try:
             while not stop.is_set():
                 if self._fatal is not None:
@@ -236,7 +248,7 @@ class Joiner:
     # -- the batch -----------------------------------------------------------------------
 
     def _process(self, msgs: list[Message]) -> None:
-        decode = self.codec.decode
+        decode = self._decode
         requests, predictions = self.topics.requests, self.topics.predictions
         labels = self.topics.labels
         states = self.states

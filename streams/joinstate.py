@@ -132,8 +132,8 @@ class PartitionState:
             return f"request_id longer than {MAX_ID_CHARS} characters"
         if not isinstance(t, int):
             return f"event_time {t!r} is not an integer of milliseconds"
-        if now is not None:
-            return check_event_time(
+        if now is not None and not now - self.max_age_ms <= t <= now + self.max_skew_ms:
+            return check_event_time(  # the reason; the test above is the same, inline
                 t, now=now, max_age_ms=self.max_age_ms, max_skew_ms=self.max_skew_ms
             )
         return None
@@ -403,11 +403,18 @@ class PartitionState:
     # -- time --------------------------------------------------------------------------
 
     def _after(self, stream: str, t: int) -> None:
-        """After each event: its time, then whatever the watermark now finishes or closes."""
-        self.place_dead_letters(t)
+        """After each event: its time, then whatever the watermark now finishes or closes.
+
+        Per event, so the checks that are nearly always false are made here rather than
+        in calls that would make them (a few calls per event are a few % of the joiner).
+        """
+        if self._unplaced_dead:
+            self.place_dead_letters(t)
         if self.clock.seen(stream, t):
             self._meta_dirty = True
-        self._evict_over_cap()
+        table = self.table
+        if len(table.live) > table.max_pending:
+            self._evict_over_cap()
         self._progress()
 
     def _evict_over_cap(self) -> None:

@@ -54,12 +54,24 @@ class Entry:
         self.pm: str | None = None
 
     def dump(self) -> list[Any]:
-        out = [self.t, self.deadline, self.req, self.prim, self.cands]
+        # ctx as it is: one tuple shared by every request of the same context, which a
+        # segment's pickle then writes once (the list it once was: written every time)
         if self.pm is not None:
-            return [*out, list(self.ctx), self.label, self.pm]
+            return [
+                self.t,
+                self.deadline,
+                self.req,
+                self.prim,
+                self.cands,
+                self.ctx,
+                self.label,
+                self.pm,
+            ]
         if self.label is not None:
-            return [*out, list(self.ctx), self.label]
-        return [*out, list(self.ctx)] if self.ctx else out
+            return [self.t, self.deadline, self.req, self.prim, self.cands, self.ctx, self.label]
+        if self.ctx:
+            return [self.t, self.deadline, self.req, self.prim, self.cands, self.ctx]
+        return [self.t, self.deadline, self.req, self.prim, self.cands]
 
     @classmethod
     def load(cls, data: list[Any], h: int) -> Entry:

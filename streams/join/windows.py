@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from streams.join.feature_rows import feature_table
 from streams.join.slice_columns import SliceColumns
 from streams.metrics.partial import SHARED, PartialStats
 
@@ -196,7 +197,7 @@ class Windows:
 def _fold_profile(s: PartialStats, b: Columns, *, primary: bool) -> None:
     """Features, outputs and slices of one accumulator's buffers."""
     p = s.profile
-    table = _numeric_table(b.num_rows)
+    table = feature_table(b.num_rows) or _numeric_table(b.num_rows)
     if table is not None:
         p.add_numeric_table(*table)
     else:
