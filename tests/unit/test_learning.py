@@ -242,7 +242,7 @@ def test_learn_one_runs_on_the_candidates_lane_errors_counted(tmp_path: Path) ->
         for rid, y in (("a", 10.0), ("b", -1.0), ("c", 30.0)):
             pair = learner.store.label(0, rid, 2_000, y)
             assert pair is not None
-            learner._hold(pair)
+            learner._held.hold(*pair)
         learner.release(None)  # no partition assigned: nothing holds learning back
         learner.learn(lanes)
     finally:
