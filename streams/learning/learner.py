@@ -63,7 +63,7 @@ from streams.learning.checkpoint import Checkpoint, checkpoint_path, load, lock,
 from streams.learning.labels import LABEL_SLACK_MS, LabelsReader
 from streams.learning.refill import refill
 from streams.learning.store import DEFAULT_CAP, FeatureStore
-from streams.learning.timeorder import HeldPairs, PartitionProgress, frontier
+from streams.learning.timeorder import HeldPairs, ScoringProgress
 from streams.models import Candidate, Features
 from streams.schemas import Codec
 
@@ -181,13 +181,9 @@ class OnlineLearner:
         self._ready: list[tuple[Features, Any]] = []
         #: matched pairs waiting for the scoring to pass their label's event time
         self._held = HeldPairs()
-        #: per assigned partition: the offset after the last message consumed (None: not
-        #: known, never holds learning back), and the latest event time scored there
-        self._next: dict[int, int | None] = {}
-        self._scored_ms: dict[int, int] = {}
-        #: per assigned partition: monotonic time it last gave the worker a message (or was
-        #: assigned); idle past the config's ``idle_flush_ms``, it holds nothing back
-        self._active_at: dict[int, float] = {}
+        #: where the scoring stands on each assigned partition (idle past the config's
+        #: ``idle_flush_ms``, a partition holds nothing back)
+        self._progress = ScoringProgress()
         self._locate: set[int] = set()
         #: drop counters at the last checkpoint: what grew since is logged as a warning
         self._dropped_seen: dict[str, int] = {}
@@ -276,7 +272,7 @@ class OnlineLearner:
             self._assigned.add(p)
             self._revoked.discard(p)
             self._locate.add(p)
-            self._active_at[p] = time.monotonic()
+            self._progress.assigned(p, time.monotonic())
             if p in self.labels.next:
                 self._settle.add(p)
             else:
@@ -285,9 +281,7 @@ class OnlineLearner:
             dropped = self.store.drop_partition(p)
             self.labels.next.pop(p, None)
             self.requests_next.pop(p, None)
-            self._next.pop(p, None)
-            self._scored_ms.pop(p, None)
-            self._active_at.pop(p, None)
+            self._progress.forget(p)
             log.info("learner %s: partition %d gone, %d entries dropped", self.model_id, p, dropped)
             self._dirty = True
         self._revoked.clear()
@@ -324,7 +318,7 @@ class OnlineLearner:
                 low, _ = requests_consumer.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=KAFKA_CALL_S
                 )
-                self._next[p] = max(committed.get(p, -1), low)
+                self._progress.resumes_at(p, max(committed.get(p, -1), low))
         except KafkaException as exc:
             log.warning(
                 "learner %s: cannot read the committed offsets of %s (%s): no refill (the "
@@ -359,14 +353,7 @@ class OnlineLearner:
 
     def after_batch(self, batch: ScoredBatch) -> None:
         """The delivered batch's requests this candidate scored go to the store."""
-        self._next.update(batch.consumed)
-        now = time.monotonic()
-        for p in batch.consumed:
-            self._active_at[p] = now
-        scored_ms = self._scored_ms
-        for p, t in zip(batch.partitions, batch.event_times, strict=True):
-            if t > scored_ms.get(p, -1):
-                scored_ms[p] = t
+        self._progress.scored(batch.consumed, batch.partitions, batch.event_times, time.monotonic())
         if self.model_id in batch.skipped:
             return
         first: dict[int, int] = {}
@@ -428,7 +415,8 @@ class OnlineLearner:
             self._ready += self._held.release(self._frontier(requests_consumer))
 
     def _frontier(self, consumer: Any) -> float:
-        """:func:`streams.learning.timeorder.frontier` of the assigned partitions."""
+        """:meth:`streams.learning.timeorder.ScoringProgress.frontier` of the assigned
+        partitions, with the high watermarks the worker's consumer last fetched."""
         topic = self.topics.requests
 
         def high(p: int) -> int:
@@ -438,16 +426,8 @@ class OnlineLearner:
                 return -1
             return int(h)
 
-        progress = (
-            PartitionProgress(
-                self._next.get(p),
-                high(p) if self._next.get(p) is not None else -1,
-                self._active_at.get(p, 0.0),
-                self._scored_ms.get(p),
-            )
-            for p in self._assigned
-        )
-        return frontier(progress, time.monotonic() - self.cfg.idle_flush_ms / 1000.0)
+        idle_before = time.monotonic() - self.cfg.idle_flush_ms / 1000.0
+        return self._progress.frontier(self._assigned, high, idle_before)
 
     def learn(self, lanes: Lanes) -> None:
         """``learn_one`` on every ready pair, on the candidate's lane; kept when it is busy."""
