@@ -95,7 +95,7 @@ from streams.kafka import (
     validate_client_options,
 )
 from streams.learning.learner import LearnSettings, OnlineLearner, ScoredBatch
-from streams.models import Candidate, Outcome
+from streams.models import Candidate, Features, Outcome
 from streams.prediction_encoder import PredictionEncoder
 from streams.request_decoder import RequestDecoder
 from streams.schemas import Codec, default_codec
@@ -216,10 +216,6 @@ class ShadowWorker:
                     f"(candidates: {', '.join(ids)})"
                 )
         self._learners: list[OnlineLearner] = []
-        self._scored: ScoredBatch | None = None
-        #: the last scored batch's feature dicts and skipped (promoted) candidates
-        self._scored_features: list[dict[str, Any]] = []
-        self._scored_skipped: frozenset[str] = frozenset()
         self._lanes: Lanes | None = None
         self._primary: PrimaryFollower | None = None
         self.cfg = cfg
@@ -306,11 +302,11 @@ class ShadowWorker:
                     continue
                 last_activity = now
                 try:
-                    self._process(messages)
+                    scored = self._process(messages)
                 except _Abandoned:
                     self._abandoned = True
                     break
-                self._learn()
+                self._learn(scored)
                 if on_batch is not None:
                     on_batch(len(messages))
         finally:
@@ -331,14 +327,16 @@ class ShadowWorker:
             learner.open(self._on_client_error)
             self._learners.append(learner)
 
-    def _learn(self) -> int:
+    def _learn(self, scored: ScoredBatch | None = None) -> int:
         """Between batches: the delivered batch's features to the learners' stores, the
-        labels that came, ``learn_one``, a checkpoint when due. Returns labels read."""
+        labels that came, ``learn_one``, a checkpoint when due. Returns labels read.
+
+        ``scored``: what :meth:`_process` returned for the batch just finished (None between
+        batches, without learners, or for a batch aborted to be scored again)."""
         if not self._learners:
             return 0
         lanes = self._lanes
         assert lanes is not None
-        scored, self._scored = self._scored, None
         read = 0
         for learner in self._learners:
             if scored is not None:
@@ -467,8 +465,13 @@ class ShadowWorker:
 
     # -- one batch -------------------------------------------------------------------------
 
-    def _process(self, messages: list[Message]) -> None:
-        """Decode, score, produce, wait for every acknowledgement, then commit."""
+    def _process(self, messages: list[Message]) -> ScoredBatch | None:
+        """Decode, score, produce, wait for every acknowledgement, then commit.
+
+        Returns the batch as the learners need it (:meth:`_scored_batch`) once it is
+        delivered and committed: None without learners, and None for an exactly-once batch
+        whose transaction was aborted (it is scored again, and its answers must not come
+        from a model that learned its labels meanwhile)."""
         requests: list[dict[str, Any]] = []
         partitions: list[int] = []
         positions: list[int] = []
@@ -515,10 +518,13 @@ class ShadowWorker:
             positions.append(offset)
             stamps.append(_stamp(msg))
         self.stats.requests += len(requests)
-        self._scored_features = []
+        features: list[Features] = []
+        skipped: frozenset[str] = frozenset()  # a batch of dead letters only skips no one
         if requests:
-            self._score(requests, partitions, stamps)
-        scored = self._scored_batch(requests, partitions, stamps, positions, offsets)
+            features, skipped = self._score(requests, partitions, stamps)
+        scored = self._scored_batch(
+            requests, features, skipped, partitions, stamps, positions, offsets
+        )
         aborted = self.stats.aborted
         if self.exactly_once:
             self._commit_transaction(offsets)
@@ -528,19 +534,20 @@ class ShadowWorker:
         self.stats.batches += 1
         # learners see a batch once its answers are out: never one aborted (scored again,
         # its answers must not come from a model that learned its labels meanwhile)
-        self._scored = scored if self.stats.aborted == aborted else None
+        return scored if self.stats.aborted == aborted else None
 
     def _scored_batch(
         self,
         requests: list[dict[str, Any]],
+        features: list[Features],
+        skipped: frozenset[str],
         partitions: list[int],
         stamps: list[int],
         positions: list[int],
         offsets: dict[tuple[str, int], int],
     ) -> ScoredBatch | None:
         """What the learners need of the batch just scored (None without learners)."""
-        features = self._scored_features
-        if not self._learners or len(features) != len(requests):
+        if not self._learners:
             return None
         return ScoredBatch(
             ids=[r["request_id"] for r in requests],
@@ -549,14 +556,18 @@ class ShadowWorker:
             offsets=positions,
             event_times=[r["event_time"] for r in requests],
             stamps=stamps,
-            skipped=self._scored_skipped,
+            skipped=skipped,
             consumed={partition: offset for (_, partition), offset in offsets.items()},
         )
 
     def _score(
         self, requests: list[dict[str, Any]], partitions: list[int], stamps: list[int]
-    ) -> None:
-        """Score the batch on every candidate's lane; produce each one's answers as they come."""
+    ) -> tuple[list[Features], frozenset[str]]:
+        """Score the batch on every candidate's lane; produce each one's answers as they come.
+
+        Returns the feature dicts the models saw (one per request, in order) and the model
+        ids not scored because they are primary now: the learners store the one and skip
+        the other (:class:`~streams.learning.learner.ScoredBatch`)."""
         features = [{**r["numeric_features"], **r["categorical_features"]} for r in requests]
         ids = [r["request_id"] for r in requests]
         keys = [i.encode() for i in ids]
@@ -597,8 +608,7 @@ class ShadowWorker:
             self.stats.timeouts += sum(1 for e in errors if e.startswith("timeout"))
 
         lanes.score(features, ids, deliver, skip=promoted)
-        self._scored_features = features
-        self._scored_skipped = frozenset(self.candidates[i].model_id for i in promoted)
+        return features, frozenset(self.candidates[i].model_id for i in promoted)
 
     def _report_candidates(self, lanes: Lanes) -> None:
         """Each candidate's lane counts and call costs into the stats, and one log line."""

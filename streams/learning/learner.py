@@ -10,21 +10,21 @@ from them are *progressive validation*, the honest measure of an online model.
 
 Time order is kept as well: a matched pair is learned only once every assigned partition
 that still has requests to read has scored past its label's event time
-(:meth:`OnlineLearner.release`), so a worker catching up on a backlog, reading one
-partition ahead of another, does not answer old requests with what later ones taught.
+(:meth:`OnlineLearner.release`, the rule in :mod:`streams.learning.timeorder`), so a worker
+catching up on a backlog, reading one partition ahead of another, does not answer old
+requests with what later ones taught.
 
-Labels are read by a consumer of this learner's own, with manual assignment: it follows the
-partitions of ``<prefix>.requests`` that the worker's group gives it (labels are
-co-partitioned with requests, keyed by request_id), because the group's assignor is the
-user's choice and only the range assignor would put the same partitions of both topics on
-one member. Its offsets are never committed to Kafka: they are part of the checkpoint
-(:mod:`streams.learning.checkpoint`), so they always agree with the model they produced.
+This module is the learner's lifecycle: it follows the worker's assignment, decides where
+each partition's labels are read from, feeds the store, learns on the lane and writes the
+checkpoints. The labels are read by a consumer of the learner's own
+(:mod:`streams.learning.labels`, which says why); the requests scored since a checkpoint
+come back after a restart by :mod:`streams.learning.refill`.
 
 Where the labels of a partition are read from:
 
 - a partition in the checkpoint: from the checkpoint's offset. The requests scored after
   the checkpoint (committed by the group, so their predictions are out) are read back from
-  ``<prefix>.requests`` into the store (the *refill*, at most ``cap`` of them): their
+  ``<prefix>.requests`` into the store first (the *refill*, at most ``cap`` of them): their
   labels, read again from the checkpoint's offset, are learned once, by the restored model;
 - a partition seen for the first time: from the first label stamped at most
   :data:`LABEL_SLACK_MS` before the first request this worker scored there (Kafka
@@ -48,21 +48,22 @@ import logging
 import os
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from streams.clientlog import CLIENT_LOG
 from streams.config import Config
-from streams.errors import CheckpointError, ModelLoadError, SchemaError, UnderstudyError
+from streams.errors import CheckpointError, ModelLoadError
 from streams.isolation import Lanes
-from streams.kafka import Topics, client_config, read_range
+from streams.kafka import Topics
 from streams.learning.checkpoint import Checkpoint, checkpoint_path, load, lock, save
+from streams.learning.labels import LABEL_SLACK_MS, LabelsReader
+from streams.learning.refill import refill
 from streams.learning.store import DEFAULT_CAP, FeatureStore
-from streams.learning.timeorder import HeldPairs, PartitionProgress, frontier
+from streams.learning.timeorder import HeldPairs, ScoringProgress
 from streams.models import Candidate, Features
 from streams.schemas import Codec
 
@@ -78,14 +79,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checkpoints, by default (and one more when the worker stops).
 DEFAULT_CHECKPOINT_S = 30.0
-#: How far before a partition's first scored request its labels are read from (clock skew
-#: between the service's and the label source's producers).
-LABEL_SLACK_MS = 60_000
-#: Labels read per poll, at most.
-LABELS_PER_POLL = 5_000
 #: Bound on a checkpoint's pickling, on the candidate's lane.
 PICKLE_TIMEOUT_S = 60.0
-#: Bound on Kafka look-ups (offsets, committed positions) and on one partition's refill.
+#: Bound on each look-up of the group's committed offsets and the requests' watermarks.
 KAFKA_CALL_S = 30.0
 
 
@@ -145,7 +141,7 @@ def _learn_all(model: Any, pairs: Sequence[tuple[Features, Any]]) -> tuple[int, 
 
 
 class OnlineLearner:
-    """One learning candidate: its store, its labels consumer and its checkpoint."""
+    """One learning candidate: its store, its labels reader and its checkpoint."""
 
     def __init__(
         self,
@@ -169,12 +165,11 @@ class OnlineLearner:
         self.topics = Topics(cfg.prefix)
         self.path = checkpoint_path(settings.state_dir, candidate.model_id)
         self.store = FeatureStore(settings.cap, settings.horizon_ms)
-        self.labels_next: dict[int, int] = {}
+        self.labels = LabelsReader(cfg, candidate.model_id, codec.decode_as)
         self.requests_next: dict[int, int] = {}
         self.learned = 0
         self.learn_errors = 0
         self.learn_timeouts = 0
-        self.bad_labels = 0
         self.refilled = 0
         self.saves = 0
         self.restores = 0
@@ -183,28 +178,32 @@ class OnlineLearner:
         self._revoked: set[int] = set()
         self._fresh: set[int] = set()  # labels positioned at the first scored request
         self._settle: set[int] = set()  # labels positioned from a known offset, refill first
-        self._reading: set[int] = set()  # label partitions assigned to the consumer
         self._ready: list[tuple[Features, Any]] = []
         #: matched pairs waiting for the scoring to pass their label's event time
         self._held = HeldPairs()
-        #: per assigned partition: the offset after the last message consumed (None: not
-        #: known, never holds learning back), and the latest event time scored there
-        self._next: dict[int, int | None] = {}
-        self._scored_ms: dict[int, int] = {}
-        #: per assigned partition: monotonic time it last gave the worker a message (or was
-        #: assigned); idle past the config's ``idle_flush_ms``, it holds nothing back
-        self._active_at: dict[int, float] = {}
+        #: where the scoring stands on each assigned partition (idle past the config's
+        #: ``idle_flush_ms``, a partition holds nothing back)
+        self._progress = ScoringProgress()
         self._locate: set[int] = set()
         #: drop counters at the last checkpoint: what grew since is logged as a warning
         self._dropped_seen: dict[str, int] = {}
         self._dirty = False
         self._last_save = time.monotonic()
-        self._consumer: Any = None
         self._lock: int | None = None
 
     @property
     def model_id(self) -> str:
         return self.candidate.model_id
+
+    @property
+    def labels_next(self) -> dict[int, int]:
+        """Per partition, the next label offset to read: the reader's, checkpointed."""
+        return self.labels.next
+
+    @property
+    def bad_labels(self) -> int:
+        """Labels not decodable or without a value: they teach nothing."""
+        return self.labels.bad
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -221,7 +220,7 @@ class OnlineLearner:
         store = ckpt.store
         store.cap, store.horizon_ms = self.settings.cap, self.settings.horizon_ms
         self.store = store
-        self.labels_next = dict(ckpt.labels_next)
+        self.labels.next = dict(ckpt.labels_next)
         self.requests_next = dict(ckpt.requests_next)
         for label_ms, x, y in ckpt.held:
             self._held.hold(x, y, label_ms)
@@ -245,24 +244,9 @@ class OnlineLearner:
         )
         return restored
 
-    def open(self, error_cb: Any) -> None:
-        conf = client_config(self.cfg, error_cb=error_cb)
-        conf.update(
-            {
-                # never subscribes nor commits: the group id only names the client
-                "group.id": f"{self.cfg.prefix}.learner.{self.model_id}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
-        )
-        try:
-            self._consumer = Consumer(conf)
-        except (KafkaException, ValueError, TypeError) as exc:
-            raise UnderstudyError(
-                f"learner {self.model_id}: cannot create its consumer: {exc}"
-            ) from None
+    def open(self, error_cb: Callable[[KafkaError], None]) -> None:
+        """Create the labels consumer (``error_cb``: the worker's, for both its clients)."""
+        self.labels.open(error_cb)
 
     def close(self, lanes: Lanes | None) -> None:
         """A last checkpoint (when the lane is free), then close the labels consumer."""
@@ -272,11 +256,9 @@ class OnlineLearner:
         except CheckpointError as exc:
             log.error("learner %s: %s", self.model_id, exc)
         finally:
-            consumer, self._consumer = self._consumer, None
             held, self._lock = self._lock, None
             try:
-                if consumer is not None:
-                    consumer.close()
+                self.labels.close()
             finally:
                 if held is not None:
                     os.close(held)
@@ -290,18 +272,16 @@ class OnlineLearner:
             self._assigned.add(p)
             self._revoked.discard(p)
             self._locate.add(p)
-            self._active_at[p] = time.monotonic()
-            if p in self.labels_next:
+            self._progress.assigned(p, time.monotonic())
+            if p in self.labels.next:
                 self._settle.add(p)
             else:
                 self._fresh.add(p)
         for p in sorted(self._revoked):  # taken away for good: another worker learns there
             dropped = self.store.drop_partition(p)
-            self.labels_next.pop(p, None)
+            self.labels.next.pop(p, None)
             self.requests_next.pop(p, None)
-            self._next.pop(p, None)
-            self._scored_ms.pop(p, None)
-            self._active_at.pop(p, None)
+            self._progress.forget(p)
             log.info("learner %s: partition %d gone, %d entries dropped", self.model_id, p, dropped)
             self._dirty = True
         self._revoked.clear()
@@ -309,15 +289,9 @@ class OnlineLearner:
     def on_revoke(self, partitions: Sequence[int]) -> None:
         """Stop reading those partitions' labels; their state waits for the next assignment."""
         gone = [p for p in partitions if p in self._assigned]
-        reading = [TopicPartition(self.topics.labels, p) for p in gone if p in self._reading]
-        if reading and self._consumer is not None:
-            try:
-                self._consumer.incremental_unassign(reading)
-            except KafkaException as exc:
-                log.warning("learner %s: unassigning labels failed: %s", self.model_id, exc)
+        self.labels.unassign(gone)
         for p in gone:
             self._assigned.discard(p)
-            self._reading.discard(p)
             self._fresh.discard(p)
             self._settle.discard(p)
             self._revoked.add(p)
@@ -328,7 +302,7 @@ class OnlineLearner:
 
         Called between batches, before the next one is scored: the group's committed offset
         of each such partition is then where scoring resumes."""
-        if not self._locate or self._consumer is None:
+        if not self._locate or not self.labels.is_open:
             return
         located = sorted(self._locate)
         self._locate.clear()
@@ -344,7 +318,7 @@ class OnlineLearner:
                 low, _ = requests_consumer.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=KAFKA_CALL_S
                 )
-                self._next[p] = max(committed.get(p, -1), low)
+                self._progress.resumes_at(p, max(committed.get(p, -1), low))
         except KafkaException as exc:
             log.warning(
                 "learner %s: cannot read the committed offsets of %s (%s): no refill (the "
@@ -362,111 +336,28 @@ class OnlineLearner:
             start = self.requests_next.get(p)
             if start is not None and end > start:
                 self._refill(p, max(start, end - self.store.cap), end)
-        self._read_labels({p: self.labels_next[p] for p in parts})
+        self.labels.assign({p: self.labels.next[p] for p in parts})
 
     def _refill(self, partition: int, start: int, end: int) -> None:
-        """Requests ``[start, end)`` of a partition, scored before a restart (their answers are
-        out), back into the store: their labels can then be learned."""
-        reader = Consumer(
-            client_config(
-                self.cfg,
-                **{
-                    "group.id": f"{self.cfg.prefix}.learner.refill",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                },
-            )
+        """Requests ``[start, end)`` of a partition, scored before a restart, back into the
+        store (:func:`streams.learning.refill.refill`)."""
+        added, last = refill(
+            self.cfg, self.model_id, self._decode, self.store, self._held, partition, start, end
         )
-        added = 0
-        try:
-            for msg in read_range(
-                reader, self.topics.requests, partition, start, end, KAFKA_CALL_S
-            ):
-                offset = msg.offset()
-                try:
-                    r = self._decode("Request", msg.value())
-                except SchemaError:
-                    continue  # the worker dead-lettered it: it has no features to learn from
-                if not r["request_id"] or not msg.key():
-                    continue
-                x = {**r["numeric_features"], **r["categorical_features"]}
-                pair = self.store.add(partition, r["request_id"], r["event_time"], x)
-                if pair is not None:
-                    self._hold(pair)
-                added += 1
-                if offset is not None:
-                    self.requests_next[partition] = offset + 1
-        except (UnderstudyError, KafkaException) as exc:
-            log.warning(
-                "learner %s: refilling partition %d stopped after %d requests: %s",
-                self.model_id,
-                partition,
-                added,
-                exc,
-            )
-        finally:
-            reader.close()
+        if last is not None:
+            self.requests_next[partition] = last
         self.refilled += added
         self._dirty = True
-        log.warning(
-            "learner %s: partition %d refilled with %d requests scored before the restart "
-            "(offsets %d-%d)",
-            self.model_id,
-            partition,
-            added,
-            start,
-            end - 1,
-        )
-
-    def _read_labels(self, offsets: dict[int, int]) -> None:
-        if not offsets:
-            return
-        assert self._consumer is not None
-        tps = [TopicPartition(self.topics.labels, p, o) for p, o in sorted(offsets.items())]
-        self._consumer.incremental_assign(tps)
-        self._reading.update(offsets)
-        self.labels_next.update(offsets)
-
-    def _first_labels(self, stamps: dict[int, int]) -> None:
-        """Position fresh partitions at the labels stamped from their first scored request
-        (less :data:`LABEL_SLACK_MS`); the end of the topic when there are none yet."""
-        assert self._consumer is not None
-        now = int(time.time() * 1000)
-        wanted = [
-            TopicPartition(
-                self.topics.labels,
-                p,
-                (ts if ts > 0 else now - self.settings.horizon_ms) - LABEL_SLACK_MS,
-            )
-            for p, ts in sorted(stamps.items())
-        ]
-        found = self._consumer.offsets_for_times(wanted, timeout=KAFKA_CALL_S)
-        offsets: dict[int, int] = {}
-        for tp in found:
-            offset = tp.offset
-            if offset < 0:  # no label stamped that late yet: start at the end
-                offset = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topics.labels, tp.partition), timeout=KAFKA_CALL_S
-                )[1]
-            offsets[tp.partition] = offset
-        self._read_labels(offsets)
 
     # -- the work between batches ------------------------------------------------------
 
     def after_batch(self, batch: ScoredBatch) -> None:
         """The delivered batch's requests this candidate scored go to the store."""
-        self._next.update(batch.consumed)
-        now = time.monotonic()
-        for p in batch.consumed:
-            self._active_at[p] = now
-        scored_ms = self._scored_ms
-        for p, t in zip(batch.partitions, batch.event_times, strict=True):
-            if t > scored_ms.get(p, -1):
-                scored_ms[p] = t
+        self._progress.scored(batch.consumed, batch.partitions, batch.event_times, time.monotonic())
         if self.model_id in batch.skipped:
             return
         first: dict[int, int] = {}
-        store, hold, nxt = self.store, self._hold, self.requests_next
+        store, hold, nxt = self.store, self._held.hold, self.requests_next
         for rid, x, p, off, t, stamp in zip(
             batch.ids,
             batch.features,
@@ -480,12 +371,12 @@ class OnlineLearner:
                 first[p] = min(first.get(p, stamp), stamp)
             pair = store.add(p, rid, t, x)
             if pair is not None:
-                hold(pair)
+                hold(*pair)
             nxt[p] = off + 1
         if first:
             self._fresh.difference_update(first)
             try:
-                self._first_labels(first)
+                self.labels.assign_from_times(first, self.settings.horizon_ms)
             except KafkaException as exc:
                 # their labels wait: positioned again on the partitions' next batch
                 self._fresh.update(first)
@@ -499,40 +390,15 @@ class OnlineLearner:
 
     def poll(self) -> int:
         """Read the labels that are there (no wait); pair them. Returns how many were read."""
-        if not self._reading or self._consumer is None:
-            return 0
-        messages = self._consumer.consume(num_messages=LABELS_PER_POLL, timeout=0)
-        read = 0
-        store, hold, decode = self.store, self._hold, self._decode
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                CLIENT_LOG.error_cb(err)
-                continue
-            p, offset = msg.partition(), msg.offset()
-            if p is None or offset is None or p not in self._reading:
-                continue
-            self.labels_next[p] = offset + 1
-            read += 1
-            try:
-                label = decode("Label", msg.value())
-            except SchemaError:
-                self.bad_labels += 1  # the joiner dead-letters it; here it teaches nothing
-                continue
-            y = label["value"] if label["value"] is not None else label["label"]
-            if y is None or not label["request_id"]:
-                self.bad_labels += 1
-                continue
-            pair = store.label(p, label["request_id"], label["event_time"], y)
+        read, labels = self.labels.poll()
+        store, hold = self.store, self._held.hold
+        for p, rid, label_ms, y in labels:
+            pair = store.label(p, rid, label_ms, y)
             if pair is not None:
-                hold(pair)
+                hold(*pair)
         if read:
             self._dirty = True
         return read
-
-    def _hold(self, pair: tuple[Features, Any, int]) -> None:
-        x, y, label_ms = pair
-        self._held.hold(x, y, label_ms)
 
     def release(self, requests_consumer: Any) -> None:
         """Hand to :meth:`learn` the pairs whose label's event time the scoring has passed.
@@ -549,7 +415,8 @@ class OnlineLearner:
             self._ready += self._held.release(self._frontier(requests_consumer))
 
     def _frontier(self, consumer: Any) -> float:
-        """:func:`streams.learning.timeorder.frontier` of the assigned partitions."""
+        """:meth:`streams.learning.timeorder.ScoringProgress.frontier` of the assigned
+        partitions, with the high watermarks the worker's consumer last fetched."""
         topic = self.topics.requests
 
         def high(p: int) -> int:
@@ -559,16 +426,8 @@ class OnlineLearner:
                 return -1
             return int(h)
 
-        progress = (
-            PartitionProgress(
-                self._next.get(p),
-                high(p) if self._next.get(p) is not None else -1,
-                self._active_at.get(p, 0.0),
-                self._scored_ms.get(p),
-            )
-            for p in self._assigned
-        )
-        return frontier(progress, time.monotonic() - self.cfg.idle_flush_ms / 1000.0)
+        idle_before = time.monotonic() - self.cfg.idle_flush_ms / 1000.0
+        return self._progress.frontier(self._assigned, high, idle_before)
 
     def learn(self, lanes: Lanes) -> None:
         """``learn_one`` on every ready pair, on the candidate's lane; kept when it is busy."""
@@ -622,7 +481,7 @@ class OnlineLearner:
             prefix=self.cfg.prefix,
             model=self.candidate.model,
             store=self.store,
-            labels_next=dict(self.labels_next),
+            labels_next=dict(self.labels.next),
             requests_next=dict(self.requests_next),
             held=self._held.items(),
             learned=self.learned,

@@ -8,8 +8,10 @@ partition that still has requests to read has scored past the label's event time
 (:func:`frontier`), and only then released to be learned.
 
 Plain code on plain numbers, so the rule is unit-tested without Kafka
-(tests/unit/test_learning.py); :class:`streams.learning.learner.OnlineLearner` feeds it
-the consumer's positions and high watermarks.
+(tests/unit/test_learning.py): :class:`ScoringProgress` keeps each partition's position
+from what :class:`streams.learning.learner.OnlineLearner` tells it (assignments, where
+scoring resumes, the batches scored), and is handed the high watermarks, which only the
+worker's consumer knows, when the frontier is asked for.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HeldPairs", "PartitionProgress", "frontier"]
+__all__ = ["HeldPairs", "PartitionProgress", "ScoringProgress", "frontier"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,68 @@ def frontier(partitions: Iterable[PartitionProgress], idle_before: float) -> flo
             continue
         limit = min(limit, -math.inf if p.scored_ms is None else p.scored_ms)
     return limit
+
+
+class ScoringProgress:
+    """Where the worker stands on each partition it was assigned: the
+    :class:`PartitionProgress` that :func:`frontier` reads, but for the high watermark."""
+
+    def __init__(self) -> None:
+        #: per partition: the offset after the last message consumed (None: not known,
+        #: never holds learning back), and the latest event time scored there
+        self._next: dict[int, int | None] = {}
+        self._scored_ms: dict[int, int] = {}
+        #: per partition: monotonic time it last gave the worker a message (or was
+        #: assigned); idle past ``idle_before``, it holds nothing back
+        self._active_at: dict[int, float] = {}
+
+    def assigned(self, partition: int, now: float) -> None:
+        """The partition was (re)assigned at ``now``: it counts as active from then."""
+        self._active_at[partition] = now
+
+    def resumes_at(self, partition: int, offset: int) -> None:
+        """Scoring of the partition goes on from ``offset`` (its committed position)."""
+        self._next[partition] = offset
+
+    def scored(
+        self,
+        consumed: dict[int, int],
+        partitions: Sequence[int],
+        event_times: Sequence[int],
+        now: float,
+    ) -> None:
+        """A batch was scored: per partition the offset after its last message, and each
+        request's partition and event time."""
+        self._next.update(consumed)
+        for p in consumed:
+            self._active_at[p] = now
+        scored_ms = self._scored_ms
+        for p, t in zip(partitions, event_times, strict=True):
+            if t > scored_ms.get(p, -1):
+                scored_ms[p] = t
+
+    def forget(self, partition: int) -> None:
+        """The partition is gone for good (another worker scores it)."""
+        self._next.pop(partition, None)
+        self._scored_ms.pop(partition, None)
+        self._active_at.pop(partition, None)
+
+    def frontier(
+        self, partitions: Iterable[int], high: Callable[[int], int], idle_before: float
+    ) -> float:
+        """:func:`frontier` of ``partitions``; ``high(p)``: a partition's high watermark
+        (-1: not known), asked only of those whose position is known."""
+        nxt, active_at, scored_ms = self._next, self._active_at, self._scored_ms
+        progress = (
+            PartitionProgress(
+                nxt.get(p),
+                high(p) if nxt.get(p) is not None else -1,
+                active_at.get(p, 0.0),
+                scored_ms.get(p),
+            )
+            for p in partitions
+        )
+        return frontier(progress, idle_before)
 
 
 class HeldPairs:

@@ -719,9 +719,11 @@ def test_a_candidate_past_its_budget_does_not_delay_the_other(
     batches: list[tuple[float, list[str]]] = []
     score = worker._score
 
-    def timed_score(requests: list[dict], partitions: list[int], stamps: list[int]) -> None:
+    def timed_score(
+        requests: list[dict], partitions: list[int], stamps: list[int]
+    ) -> tuple[list[dict], frozenset[str]]:
         batches.append((time.monotonic(), [r["request_id"] for r in requests]))
-        score(requests, partitions, stamps)
+        return score(requests, partitions, stamps)
 
     worker._score = timed_score  # type: ignore[method-assign]
     try:

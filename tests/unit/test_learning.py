@@ -29,7 +29,7 @@ from streams.learning import (
     checkpoint_path,
 )
 from streams.learning.checkpoint import load, save
-from streams.learning.timeorder import HeldPairs, PartitionProgress, frontier
+from streams.learning.timeorder import HeldPairs, PartitionProgress, ScoringProgress, frontier
 from streams.models import Candidate
 from streams.schemas import default_codec
 
@@ -242,7 +242,7 @@ def test_learn_one_runs_on_the_candidates_lane_errors_counted(tmp_path: Path) ->
         for rid, y in (("a", 10.0), ("b", -1.0), ("c", 30.0)):
             pair = learner.store.label(0, rid, 2_000, y)
             assert pair is not None
-            learner._hold(pair)
+            learner._held.hold(*pair)
         learner.release(None)  # no partition assigned: nothing holds learning back
         learner.learn(lanes)
     finally:
@@ -367,3 +367,28 @@ def test_time_order_a_partition_behind_holds_learning_back_until_it_is_scored_pa
     assert sorted(ms for ms, _, _ in held.items()) == [2_000, 3_000]  # what a checkpoint keeps
     assert [y for _, y in held.release(float("inf"))] == ["b", "c"]
     assert len(held) == 0
+
+
+def test_scoring_progress_keeps_each_partitions_position_for_the_frontier() -> None:
+    """What the learner tells it (assignments, resumes, scored batches, partitions gone) is
+    what :func:`frontier` sees; the high watermark is asked only of known positions."""
+    now = 100.0
+    progress = ScoringProgress()
+    asked: list[int] = []
+
+    def high(p: int) -> int:
+        asked.append(p)
+        return 500
+
+    for p in (0, 1, 2):
+        progress.assigned(p, now)
+    progress.resumes_at(0, 10)  # known position, nothing scored yet: holds everything back
+    assert progress.frontier([0, 1, 2], high, idle_before=now - 3) == float("-inf")
+    assert asked == [0]  # 1 and 2 have no position: they hold nothing back
+    progress.scored({0: 20, 1: 30}, [0, 0, 1], [1_000, 4_000, 2_000], now)
+    assert progress.frontier([0, 1, 2], high, idle_before=now - 3) == 2_000
+    progress.scored({1: 500}, [1], [1_500], now)  # read to its end; an older time is no step back
+    assert progress.frontier([0, 1], high, idle_before=now - 3) == 4_000
+    assert progress.frontier([0, 1], high, idle_before=now + 1) == float("inf")  # both idle
+    progress.forget(0)
+    assert progress.frontier([0, 1], high, idle_before=now - 3) == float("inf")
