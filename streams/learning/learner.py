@@ -78,6 +78,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Seconds between checkpoints, by default (and one more when the worker stops).
+AT_END_SETTLE_S = 1.0
+"""How long a partition read to its end must have been quiet before it stops holding
+learning back (:func:`streams.learning.timeorder.frontier`): longer than a fetch waits
+(librdkafka's ``fetch.wait.max.ms``, 500 ms by default), so a request produced before a
+label is fetched and scored before the label is learned."""
 DEFAULT_CHECKPOINT_S = 30.0
 #: Bound on a checkpoint's pickling, on the candidate's lane.
 PICKLE_TIMEOUT_S = 60.0
@@ -409,7 +414,7 @@ class OnlineLearner:
         reach the model before it answers older requests of the others, which a model
         running live could not have known. So a pair waits until every assigned partition
         that still has requests to read has scored past its label's event time; partitions
-        read to their end hold nothing back, so a live worker learns at once.
+        read to their end and quiet for :data:`AT_END_SETTLE_S` hold nothing back.
         """
         if self._held:
             self._ready += self._held.release(self._frontier(requests_consumer))
@@ -426,8 +431,10 @@ class OnlineLearner:
                 return -1
             return int(h)
 
-        idle_before = time.monotonic() - self.cfg.idle_flush_ms / 1000.0
-        return self._progress.frontier(self._assigned, high, idle_before)
+        now = time.monotonic()
+        idle_before = now - self.cfg.idle_flush_ms / 1000.0
+        settled_before = now - AT_END_SETTLE_S
+        return self._progress.frontier(self._assigned, high, idle_before, settled_before)
 
     def learn(self, lanes: Lanes) -> None:
         """``learn_one`` on every ready pair, on the candidate's lane; kept when it is busy."""

@@ -40,20 +40,32 @@ class PartitionProgress:
     scored_ms: int | None
 
 
-def frontier(partitions: Iterable[PartitionProgress], idle_before: float) -> float:
+def frontier(
+    partitions: Iterable[PartitionProgress],
+    idle_before: float,
+    settled_before: float = math.inf,
+) -> float:
     """The event time every partition with requests still to read has scored past.
 
     A partition holds nothing back when its position is unknown, when it gave the worker
     nothing since ``idle_before`` (idleness, as the joiner's watermarks have it, Flink's
     ``withIdleness``: a transactional producer's last commit marker is an offset no
-    message is ever returned for), or when it is read to its end. ``inf`` when none holds
-    anything back: a live worker learns at once.
+    message is ever returned for), or when it is read to its end and gave the worker
+    nothing since ``settled_before``. ``inf`` when none holds anything back.
+
+    Why "settled": the high watermark is the one of the consumer's last fetch, so "read to
+    its end" can be stale by a fetch. Under live traffic a request produced just before a
+    label could still be on its way, and a label learned at once reached the model before
+    it answered that request (a CI run: 7 of 200 requests served before the first label
+    got a learned answer). A partition that keeps getting requests therefore holds learning
+    back until it is scored past the label; one quiet for a little longer than a fetch
+    takes does not.
     """
     limit = math.inf
     for p in partitions:
         if p.next_offset is None or p.active_at < idle_before:
             continue
-        if 0 <= p.high <= p.next_offset:
+        if 0 <= p.high <= p.next_offset and p.active_at < settled_before:
             continue
         limit = min(limit, -math.inf if p.scored_ms is None else p.scored_ms)
     return limit
@@ -104,7 +116,11 @@ class ScoringProgress:
         self._active_at.pop(partition, None)
 
     def frontier(
-        self, partitions: Iterable[int], high: Callable[[int], int], idle_before: float
+        self,
+        partitions: Iterable[int],
+        high: Callable[[int], int],
+        idle_before: float,
+        settled_before: float = math.inf,
     ) -> float:
         """:func:`frontier` of ``partitions``; ``high(p)``: a partition's high watermark
         (-1: not known), asked only of those whose position is known."""
@@ -118,7 +134,7 @@ class ScoringProgress:
             )
             for p in partitions
         )
-        return frontier(progress, idle_before)
+        return frontier(progress, idle_before, settled_before)
 
 
 class HeldPairs:

@@ -369,6 +369,19 @@ def test_time_order_a_partition_behind_holds_learning_back_until_it_is_scored_pa
     assert len(held) == 0
 
 
+def test_time_order_a_partition_read_to_its_end_holds_back_until_it_has_settled() -> None:
+    """ "Read to its end" comes from the last fetch's high watermark, which can be stale by a
+    fetch: a partition still getting requests holds learning back until scored past the
+    label (a CI run learned a label before 7 requests served earlier were answered); one
+    quiet since ``settled_before`` does not."""
+    now = 100.0
+    busy_ahead = PartitionProgress(next_offset=400, high=500, active_at=now, scored_ms=9_000)
+    just_read = PartitionProgress(next_offset=500, high=500, active_at=now - 0.2, scored_ms=1_000)
+    settled = PartitionProgress(next_offset=500, high=500, active_at=now - 1.5, scored_ms=1_000)
+    assert frontier([just_read, busy_ahead], idle_before=now - 3, settled_before=now - 1) == 1_000
+    assert frontier([settled, busy_ahead], idle_before=now - 3, settled_before=now - 1) == 9_000
+
+
 def test_scoring_progress_keeps_each_partitions_position_for_the_frontier() -> None:
     """What the learner tells it (assignments, resumes, scored batches, partitions gone) is
     what :func:`frontier` sees; the high watermark is asked only of known positions."""
