@@ -154,7 +154,11 @@ def test_checkpoint_round_trip_keeps_the_model_and_the_store(tmp_path: Path) -> 
     save(path, pickle.dumps(ckpt))
     back = load(path, "river learn@1", "p")
     assert back is not None
-    assert [back.model.predict_one(x) for x in probes()] == [model.predict_one(x) for x in probes()]
+    # to 1e-12, not exactly: river sums over sets, and a set rebuilt by pickle may iterate in
+    # another order (a CI run differed in the last bit: 565.6583588591668 against ...669)
+    assert [back.model.predict_one(x) for x in probes()] == pytest.approx(
+        [model.predict_one(x) for x in probes()], rel=1e-12
+    )
     assert back.labels_next == {2: 10, 3: 4} and back.requests_next == {2: 99}
     assert back.learned == 300 and len(back.store) == 1 and back.store.early_labels == 1
     assert back.store.stats == store.stats
@@ -267,7 +271,7 @@ def test_a_restored_learner_answers_as_the_checkpointed_one(tmp_path: Path) -> N
     fresh, lanes2 = learner_for(pretrained(events=500), tmp_path)
     lanes2.close()
     cand = fresh.restore()
-    assert [cand.model.predict_one(x) for x in probes()] == before
+    assert [cand.model.predict_one(x) for x in probes()] == pytest.approx(before, rel=1e-12)
     assert fresh.candidate is cand and fresh.learned == 300 and fresh.restores == 1
     assert fresh.labels_next == {0: 42} and fresh.requests_next == {0: 1} and len(fresh.store) == 1
 
