@@ -118,6 +118,10 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     # A bounded wait for acknowledgements, so an unreachable broker surfaces as an error
     # within a minute instead of librdkafka's five.
     "message.timeout.ms": 60_000,
+    # Only failures come back to Python (:meth:`ShadowWorker._on_delivery` keeps nothing
+    # else): a report per success cost a Message object and a call per prediction.
+    # Completion is still known: ``flush`` waits for every message's outcome either way.
+    "delivery.report.only.error": True,
 }
 
 #: ``transaction.timeout.ms`` of an exactly-once worker (the user's option wins): how long

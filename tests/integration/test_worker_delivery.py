@@ -151,8 +151,10 @@ import time
 
 
 def slow(xs):
-    '''50 ms a batch of 100: two workers take seconds over the data, so one dies mid-run.'''
-    time.sleep(0.05)
+    '''150 ms a batch of 100: two workers take ~8 s over the data, so one dies mid-run
+    even when the test's own offset checks are slow (with 50 ms the run took ~2.5 s, and
+    this test failed once on a loaded machine, cause not recorded).'''
+    time.sleep(0.15)
     return [1.0] * len(xs)
 """
 
