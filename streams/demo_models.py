@@ -113,7 +113,7 @@ class RidgePriceModel(LinearPriceModel):
             dtype=np.float64,
         )
         prices = np.maximum(self.intercept + matrix @ coef + offsets, _FLOOR)
-        return prices.tolist()  # type: ignore[no-any-return]
+        return prices.tolist()
 
 
 class TreePriceModel:
