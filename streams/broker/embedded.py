@@ -107,10 +107,17 @@ def status(home: Path | None = None, timeout: float = 5.0) -> BrokerInfo | None:
     return info if answers(_probe_address(record, info), timeout) else None
 
 
+DEFAULT_HEAP = "1G"
+"""The JVM's -Xmx, as Apache Kafka's own start script. Topics pile up in a reused broker
+home (every demo run and test makes a fresh prefix), and broker heap grows with partitions:
+a 512M broker whose home had piled up 12,303 partition directories ran out of heap under a
+benchmark's load (java.lang.OutOfMemoryError in its log, metadata requests failing)."""
+
+
 def start(
     port: int | None = None,
     home: Path | None = None,
-    heap: str = "512M",
+    heap: str = DEFAULT_HEAP,
     progress: Progress | None = None,
     timeout: float = 90.0,
     security: BrokerSecurity | None = None,
