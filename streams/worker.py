@@ -594,14 +594,10 @@ class ShadowWorker:
             on_delivery = self._on_delivery
             for value, key, partition, stamp in zip(values, keys, partitions, stamps, strict=True):
                 try:
-                    produce(
-                        topic,
-                        value,
-                        key,
-                        partition=partition,
-                        timestamp=stamp,
-                        on_delivery=on_delivery,
-                    )
+                    # positional (topic, value, key, partition, callback, on_delivery,
+                    # timestamp), as confluent-kafka declares them: its keyword parsing cost
+                    # 0.4 us of a 1.0 us call, twice per request
+                    produce(topic, value, key, partition, on_delivery, None, stamp)
                 except (BufferError, KafkaException):
                     # a full local queue or a client error: the slow path waits or says why
                     self._produce(topic, value, key, partition, stamp)

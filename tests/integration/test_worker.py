@@ -322,15 +322,17 @@ class LossyProducer:
         self.fail = fail
         self.reports: list[tuple[Callable[..., None], FakeMessage]] = []
 
-    def produce(
+    def produce(  # confluent-kafka's signature: the worker passes its arguments by position
         self,
         topic: str,
         value: bytes,
         key: Any,
-        partition: int,
-        on_delivery: Any,
+        partition: int = -1,
+        callback: Any = None,
+        on_delivery: Any = None,
         timestamp: int = 0,
     ) -> None:
+        on_delivery = callback or on_delivery
         if topic == self.topic and self.fail > 0:
             self.fail -= 1
             failed = FakeMessage(topic, partition, key, value, timestamp)
@@ -485,15 +487,7 @@ class Unacknowledged:
         self.pending = 0
         self.purged = False
 
-    def produce(
-        self,
-        topic: str,
-        value: bytes,
-        key: Any,
-        partition: int,
-        on_delivery: Any,
-        timestamp: int = 0,
-    ) -> None:
+    def produce(self, topic: str, *_: Any, **__: Any) -> None:
         self.pending += 1
 
     def flush(self, timeout: float) -> int:
