@@ -56,13 +56,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+
+from streams.metrics.buckets import BucketSketch, log_powers
 
 __all__ = ["QuantileSketch"]
 
@@ -110,23 +111,7 @@ def _place(grid: _Layout, arr: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
 
 @lru_cache(maxsize=32)
 def _layout(alpha: float, min_value: float, max_value: float) -> _Layout:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    if not (0.0 < min_value < max_value and math.isfinite(max_value)):
-        raise ValueError(
-            f"need 0 < min_value < max_value < inf, got min_value={min_value!r}, "
-            f"max_value={max_value!r}"
-        )
-    gamma = (1.0 + alpha) / (1.0 - alpha)
-    ups = [1.0]
-    while ups[-1] < max_value:
-        ups.append(ups[-1] * gamma)
-    downs = [1.0]
-    while downs[-1] >= min_value:
-        downs.append(downs[-1] / gamma)
-    powers = downs[:0:-1] + ups  # increasing; powers[0] < min_value, powers[-1] >= max_value
-    lo = bisect.bisect_left(powers, min_value)  # powers[lo - 1] < min_value <= powers[lo]
-    hi = bisect.bisect_left(powers, max_value)  # powers[hi - 1] < max_value <= powers[hi]
+    gamma, powers, lo, hi = log_powers(alpha, min_value, max_value)
     inner = powers[lo:hi]  # the log boundaries strictly inside [min_value, max_value)
     # Positive log buckets: [min_value, p_lo], (p_lo, p_lo+1], ..., (p_hi-1, max_value];
     # negative ones mirror them: [-max_value, -p_hi-1], ..., (-p_lo, -min_value]; the zero
@@ -161,7 +146,7 @@ def _layout(alpha: float, min_value: float, max_value: float) -> _Layout:
     )
 
 
-class QuantileSketch:
+class QuantileSketch(BucketSketch):
     """Relative-error quantile sketch of signed values, merged by adding count arrays.
 
     ``counts`` is an int64 array of ``n_buckets``, in value order:
@@ -210,22 +195,8 @@ class QuantileSketch:
         DEFAULT_ALPHA, DEFAULT_MIN_VALUE, DEFAULT_MAX_VALUE
     ).values.size
 
-    __slots__ = ("_grid", "alpha", "counts", "gamma", "max_value", "min_value", "n_buckets")
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __init__(
-        self,
-        alpha: float = DEFAULT_ALPHA,
-        min_value: float = DEFAULT_MIN_VALUE,
-        max_value: float = DEFAULT_MAX_VALUE,
-    ) -> None:
-        self.alpha = float(alpha)
-        self.min_value = float(min_value)
-        self.max_value = float(max_value)
-        self._grid = _layout(self.alpha, self.min_value, self.max_value)
-        self.gamma = self._grid.gamma
-        self.n_buckets = int(self._grid.values.size)
-        self.counts: npt.NDArray[np.int64] = np.zeros(self.n_buckets, dtype=np.int64)
+    __slots__ = ()
+    _make_layout = staticmethod(_layout)
 
     @property
     def edges(self) -> npt.NDArray[np.float64]:
@@ -240,11 +211,6 @@ class QuantileSketch:
     def values(self) -> npt.NDArray[np.float64]:
         """What :meth:`quantile` reports for each bucket (read-only)."""
         return self._grid.values
-
-    @property
-    def count(self) -> int:
-        """How many values were added (clamped ones included)."""
-        return int(self.counts.sum())
 
     @property
     def zeros(self) -> int:
@@ -337,19 +303,6 @@ class QuantileSketch:
             sketch.counts[start : start + width] += row
         return [0] * k
 
-    def merge(self, other: QuantileSketch) -> None:
-        """Add another sketch's counts into this one.
-
-        Raises
-        ------
-        ValueError
-            If the two sketches have different parameters (their buckets differ).
-        """
-        if not isinstance(other, QuantileSketch):
-            raise TypeError(f"cannot merge {type(other).__name__} into QuantileSketch")
-        self._check_same(other)
-        self.counts += other.counts
-
     def copy(self) -> QuantileSketch:
         """An independent sketch with the same parameters and counts."""
         out = QuantileSketch(self.alpha, self.min_value, self.max_value)
@@ -411,58 +364,3 @@ class QuantileSketch:
             return math.nan
         bucket = bisect.bisect_left(self._grid.edge_list, float(x))
         return int(self.counts[: bucket + 1].sum()) / n
-
-    def to_sparse(self) -> tuple[list[int], list[int]]:
-        """The nonzero buckets as ``(indices, counts)`` (Avro ``array<int>``, ``array<long>``)."""
-        index = np.flatnonzero(self.counts)
-        return index.tolist(), self.counts[index].tolist()
-
-    @classmethod
-    def from_sparse(
-        cls,
-        indices: Sequence[int],
-        counts: Sequence[int],
-        alpha: float = DEFAULT_ALPHA,
-        min_value: float = DEFAULT_MIN_VALUE,
-        max_value: float = DEFAULT_MAX_VALUE,
-    ) -> QuantileSketch:
-        """The inverse of :meth:`to_sparse`; repeated indices add up.
-
-        Raises
-        ------
-        ValueError
-            If the lists differ in length, an index is out of range or a count is negative.
-        """
-        out = cls(alpha, min_value, max_value)
-        index = np.asarray(indices, dtype=np.int64)
-        count = np.asarray(counts, dtype=np.int64)
-        if index.shape != count.shape or index.ndim != 1:
-            raise ValueError("indices and counts must be flat sequences of the same length")
-        if index.size and (index.min() < 0 or index.max() >= out.n_buckets):
-            raise ValueError(f"bucket index out of range [0, {out.n_buckets})")
-        if index.size and count.min() < 0:
-            raise ValueError("bucket counts must be >= 0")
-        np.add.at(out.counts, index, count)
-        return out
-
-    def params(self) -> tuple[float, float, float]:
-        """``(alpha, min_value, max_value)``: sketches merge only with equal parameters."""
-        return (self.alpha, self.min_value, self.max_value)
-
-    def _check_same(self, other: QuantileSketch) -> None:
-        if self.params() != other.params():
-            raise ValueError(
-                f"sketches with (alpha, min_value, max_value) = {other.params()} and "
-                f"{self.params()} have different buckets"
-            )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, QuantileSketch):
-            return NotImplemented
-        return self.params() == other.params() and bool(np.array_equal(self.counts, other.counts))
-
-    def __repr__(self) -> str:
-        return (
-            f"QuantileSketch(alpha={self.alpha!r}, min_value={self.min_value!r}, "
-            f"max_value={self.max_value!r}, count={self.count})"
-        )

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+
+from streams.metrics.buckets import BucketSketch, log_powers
 
 __all__ = ["LatencySketch"]
 
@@ -43,23 +44,7 @@ class _Layout:
 
 @lru_cache(maxsize=32)
 def _layout(alpha: float, min_value: float, max_value: float) -> _Layout:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    if not (0.0 < min_value < max_value and math.isfinite(max_value)):
-        raise ValueError(
-            f"need 0 < min_value < max_value < inf, got min_value={min_value!r}, "
-            f"max_value={max_value!r}"
-        )
-    gamma = (1.0 + alpha) / (1.0 - alpha)
-    ups = [1.0]
-    while ups[-1] < max_value:
-        ups.append(ups[-1] * gamma)
-    downs = [1.0]
-    while downs[-1] >= min_value:
-        downs.append(downs[-1] / gamma)
-    powers = downs[:0:-1] + ups  # increasing; powers[0] < min_value, powers[-1] >= max_value
-    lo = bisect.bisect_left(powers, min_value)  # powers[lo - 1] < min_value <= powers[lo]
-    hi = bisect.bisect_left(powers, max_value)  # powers[hi - 1] < max_value <= powers[hi]
+    gamma, powers, lo, hi = log_powers(alpha, min_value, max_value)
     edge_list = [math.nextafter(min_value, 0.0), *powers[lo:hi], max_value]
     # A log bucket (powers[k-1], powers[k]] reports the harmonic mean of its bounds, the
     # point whose relative distance to both ends is the same, (gamma-1)/(gamma+1) = alpha.
@@ -73,7 +58,7 @@ def _layout(alpha: float, min_value: float, max_value: float) -> _Layout:
     return _Layout(gamma=gamma, edges=edges, edge_list=edge_list, values=values)
 
 
-class LatencySketch:
+class LatencySketch(BucketSketch):
     """Relative-error quantile sketch over a fixed range, merged by adding count arrays.
 
     Values are latencies in milliseconds. ``counts`` is an int64 array of ``n_buckets``:
@@ -119,26 +104,8 @@ class LatencySketch:
         DEFAULT_ALPHA, DEFAULT_MIN_VALUE, DEFAULT_MAX_VALUE
     ).values.size
 
-    __slots__ = ("_grid", "alpha", "counts", "gamma", "max_value", "min_value", "n_buckets")
-
-    def __init__(
-        self,
-        alpha: float = DEFAULT_ALPHA,
-        min_value: float = DEFAULT_MIN_VALUE,
-        max_value: float = DEFAULT_MAX_VALUE,
-    ) -> None:
-        self.alpha = float(alpha)
-        self.min_value = float(min_value)
-        self.max_value = float(max_value)
-        self._grid = _layout(self.alpha, self.min_value, self.max_value)
-        self.gamma = self._grid.gamma
-        self.n_buckets = int(self._grid.values.size)
-        self.counts: npt.NDArray[np.int64] = np.zeros(self.n_buckets, dtype=np.int64)
-
-    @property
-    def count(self) -> int:
-        """How many values were added (clamped ones included)."""
-        return int(self.counts.sum())
+    __slots__ = ()
+    _make_layout = staticmethod(_layout)
 
     @property
     def underflow(self) -> int:
@@ -179,23 +146,6 @@ class LatencySketch:
         index = np.searchsorted(self._grid.edges, arr, side="left")
         self.counts += np.bincount(index, minlength=self.n_buckets)
 
-    def merge(self, other: LatencySketch) -> None:
-        """Add another sketch's counts into this one.
-
-        Raises
-        ------
-        ValueError
-            If the two sketches have different parameters (their buckets differ).
-        """
-        if not isinstance(other, LatencySketch):
-            raise TypeError(f"cannot merge {type(other).__name__} into LatencySketch")
-        if self._params() != other._params():
-            raise ValueError(
-                f"cannot merge a sketch with (alpha, min_value, max_value) = "
-                f"{other._params()} into one with {self._params()}"
-            )
-        self.counts += other.counts
-
     def quantile(self, q: float) -> float:
         """Estimate of the order statistic of rank ``floor(q * (n - 1))``; NaN when empty.
 
@@ -212,50 +162,3 @@ class LatencySketch:
             return math.nan
         rank = math.floor(q * (n - 1))
         return float(self._grid.values[np.searchsorted(cumulative, rank, side="right")])
-
-    def to_sparse(self) -> tuple[list[int], list[int]]:
-        """The nonzero buckets as ``(indices, counts)``, for an Avro record."""
-        index = np.flatnonzero(self.counts)
-        return index.tolist(), self.counts[index].tolist()
-
-    @classmethod
-    def from_sparse(
-        cls,
-        indices: Sequence[int],
-        counts: Sequence[int],
-        alpha: float = DEFAULT_ALPHA,
-        min_value: float = DEFAULT_MIN_VALUE,
-        max_value: float = DEFAULT_MAX_VALUE,
-    ) -> LatencySketch:
-        """The inverse of :meth:`to_sparse`; repeated indices add up.
-
-        Raises
-        ------
-        ValueError
-            If the lists differ in length, an index is out of range or a count is negative.
-        """
-        out = cls(alpha, min_value, max_value)
-        index = np.asarray(indices, dtype=np.int64)
-        count = np.asarray(counts, dtype=np.int64)
-        if index.shape != count.shape or index.ndim != 1:
-            raise ValueError("indices and counts must be flat sequences of the same length")
-        if index.size and (index.min() < 0 or index.max() >= out.n_buckets):
-            raise ValueError(f"bucket index out of range [0, {out.n_buckets})")
-        if index.size and count.min() < 0:
-            raise ValueError("bucket counts must be >= 0")
-        np.add.at(out.counts, index, count)
-        return out
-
-    def _params(self) -> tuple[float, float, float]:
-        return (self.alpha, self.min_value, self.max_value)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LatencySketch):
-            return NotImplemented
-        return self._params() == other._params() and bool(np.array_equal(self.counts, other.counts))
-
-    def __repr__(self) -> str:
-        return (
-            f"LatencySketch(alpha={self.alpha!r}, min_value={self.min_value!r}, "
-            f"max_value={self.max_value!r}, count={self.count})"
-        )
