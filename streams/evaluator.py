@@ -156,36 +156,18 @@ class Evaluator:
             broker_credentials=faust_credentials(cfg.kafka),
         )
         app = self.app
-        self.partials = app.topic(
-            self.topics.partials,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=cfg.evaluator_partitions,
-        )
-        self.metrics = app.topic(
-            self.topics.metrics,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=cfg.evaluator_partitions,
-        )
-        self.deadletter = app.topic(
-            self.topics.deadletter, key_serializer="raw", value_serializer="raw", partitions=1
-        )
-        self.alerts = app.topic(
-            self.topics.alerts,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=cfg.evaluator_partitions,
-        )
-        self.verdict_topic = app.topic(
-            self.topics.verdicts,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=cfg.evaluator_partitions,
-        )
-        self.control = app.topic(
-            self.topics.control, key_serializer="raw", value_serializer="raw", partitions=1
-        )
+
+        def raw(name: str, partitions: int) -> Any:
+            return app.topic(
+                name, key_serializer="raw", value_serializer="raw", partitions=partitions
+            )
+
+        self.partials = raw(self.topics.partials, cfg.evaluator_partitions)
+        self.metrics = raw(self.topics.metrics, cfg.evaluator_partitions)
+        self.deadletter = raw(self.topics.deadletter, 1)
+        self.alerts = raw(self.topics.alerts, cfg.evaluator_partitions)
+        self.verdict_topic = raw(self.topics.verdicts, cfg.evaluator_partitions)
+        self.control = raw(self.topics.control, 1)
         table_opts: dict[str, Any] = {
             "on_recover": self._restore_tables,
             "default": None,

@@ -786,17 +786,28 @@ def _load_pickle(path_text: str, spec: str) -> Any:
         ) from exc
 
 
-def _load_joblib(path_text: str, spec: str) -> Any:
+def _optional_module(name: str, spec: str, what: str, install: str) -> Any:
+    """An optional dependency a model file needs, or a load error that says how to get it."""
     try:
-        joblib = importlib.import_module("joblib")
+        return importlib.import_module(name)
     except ImportError as exc:
         raise ModelLoadError(
-            f"candidate spec {spec!r} names a joblib file, but joblib is not installed "
-            "(pip install joblib; scikit-learn brings it)"
+            f"candidate spec {spec!r} names {what}, but {name} is not installed ({install})"
         ) from exc
+
+
+def _model_file(path_text: str, spec: str) -> Path:
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise ModelLoadError(f"model file {path_text!r} not found for candidate spec {spec!r}")
+    return path
+
+
+def _load_joblib(path_text: str, spec: str) -> Any:
+    joblib = _optional_module(
+        "joblib", spec, "a joblib file", "pip install joblib; scikit-learn brings it"
+    )
+    path = _model_file(path_text, spec)
     try:
         return joblib.load(path)
     except Exception as exc:
@@ -806,16 +817,8 @@ def _load_joblib(path_text: str, spec: str) -> Any:
 
 
 def _load_onnx(path_text: str, spec: str) -> Any:
-    try:
-        onnxruntime = importlib.import_module("onnxruntime")
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"candidate spec {spec!r} names an ONNX model, but onnxruntime is not installed "
-            "(pip install onnxruntime)"
-        ) from exc
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ModelLoadError(f"model file {path_text!r} not found for candidate spec {spec!r}")
+    onnxruntime = _optional_module("onnxruntime", spec, "an ONNX model", "pip install onnxruntime")
+    path = _model_file(path_text, spec)
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
