@@ -397,6 +397,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = connect(args)
+    from streams.status import print_status, read_status
+
+    status = read_status(cfg, timeout=args.timeout)
+    print_status(status, sys.stdout, as_json=args.json)
+    return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from streams.baseline import baseline_build
 
@@ -606,6 +615,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without one")
     _common(p)
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser(
+        "status",
+        help="each candidate's latest figures and verdict, the alerts firing, the stages' lag",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="longest read of the topics, s (default 30)"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("baseline", help="drift reference profiles")
     bsub = p.add_subparsers(dest="baseline_command", required=True)

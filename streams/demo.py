@@ -36,15 +36,12 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import Consumer
-
 from streams import broker
-from streams.alerts.follow import format_alert
 from streams.config import Config
 from streams.demo_models import CANDIDATE_SPECS
 from streams.errors import UnderstudyError
-from streams.kafka import Topics, client_config, ensure_topics
-from streams.schemas import default_codec
+from streams.kafka import ensure_topics
+from streams.view import MetricsView
 
 CANDIDATES = CANDIDATE_SPECS
 FINAL_WAIT_S = 180.0
@@ -148,173 +145,8 @@ class Roles:
             log.close()
 
 
-class MetricsView:
-    """Follows ``<prefix>.metrics`` and keeps the latest snapshots of each candidate."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.codec = default_codec()
-        self.consumer = Consumer(
-            client_config(
-                cfg,
-                **{
-                    "group.id": f"{cfg.prefix}.demo-view.{os.getpid()}",
-                    "auto.offset.reset": "earliest",
-                    "enable.auto.commit": False,
-                },
-            )
-        )
-        topics = Topics(cfg.prefix)
-        self.alerts_topic = topics.alerts
-        self.verdicts_topic = topics.verdicts
-        self.control_topic = topics.control
-        self.consumer.subscribe([topics.metrics, topics.alerts, topics.verdicts, topics.control])
-        self.cumulative: dict[str, dict[str, Any]] = {}
-        self.window: dict[str, dict[str, Any]] = {}
-        #: every alert transition seen, in order
-        self.alerts: list[dict[str, Any]] = []
-        #: the latest verdict of each candidate (its comparison with the current primary)
-        self.verdicts: dict[str, dict[str, Any]] = {}
-        #: every promotion published, in order
-        self.promotions: list[dict[str, Any]] = []
-        #: the first PROMOTE verdict of each comparison: the evidence of its promotion
-        self.promoting: dict[str, dict[str, Any]] = {}
-
-    def poll(self, timeout: float) -> int:
-        n = 0
-        for m in self.consumer.consume(num_messages=1000, timeout=timeout):
-            if m.error() or m.value() is None:
-                continue
-            if m.topic() == self.alerts_topic:
-                self.alerts.append(self.codec.decode_as("Alert", m.value()))
-                continue
-            if m.topic() == self.verdicts_topic:
-                v = self.codec.decode_as("Verdict", m.value())
-                self.verdicts[v["candidate"]] = v
-                if v["decision"] == "PROMOTE":
-                    self.promoting.setdefault(v["comparison"], v)
-                continue
-            if m.topic() == self.control_topic:
-                self.promotions.append(self.codec.decode_as("Control", m.value()))
-                continue
-            rec = self.codec.decode_as("MetricSnapshot", m.value())
-            target = self.cumulative if rec["scope"] == "CUMULATIVE" else self.window
-            target[rec["candidate"]] = rec
-            n += 1
-        return n
-
-    def final(self, cand: str) -> dict[str, Any]:
-        """The ``--json`` line of ``cand``: its last CUMULATIVE, its drift, its alerts."""
-        return {
-            **self.cumulative[cand],
-            "window_drift": self.window.get(cand, {}).get("drift", []),
-            "alerts_raised": [a for a in self.alerts if a["candidate"] in (cand, "*")],
-            "verdict": self.verdicts.get(cand),
-            "promotion": next(
-                (
-                    {**p, "verdict": self.promoting.get(p["comparison"])}
-                    for p in self.promotions
-                    if p["candidate"] == cand
-                ),
-                None,
-            ),
-        }
-
-    def close(self) -> None:
-        self.consumer.close()
-
-    def table(self) -> str:
-        head = (
-            f"{'candidate':<13} {'requests':>8} {'pairs':>7} {'MAE':>9} {'RMSE':>9} "
-            f"{'bias':>8} {'p50 ms':>7} {'p99 ms':>7} {'win MAE':>9} {'err%':>6} {'law':>6} "
-            f"{'true MAE':>9} {'prim MAE':>9} {'labels':>7}  {'loss diff [interval]':<28} verdict"
-        )
-        lines = [head, "-" * len(head)]
-        for cand in sorted(self.cumulative):
-            r = self.cumulative[cand]
-            w = self.window.get(cand, {})
-            lab = r.get("labelled") or {}  # losses against the true sale prices
-            lines.append(
-                f"{cand:<13} {r['coverage']['requests']:>8} {r['coverage']['pairs']:>7} "
-                f"{_num(r['mae'])} {_num(r['rmse'])} {_num(r['mean_signed_diff'], 8)} "
-                f"{_num(r['candidate_latency_p50'], 7)} {_num(r['candidate_latency_p99'], 7)} "
-                f"{_num(w.get('mae'))} {_num(_pct(r['candidate_error_rate']), 6)} "
-                f"{_law(r.get('conservation')):>6} "
-                f"{_num(lab.get('mae'))} {_num(lab.get('primary_mae'))} {lab.get('n', 0):>7}  "
-                f"{_interval(self.verdicts.get(cand)):<28} {_decision(self.verdicts.get(cand))}"
-            )
-        lines += self._drift_lines()
-        lines += [_promotion_line(p, self.promoting.get(p["comparison"])) for p in self.promotions]
-        if self.alerts:
-            lines.append("alerts (latest last):")
-            for a in self.alerts[-6:]:
-                lines.append("  " + format_alert(a))
-        return "\n".join(lines)
-
-    def _drift_lines(self) -> list[str]:
-        """Drift per feature of the latest judged window, and each candidate's outputs."""
-        latest = max(self.window.values(), key=lambda w: w["window_end"], default=None)
-        if latest is None:
-            return []
-        ref = latest.get("reference") or {}
-        if not ref.get("ready"):
-            return [f"drift: building the reference ({ref.get('requests', 0)} requests so far)"]
-        rows = [d for d in latest.get("drift", []) if d["kind"] in ("numeric", "categorical")]
-        if not rows:
-            return []
-        out = [f"drift of the last window against the {ref['source']}:"]
-        cells = []
-        for d in rows:
-            stat = (
-                f"psi {d['psi']:.2f}"
-                if d["psi"] is not None
-                else (f"js {d['js']:.2f}" if d["js"] is not None else "-")
-            )
-            flag = " ALARM" if d["alarm"] else (" drifting" if d["drifting"] else "")
-            cells.append(f"{d['feature']} {stat}{flag}")
-        for i in range(0, len(cells), 4):
-            out.append("  " + " | ".join(cells[i : i + 4]))
-        for cand in sorted(self.window):
-            for d in self.window[cand].get("drift", []):
-                if d["kind"] == "output" and d["feature"] == "candidate" and d["psi"] is not None:
-                    flag = " ALARM" if d["alarm"] else ""
-                    out.append(f"  {cand} output psi {d['psi']:.2f}{flag}")
-        return out
-
-
 #: coverage counters that settle a request for one candidate: joined, or why not
 _SETTLED = ("pairs", "no_candidate", "no_primary", "no_prediction")
-
-
-def _interval(v: dict[str, Any] | None) -> str:
-    """The mean paired loss difference (candidate - primary) and its confidence interval."""
-    if v is None or v.get("estimate") is None:
-        return "-"
-    lo, hi = v.get("lower"), v.get("upper")
-    span = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
-    return f"{v['estimate']:+.2f}{span}"
-
-
-def _decision(v: dict[str, Any] | None) -> str:
-    if v is None:
-        return "-"
-    return v["decision"] if v["decision"] != "CONTINUE" else f"CONTINUE ({v['reason']})"
-
-
-def _promotion_line(p: dict[str, Any], v: dict[str, Any] | None) -> str:
-    """Who was promoted, when, and on what evidence (``v``: the verdict that decided it)."""
-    at = time.strftime("%H:%M:%S", time.gmtime(p["time"] / 1000))
-    v = v or {}
-    evidence = (
-        f": {v['n']} labelled pairs, loss diff {_interval(v)} at alpha {v['alpha']:.3g}"
-        if v.get("n")
-        else ""
-    )
-    fate = "retired" if p["old_primary"] == "RETIRE" else "kept as a shadow"
-    return (
-        f"PROMOTED {p['candidate']} at {at}Z over {p['previous_primary']} ({fate}){evidence}"
-        f"\n  {p['candidate']} answers the service since: its requests from then on are not"
-        " shadowed, and its row counts them no_candidate"
-    )
 
 
 def _settled(snapshot: dict[str, Any], total: int) -> bool:
@@ -335,20 +167,6 @@ def _settled(snapshot: dict[str, Any], total: int) -> bool:
 def _reference(events: int | None) -> int:
     """The first quarter of the run, at most 2,000 requests: before the market drifts."""
     return 2_000 if not events else max(1, min(2_000, events // 4))
-
-
-def _num(v: float | None, width: int = 9) -> str:
-    return f"{'-':>{width}}" if v is None else f"{v:>{width}.3f}"
-
-
-def _law(law: dict[str, Any] | None) -> str:
-    if law is None:
-        return "-"
-    return "holds" if law["holds"] else "BROKEN"
-
-
-def _pct(v: float | None) -> float | None:
-    return None if v is None else 100.0 * v
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -98,6 +98,57 @@ def test_demo_prints_one_final_json_line_per_candidate(kafka_bootstrap: str, pre
     assert len(human.stdout.decode().splitlines()) == len(on_topic)
     assert "FIRING" in human.stdout.decode()
     assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []  # no stage left behind
+    # `understudy status` reads the same state back from the topics, after the fact
+    status = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "status", "--json", "--prefix", prefix],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr.decode()[-2000:]
+    state = json.loads(status.stdout)
+    assert state["complete"] is True
+    assert state["lag"] == {"worker": 0, "joiner": 0}  # the demo drained before it ended
+    for s in snaps:
+        read = state["candidates"][s["candidate"]]
+        assert read["coverage"] == s["coverage"] and read["mae"] == s["mae"]
+        assert read["verdict"] == s["verdict"]
+    latest = {(a["rule"], a["candidate"], a["feature"]): a["state"] for a in on_topic}
+    firing = {k for k, v in latest.items() if v == "FIRING"}
+    assert {(a["rule"], a["candidate"], a["feature"]) for a in state["firing"]} == firing
+    table = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "status", "--prefix", prefix],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert table.returncode == 0
+    text = table.stdout.decode()
+    assert "lag (records not yet committed by each stage's group): worker 0, joiner 0" in text
+    assert f"alerts firing: {len(firing)}" in text
+    assert all(s["candidate"] in text for s in snaps)
+
+
+def test_status_of_a_prefix_without_topics_is_a_clear_error(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "status", "--prefix", prefix],
+        env=dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == (
+        f"understudy: error: no topic {prefix}.metrics: is the prefix right? (`understudy "
+        "topics create` makes a deployment's topics, and the evaluator publishes there)"
+    )
 
 
 @pytest.mark.parametrize(
