@@ -40,7 +40,32 @@ class EventClock:
         self.wm: int | None = None
 
     def seen(self, stream: str, t: int) -> bool:
-        """Record an event time; True when the stream's newest time moved."""
+        """Record an event time; True when the stream's newest time moved.
+
+        Called for every event: the usual case (no stream idle) is :meth:`_watermark`'s
+        first branch and :meth:`_update` spelled out here, without their two calls
+        (~0.2 us an event, ~2% of the joiner on bench/joiner.py).
+        """
+        mt = self.max_time
+        if not self.idle:
+            if t <= mt.get(stream, NEVER):
+                return False
+            mt[stream] = t
+            req, pred = mt.get("requests"), mt.get("predictions")
+            wm: int | None
+            if req is not None and pred is not None:
+                wm = (req if req < pred else pred) - self.lateness_ms
+                cand = mt.get("candidates")
+                if cand is not None:
+                    wm = min(wm, max(cand - self.lateness_ms, wm - self.max_lag_ms))
+                floor = self.floor
+                if floor is not None and floor > wm:
+                    wm = floor
+            else:
+                wm = self.floor
+            if wm is not None and (self.wm is None or wm > self.wm):
+                self.wm = wm
+            return True
         moved = False
         if self.idle and stream in self.idle:
             self.idle.discard(stream)
