@@ -154,6 +154,10 @@ class FastDecoder:
         self._context: dict[bytes, dict[str, str]] = {}
         #: by a prediction's model id and role bytes: the layout of the rest
         self._answers: dict[bytes, _AnswerLayout] = {}
+        #: the varint bytes after the first of the last multi-byte event time read, and
+        #: the value they stand for (``_time``); at first a lone terminating 0, worth 0
+        self._time_rest = b"\x00"
+        self._time_high = 0
 
     def decode(self, data: bytes | None) -> tuple[str, Record]:
         """The event name and its record; a :class:`~streams.errors.SchemaError` from the
@@ -169,11 +173,35 @@ class FastDecoder:
                 pass  # the codec decodes it, or says why it cannot
         return self.codec.decode(data)
 
+    def _time(self, data: bytes, pos: int) -> tuple[int, int]:
+        """An event time (a long) at ``pos``: :func:`_long`, or the last one's bytes.
+
+        Times in milliseconds take 6 varint bytes, read one by one in Python (``_long``
+        was ~4.5% of the joiner on bench/joiner.py, py-spy); events of a partition come
+        in time order, so all but the first byte usually repeat the last time's. When
+        they do and the first byte continues into them, the value is theirs plus its
+        low 7 bits: exactly what reading them gives.
+        """
+        rest = self._time_rest
+        end = pos + 1 + len(rest)
+        b = data[pos]
+        if b & 0x80 and data[pos + 1 : end] == rest:
+            n = self._time_high | (b & 0x7F)
+            return (n >> 1) ^ -(n & 1), end
+        t, end = _long(data, pos)
+        if end - pos > 1:
+            rest = data[pos + 1 : end]
+            high = 0
+            for i, byte in enumerate(rest):
+                high |= (byte & 0x7F) << (7 * i + 7)
+            self._time_rest, self._time_high = rest, high
+        return t, end
+
     # -- Request -----------------------------------------------------------------------
 
     def _request(self, data: bytes) -> Record:
         rid, pos = _string(data, HEADER_LEN)
-        t, pos = _long(data, pos)
+        t, pos = self._time(data, pos)
         use_case, pos = _string(data, pos)
         numeric, pos = self._doubles(data, pos)
         categorical, pos = self._strings(data, pos, self._categorical)
@@ -255,7 +283,7 @@ class FastDecoder:
 
     def _prediction(self, data: bytes) -> Record:
         rid, pos = _string(data, HEADER_LEN)
-        t, pos = _long(data, pos)
+        t, pos = self._time(data, pos)
         n = data[pos]
         if n < 0x80 and not n & 1:  # a model id under 64 bytes: its answers' layout
             head = pos + 2 + (n >> 1)  # after the model id and the role
