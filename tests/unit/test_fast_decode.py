@@ -184,3 +184,30 @@ def test_large_maps_and_answers_are_read_not_remembered() -> None:
     for _ in range(2):
         assert repr(fast.decode(data)) == repr(codec.decode(data))
     assert not fast._answers
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            LONGS,
+            st.integers(min_value=-300, max_value=300),
+            st.integers(min_value=1_796_000_000_000, max_value=1_796_000_000_400),
+        ),
+        min_size=2,
+        max_size=40,
+    )
+)
+def test_event_times_in_a_row_read_as_the_codec_reads_them(times: list[int]) -> None:
+    """Consecutive times share most varint bytes (the decoder reuses the last one's):
+    across 7-bit carries, sign changes, lengths and extremes, every one reads right."""
+    codec = default_codec()
+    fast = FastDecoder(codec)
+    for i, t in enumerate(sorted(times) if times[0] % 2 else times):
+        rec = {"request_id": "r", "event_time": t, "model_id": "m@1", "role": "PRIMARY"}
+        rec.update(value=1.0, latency_ms=2.0, use_case="u")
+        if i % 3 == 0:
+            rec = {"request_id": "r", "event_time": t, "use_case": "u"}
+            same_as_codec(fast, codec.encode("Request", rec))
+        else:
+            same_as_codec(fast, codec.encode("Prediction", rec))
