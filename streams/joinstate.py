@@ -368,7 +368,7 @@ class PartitionState:
         k = (key, t - t % w.window_ms)
         b = w.columns(k)  # creates the accumulator too: an empty buffer folds to nothing
         s = w.acc[k]
-        value, label, lat, error = ans
+        value, label, lat, error = ans[:4]  # a classifier's answer carries its scores fifth
         if error is None:  # a failed answer has no output to profile
             if value is not None:
                 b.out.append(value)

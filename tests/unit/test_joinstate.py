@@ -51,6 +51,7 @@ def pred(
     label: str | None = None,
     latency: float | None = None,
     error: str | None = None,
+    scores: dict[str, float] | None = None,
 ) -> Event:
     return {
         "request_id": rid,
@@ -59,7 +60,7 @@ def pred(
         "role": "PRIMARY" if model == PRIMARY else "CANDIDATE",
         "value": value,
         "label": label,
-        "scores": {},
+        "scores": scores or {},
         "latency_ms": latency,
         "error": error,
         "use_case": "",
@@ -505,6 +506,54 @@ def test_classifier_pairs_and_mixed_outputs() -> None:
         float(np.mean(np.array(p) != np.array(c))), rel=1e-15
     )
     assert tot.regression_n == 0
+
+
+def test_classifier_answers_with_class_scores_join_like_those_without() -> None:
+    # A classifier's answer with its class scores travels as a five-field answer (the
+    # scores serve the log-loss once a label comes); every part of the join must take it.
+    rng = np.random.default_rng(9)
+    classes = ["a", "b", "c"]
+    n = 300
+    p = rng.choice(classes, n).tolist()
+    c = rng.choice(classes, n).tolist()
+
+    def scores(top: str) -> dict[str, float]:
+        return {k: (0.8 if k == top else 0.1) for k in classes}
+
+    with_scores = PartitionState(0, W, 0, 60_000)
+    without = PartitionState(0, W, 0, 60_000)
+    for i in range(n):
+        rid = f"r{i}"
+        for st, sc in ((with_scores, True), (without, False)):
+            refused = [
+                st.on_prediction(
+                    pred(
+                        rid, i, CAND_A, label=c[i], latency=1.0, scores=scores(c[i]) if sc else None
+                    )
+                ),
+                st.on_request(req(rid, i)),
+                st.on_prediction(
+                    pred(
+                        rid,
+                        i,
+                        PRIMARY,
+                        label=p[i],
+                        latency=2.0,
+                        scores=scores(p[i]) if sc else None,
+                    )
+                ),
+            ]
+            assert refused == [None, None, None]
+    a = totals(with_scores.advance(close_all=True))[CAND_A]
+    b = totals(without.advance(close_all=True))[CAND_A]
+    assert a.coverage["pairs"] == b.coverage["pairs"] == n
+    assert a.class_n == b.class_n == n
+    assert (
+        a.summary()["disagreement_rate"]
+        == b.summary()["disagreement_rate"]
+        == pytest.approx(float(np.mean(np.array(p) != np.array(c))), rel=1e-15)
+    )
+    assert a.coverage == b.coverage
 
 
 # -- random traffic: reference numbers and changelog recovery ----------------------------
