@@ -4,8 +4,9 @@ Why: an operator, or a script in a deploy pipeline, wants one answer without sta
 demo or writing a consumer: each candidate's latest cumulative figures and verdict, the
 alerts firing now, and whether the shadow worker and the joiner keep up. Everything comes
 from the public topics (``<prefix>.metrics``, ``.alerts``, ``.verdicts``, ``.control``),
-read to their end as any subscriber would (committed records only), and from the stages'
-committed offsets; ``status`` joins no stage's group and commits nothing, so it can run
+read to their end as any subscriber would (committed records only; of the metrics, the
+last :data:`METRICS_TAIL` records of each partition), and from the stages' committed
+offsets; ``status`` joins no stage's group and commits nothing, so it can run
 anywhere, any time, next to a live deployment.
 
 Lag is per consumer group: the records on its input topics past its committed offsets
@@ -29,6 +30,12 @@ from streams.kafka import Topics, committed_reader
 from streams.view import MetricsView
 
 __all__ = ["Status", "print_status", "read_status"]
+
+#: Records read back per partition of ``<prefix>.metrics`` (the others are compacted or
+#: small, and read whole): a long-lived deployment's metrics topic holds a snapshot per
+#: candidate per window since it began, and only the latest ones are wanted. 10,000 is
+#: hours of 1 s windows for a few candidates.
+METRICS_TAIL = 10_000
 
 #: The stages' consumer groups and the topics each reads (the worker's default group).
 GROUPS = {"worker": ("requests",), "joiner": ("requests", "predictions", "labels")}
@@ -92,12 +99,16 @@ def _read_to_end(view: MetricsView, topics: Topics, timeout: float) -> bool:
             f"no topic {topics.metrics}: is the prefix right? (`understudy topics create` "
             "makes a deployment's topics, and the evaluator publishes there)"
         )
-    tps = [
-        TopicPartition(name, p, OFFSET_BEGINNING)
-        for name in names
-        if name in md.topics and md.topics[name].error is None
-        for p in md.topics[name].partitions
-    ]
+    tps = []
+    for name in names:
+        if name not in md.topics or md.topics[name].error is not None:
+            continue
+        for p in md.topics[name].partitions:
+            start = OFFSET_BEGINNING
+            if name == topics.metrics:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                start = max(low, high - METRICS_TAIL)
+            tps.append(TopicPartition(name, p, start))
     pending = {(tp.topic, tp.partition) for tp in tps}
     consumer.assign(tps)
     deadline = time.monotonic() + timeout
