@@ -11,9 +11,10 @@ With ``--json`` it prints each candidate's final CUMULATIVE snapshot as one JSON
 the evaluator published it; its ``conservation`` is the law over every joiner partition:
 ``{"requests": N, "terms": {name: count, ...}, "holds": true|false}``, where ``holds``
 says whether the terms add up to ``requests``. Two keys are added to it: ``window_drift``,
-the drift rows of that candidate's last WINDOW snapshot (features and outputs against the
-reference), and ``alerts_raised``, every alert transition of that candidate or of the
-shared features (candidate ``*``) seen on ``<prefix>.alerts``, in order.
+the drift rows (features and outputs against the reference) of that candidate's last
+WINDOW snapshot with traffic (a window of late labels only has none), and
+``alerts_raised``, every alert transition of that candidate or of the shared features
+(candidate ``*``) seen on ``<prefix>.alerts``, in order.
 
 The simulated market drifts halfway through (:mod:`streams.simulation`); the first quarter
 of the requests (at most 2,000) is the drift reference, so the drift shows up in the live

@@ -53,6 +53,7 @@ class MetricsView:
                 [topics.metrics, topics.alerts, topics.verdicts, topics.control]
             )
         self.cumulative: dict[str, dict[str, Any]] = {}
+        #: each candidate's latest WINDOW snapshot with traffic (requests, pairs or drift)
         self.window: dict[str, dict[str, Any]] = {}
         #: every alert transition seen, in order
         self.alerts: list[dict[str, Any]] = []
@@ -87,8 +88,13 @@ class MetricsView:
                 self.promotions.append(self.codec.decode_as("Control", m.value()))
                 continue
             rec = self.codec.decode_as("MetricSnapshot", m.value())
-            target = self.cumulative if rec["scope"] == "CUMULATIVE" else self.window
-            target[rec["candidate"]] = rec
+            cand = rec["candidate"]
+            if rec["scope"] == "CUMULATIVE":
+                self.cumulative[cand] = rec
+            elif cand not in self.window or _has_traffic(rec):
+                # a window that holds only late labels (scored at the label's time) has no
+                # requests, pairs or drift to show: the last window with traffic stays
+                self.window[cand] = rec
             n += 1
         return n
 
@@ -171,6 +177,11 @@ class MetricsView:
                     flag = " ALARM" if d["alarm"] else ""
                     out.append(f"  {cand} output psi {d['psi']:.2f}{flag}")
         return out
+
+
+def _has_traffic(snapshot: dict[str, Any]) -> bool:
+    cov = snapshot["coverage"]
+    return bool(cov.get("requests") or cov.get("pairs") or snapshot.get("drift"))
 
 
 def _interval(v: dict[str, Any] | None) -> str:
