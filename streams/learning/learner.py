@@ -77,12 +77,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Seconds between checkpoints, by default (and one more when the worker stops).
 AT_END_SETTLE_S = 1.0
 """How long a partition read to its end must have been quiet before it stops holding
 learning back (:func:`streams.learning.timeorder.frontier`): longer than a fetch waits
 (librdkafka's ``fetch.wait.max.ms``, 500 ms by default), so a request produced before a
 label is fetched and scored before the label is learned."""
+#: Seconds between checkpoints, by default (and one more when the worker stops).
 DEFAULT_CHECKPOINT_S = 30.0
 #: Bound on a checkpoint's pickling, on the candidate's lane.
 PICKLE_TIMEOUT_S = 60.0

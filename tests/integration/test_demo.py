@@ -21,6 +21,18 @@ from streams.demo_models import CANDIDATE_SPECS
 DRIFTED = {"sqft", "bedrooms", "bathrooms", "distance_km", "lot_size", "region", "property_type"}
 
 
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``understudy ARGS`` as a user runs it after the demo, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_demo_prints_one_final_json_line_per_candidate(
     kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,14 +84,7 @@ def test_demo_prints_one_final_json_line_per_candidate(
         assert not any(r["alarm"] for r in s["window_drift"] if r["feature"] == "age_years")
         assert s["slices"] and s["slices"][0]["slice"].split("=")[0] in ("region", "channel")
     # `understudy alerts` shows the same transitions, from the topic
-    shown = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "alerts", "--once", "--json", "--prefix", prefix],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    shown = cli(env, "alerts", "--once", "--json", "--prefix", prefix)
     assert shown.returncode == 0, shown.stderr.decode()[-2000:]
     on_topic = [json.loads(line) for line in shown.stdout.decode().splitlines()]
     raised_anywhere = {
@@ -90,27 +95,13 @@ def test_demo_prints_one_final_json_line_per_candidate(
     assert {(a["rule"], a["candidate"], a["feature"], a["state"]) for a in on_topic} == (
         raised_anywhere
     )
-    human = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "alerts", "--once", "--prefix", prefix],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    human = cli(env, "alerts", "--once", "--prefix", prefix)
     assert human.returncode == 0
     assert len(human.stdout.decode().splitlines()) == len(on_topic)
     assert "FIRING" in human.stdout.decode()
     assert _processes_with_env(f"UNDERSTUDY_PREFIX={prefix}") == []  # no stage left behind
     # `understudy status` reads the same state back from the topics, after the fact
-    status = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "status", "--json", "--prefix", prefix],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    status = cli(env, "status", "--json", "--prefix", prefix)
     assert status.returncode == 0, status.stderr.decode()[-2000:]
     state = json.loads(status.stdout)
     assert state["complete"] is True
@@ -127,14 +118,7 @@ def test_demo_prints_one_final_json_line_per_candidate(
     latest = {(a["rule"], a["candidate"], a["feature"]): a["state"] for a in on_topic}
     firing = {k for k, v in latest.items() if v == "FIRING"}
     assert {(a["rule"], a["candidate"], a["feature"]) for a in state["firing"]} == firing
-    table = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "status", "--prefix", prefix],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    table = cli(env, "status", "--prefix", prefix)
     assert table.returncode == 0
     text = table.stdout.decode()
     assert "lag (records not yet committed by each stage's group): worker 0, joiner 0" in text
@@ -154,13 +138,8 @@ def test_demo_prints_one_final_json_line_per_candidate(
 def test_status_of_a_prefix_without_topics_is_a_clear_error(
     kafka_bootstrap: str, prefix: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "status", "--prefix", prefix],
-        env=dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
+    done = cli(
+        dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap), "status", "--prefix", prefix
     )
     assert done.returncode == 1
     assert done.stderr.decode().strip() == (
