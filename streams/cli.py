@@ -301,15 +301,27 @@ def _warm_up_request(text: str | None) -> dict[str, Any] | None:
     return example
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1, else a usage error naming the flag."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def cmd_joiner(args: argparse.Namespace) -> int:
     cfg = connect(args)
-    from streams.joiner import Joiner
+    from streams.joiner import DEFAULT_BATCH, Joiner
 
     who = args.instance or "(unique instance, no static membership)"
     _err(f"joiner {who}: joining {cfg.prefix}.requests + {cfg.prefix}.predictions")
     # instance=None: the joiner picks a unique id, so joiners started without --instance
     # never fence each other (see the flag's help)
-    joiner = Joiner(cfg, instance=args.instance)
+    batch = DEFAULT_BATCH if args.batch_size is None else args.batch_size
+    joiner = Joiner(cfg, instance=args.instance, batch_size=batch)
     threading.Thread(target=_watch_transactions, args=(joiner, "joiner"), daemon=True).start()
     stats = joiner.run(idle_exit_s=args.idle_exit, stop=_stop_on_signals(grace_s=STOP_GRACE_S))
     _err(f"joiner stopped: {stats}")
@@ -406,6 +418,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    cfg = connect(args)
+    from streams.report import render_report
+    from streams.status import read_status
+
+    status = read_status(cfg, timeout=args.timeout, history=True)
+    out = Path(args.out)
+    try:
+        out.write_text(render_report(status), encoding="utf-8")
+    except OSError as exc:
+        raise UnderstudyError(f"cannot write the report to {out}: {exc.strerror}") from exc
+    windows = sum(len(w) for w in status.view.window_history.values())
+    _err(
+        f"report: {out} ({len(status.view.cumulative)} candidates, {windows} window snapshots, "
+        f"{len(status.view.alerts)} alert transitions)"
+    )
+    return 0
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    cfg = connect(args)
+    from streams.exporter import Exporter
+
+    try:
+        exporter = Exporter(cfg, host=args.host, port=args.port)
+    except OSError as exc:
+        raise UnderstudyError(
+            f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from exc
+    host, port = exporter.address
+    _err(f"exporter: serving http://{host}:{port}/metrics from {cfg.prefix}'s topics")
+    exporter.run(_stop_on_signals())
+    return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from streams.baseline import baseline_build
 
@@ -485,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ID=model.joblib, ID=model.pkl or ID=model.onnx, with ?features=a,b,c for the column "
         "order of an array model, e.g. 'gbr@3=gbr.joblib?features=sqft,bedrooms'",
     )
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_positive_int, default=500)
     p.add_argument(
         "--budget",
         type=float,
@@ -558,6 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("joiner", help="join events and accumulate partial statistics")
     _instance_argument(p)
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="most messages one batch (one transaction) takes; larger ones catch up a backlog "
+        "with fewer transactions (default 5000, the joiner's DEFAULT_BATCH)",
+    )
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_joiner)
@@ -626,6 +679,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "report",
+        help="an HTML file with plots: disagreement, latency, drift and the promotion evidence "
+        "over time, read from the deployment's topics",
+    )
+    p.add_argument("--out", default="understudy-report.html", help="the file to write")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="longest read of the topics, s (default 30)"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "exporter",
+        help="serve each candidate's latest figures, verdicts and alerts as Prometheus metrics",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument(
+        "--port", type=int, default=9464, help="port to listen on (default 9464; 0: any free)"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_exporter)
 
     p = sub.add_parser("baseline", help="drift reference profiles")
     bsub = p.add_subparsers(dest="baseline_command", required=True)

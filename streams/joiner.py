@@ -42,6 +42,8 @@ from streams.transactions import commit, instance_ids, recover, rewind
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH = 5000
+"""Most messages one batch (one transaction) takes from the consumer."""
 TXN_TIMEOUT_S = 30.0
 """Timeout of each transactional call (sending offsets, committing)."""
 POLL_S = 0.2
@@ -73,9 +75,11 @@ class Joiner:
         cfg: Config,
         *,
         instance: str | None = None,
-        batch_size: int = 5000,
+        batch_size: int = DEFAULT_BATCH,
         codec: Codec | None = None,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.cfg = cfg
         self.topics = Topics(cfg.prefix)
         self.codec = codec or default_codec()

@@ -101,8 +101,11 @@ class EventClock:
             return self.floor
         wm = (req if req < pred else pred) - self.lateness_ms
         cand = mt.get("candidates")
-        if cand is not None:
-            wm = min(wm, max(cand - self.lateness_ms, wm - self.max_lag_ms))
+        if cand is not None:  # min(wm, max(cand - lateness, wm - max_lag)), without calls
+            held = cand - self.lateness_ms
+            if held < wm:
+                lowest = wm - self.max_lag_ms
+                wm = held if held > lowest else lowest
         floor = self.floor
         return floor if floor is not None and floor > wm else wm
 

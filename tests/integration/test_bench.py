@@ -17,7 +17,7 @@ STAGES = ("worker", "joiner", "evaluator")
 @pytest.mark.parametrize(
     ("script", "args", "ratio"),
     [
-        ("joiner.py", ["--requests", "3000"], r"^ratio raw/joiner: \d+\.\d\d$"),
+        ("joiner.py", ["--requests", "3000", "--rounds", "2"], r"^ratio raw/joiner: \d+\.\d\d$"),
         ("tap.py", ["--calls", "2000", "--warmup", "200"], r"^ratio tap/raw: mean \d+\.\d\dx"),
         (
             "labels.py",

@@ -333,3 +333,96 @@ def test_windows_wait_for_the_candidates_answers_up_to_the_join_ttl() -> None:
         s.on_prediction(pred(f"r{i}", t, PRIMARY), NOW)
     wm = s.watermark()
     assert wm is not None and wm >= T0 + 99 * 100 - LATENESS - TTL
+
+
+class AlwaysProgress(PartitionState):
+    """The state as it was before ``_progress`` skipped a pass at an unmoved watermark."""
+
+    def _progress(self) -> None:
+        self._progressed = None
+        super()._progress()
+
+
+def label(rid: str, t: int) -> dict[str, Any]:
+    return {"request_id": rid, "event_time": t, "value": 2.0, "label": None}
+
+
+@st.composite
+def with_labels(draw: st.DrawFn) -> list[Event]:
+    """``sequences()`` with labels for some requests, early, late or far beyond the TTL."""
+    events = draw(sequences())
+    rids = sorted({rec["request_id"] for _, rec, _ in events if rec.get("request_id")})
+    for rid in draw(st.lists(st.sampled_from(rids), max_size=10)) if rids else []:
+        at = draw(st.integers(0, len(events)))
+        t = T0 + draw(st.integers(0, 40 * 700 + 4 * TTL))
+        events.insert(at, ("labels", label(rid, t), NOW))
+    return events
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    events=with_labels(),
+    max_pending=st.sampled_from([2, 10, 1_000_000]),
+    horizon=st.sampled_from([1, 1_000, 86_400_000]),
+)
+def test_skipping_a_progress_pass_at_an_unmoved_watermark_changes_nothing(
+    events: list[Event], max_pending: int, horizon: int
+) -> None:
+    """Every event is followed by the same partials, and the same changelog at the end,
+    whether or not the pass is skipped (labels and evictions included)."""
+    runs = []
+    for cls in (PartitionState, AlwaysProgress):
+        s = cls(
+            0,
+            W,
+            LATENESS,
+            TTL,
+            max_age_ms=200_000,
+            max_skew_ms=5_000,
+            max_pending=max_pending,
+            label_horizon_ms=horizon,
+        )
+        out = []
+        for ev in events:
+            if ev[0] == "labels":
+                s.on_label(ev[1], ev[2])
+            else:
+                apply(s, ev)
+            out.append(partials(s.advance()))
+        s.idle_until(NOW + 10 * TTL)
+        out.append(partials(s.advance(close_all=True)))
+        runs.append((out, sorted(s.changes(encode_acc))))
+    assert runs[0] == runs[1]
+
+
+def test_answers_kept_by_an_eviction_are_forgotten_before_the_watermark_moves_again() -> None:
+    """The case the skip must not change: a join evicted over the pending cap, at a
+    watermark that does not move, keeps answers the label horizon already left behind;
+    the next event's pass forgets them, so the late label for them finds nothing."""
+    runs = []
+    for cls in (PartitionState, AlwaysProgress):
+        s = cls(
+            0,
+            W,
+            LATENESS,
+            TTL,
+            max_age_ms=200_000,
+            max_skew_ms=5_000,
+            max_pending=1,
+            label_horizon_ms=1,
+        )
+        t0 = T0 - T0 % 1000
+        s.on_label(label("seed", t0), NOW)  # labels are seen here: answers are kept
+        s.on_request(req("a", t0 + 10_000), NOW)
+        s.on_prediction(pred("a", t0 + 10_000, PRIMARY), NOW)  # evicts 'seed'
+        wm = s.watermark()
+        s.on_prediction(pred("b", t0 + 8_000, CANDS[0]), NOW)  # evicted at once, kept
+        assert s.watermark() == wm
+        s.on_prediction(pred("a", t0 + 10_000, CANDS[1]), NOW)  # the watermark stays
+        assert s.watermark() == wm
+        kept_b = len(s.labels.awaiting)
+        s.on_label(label("b", t0 + 8_000), NOW)
+        s.idle_until(NOW + 10 * TTL)
+        runs.append((kept_b, partials(s.advance(close_all=True))))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == 0  # forgotten by the pass after the eviction
