@@ -34,6 +34,7 @@ from streams.join.clock import STREAMS
 from streams.join.decode import FastDecoder
 from streams.join.gctune import fewer_collections
 from streams.join.start_offsets import StartOffsets
+from streams.join.windows import publish_order
 from streams.joinstate import Emitted, PartitionState
 from streams.kafka import Topics, check_copartitioned, client_config, read_compacted
 from streams.metrics.partial import PartialStats
@@ -385,25 +386,24 @@ class Joiner:
         self.busy_since = time.monotonic()
         try:
             producer.begin_transaction()
+            for p, e in publish_order({p: emitted.get(p, []) for p in touched}):
+                rec = e.stats.to_partial(
+                    joiner_partition=p,
+                    partition_count=self.partition_count,
+                    candidate=e.candidate,
+                    primary=e.primary,
+                    window_start=e.window_start,
+                    window_end=e.window_start + self.cfg.window_ms,
+                    seq=e.seq,
+                    watermark=e.watermark,
+                    ledger=e.ledger or {},
+                )
+                producer.produce(
+                    self.topics.partials, self._encode_partial(rec), e.candidate.encode()
+                )
+                self.stats.partials += 1
             for p in touched:
-                st = self.states[p]
-                for e in emitted.get(p, []):
-                    rec = e.stats.to_partial(
-                        joiner_partition=p,
-                        partition_count=self.partition_count,
-                        candidate=e.candidate,
-                        primary=e.primary,
-                        window_start=e.window_start,
-                        window_end=e.window_start + self.cfg.window_ms,
-                        seq=e.seq,
-                        watermark=e.watermark,
-                        ledger=e.ledger or {},
-                    )
-                    producer.produce(
-                        self.topics.partials, self._encode_partial(rec), e.candidate.encode()
-                    )
-                    self.stats.partials += 1
-                for key, value in st.changes(self._encode_acc):
+                for key, value in self.states[p].changes(self._encode_acc):
                     producer.produce(self.topics.joiner_state, value, key, partition=p)
                 producer.poll(0)
             for m, reason in dead:

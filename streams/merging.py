@@ -2,12 +2,13 @@
 
 The joiner partitions each publish partials per (candidate, window); a window closes once
 every joiner partition's progress (carried by its ``*`` partials) has passed the window's
-end, or once the largest progress reported by any partition is ``grace_ms`` past it (so a
-silent or slow partition holds nothing back for long). Until then its partials are merged;
-then one WINDOW snapshot and one CUMULATIVE snapshot are published per candidate, oldest
-window first. A partial for a window already closed is late: it goes into the cumulative
-numbers and is counted. Closing depends on the partials' contents only, never on a clock,
-so a replay of the same partials publishes the same snapshots.
+end, or once the largest progress reported by any partition is ``grace_ms`` past it and a
+partial of a later window comes (so a silent or slow partition holds nothing back for long).
+Until then its partials are merged; then one WINDOW snapshot and one CUMULATIVE snapshot
+are published per candidate, oldest window first. A partial for a window already closed is
+late: it goes into the cumulative numbers and is counted. Closing depends on the partials'
+contents only, never on a clock, so a replay of the same partials publishes the same
+snapshots.
 
 Every CUMULATIVE snapshot also carries the conservation law of its candidate: the latest
 ledger of each joiner partition (carried by its ``*`` partials), summed over partitions.
@@ -220,12 +221,23 @@ class WindowMerger:
         # tables written before the grace existed have no b"h": their horizon was this
         return stored if stored is not None else self.global_progress()
 
-    def _target(self, grace_ms: int) -> int | None:
-        """Where the horizon may move: all partitions past, or the furthest one a grace past."""
+    def _target(self, grace_ms: int, window_start: int) -> int | None:
+        """Where the horizon may move: all partitions past, or the furthest one a grace past
+        but not past the start of the window of the partial being folded.
+
+        Why the bound: a partition's progress can jump (once idle, it follows processing
+        time), and the joiner publishes every partition's partials of a quiet spell in one
+        transaction. Without the bound the first partition's partial closed its own window
+        and the earlier ones by grace, before the other partitions' partials for them were
+        read: those came late, and the windows were judged on a sixth of their requests
+        (a demo whose drift alarm never fired). With it, a window closes by grace only
+        once a partial of a later window comes, so a silent partition still holds back
+        only while the others have nothing newer to publish.
+        """
         marks = [m for m in self._marks() if m is not None]
         candidates = [self.global_progress()]
         if marks:
-            candidates.append(max(marks) - grace_ms)
+            candidates.append(min(max(marks) - grace_ms, window_start))
         known = [c for c in candidates if c is not None]
         return max(known) if known else None
 
@@ -320,7 +332,7 @@ class WindowMerger:
                 self.put_json(self.progress, pkey, rec["watermark"])
             ledger_changed = self._keep_ledger(rec)
             grace = self.grace_ms if self.grace_ms is not None else 2 * (we - ws)
-            after = self._target(grace)
+            after = self._target(grace, ws)
             if after is not None and (before is None or after > before):
                 self.put_json(self.progress, b"h", after)
                 out += self._close(after)

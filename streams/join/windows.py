@@ -71,6 +71,29 @@ class Emitted:
     primary: str = ""
 
 
+def publish_order(emitted: Mapping[int, Sequence[Emitted]]) -> list[tuple[int, Emitted]]:
+    """The partials of one transaction, by partition, in the order to publish them: window
+    by window, each window's candidate partials of every partition before its ``*`` ones.
+
+    Why: the evaluator closes a window once every partition's progress (carried by ``*``
+    partials) has passed it, or once one partition's progress is a grace past it
+    (:mod:`streams.merging`). When all partitions go idle together (the end of a run, a
+    quiet spell) each jumps to processing time in the same transaction, and published
+    partition by partition, the first one's last ``*`` partial closed the earlier windows
+    before the other partitions' partials for them were read: they came late, and the
+    windows were judged on a sixth of their requests (a demo whose drift alarm then never
+    fired). In this order a window's partials are all read before any progress past it;
+    a partition's partials of one window keep their order.
+    """
+    keyed = [
+        ((e.window_start, e.candidate == SHARED, p, i), p, e)
+        for p, es in emitted.items()
+        for i, e in enumerate(es)
+    ]
+    keyed.sort(key=itemgetter(0))
+    return [(p, e) for _, p, e in keyed]
+
+
 class Windows:
     """Accumulators by (candidate, window start), the closing horizon and late numbering."""
 

@@ -1,0 +1,123 @@
+"""The order a joiner publishes one transaction's partials in, read by the evaluator's
+merger (no broker): every window's partials arrive before any progress past it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.join.windows import Emitted, publish_order
+from streams.joinstate import PartitionState
+from streams.merging import WindowMerger
+from streams.metrics.partial import PartialStats
+from streams.schemas import default_codec
+
+CODEC = default_codec()
+W, LATENESS, TTL = 1_000, 1_000, 3_000
+PARTITIONS = 6
+NOW = 1_800_000_000_000
+T0 = NOW - 60_000 - (NOW - 60_000) % W
+
+
+def state(p: int) -> PartitionState:
+    return PartitionState(p, W, LATENESS, TTL, max_age_ms=600_000, max_skew_ms=60_000)
+
+
+def answer(rid: str, t: int, model: str) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "event_time": t,
+        "model_id": model,
+        "role": "PRIMARY" if model == "prim@1" else "CANDIDATE",
+        "value": 100.0 if model == "prim@1" else 101.5,
+        "label": None,
+        "latency_ms": 2.0,
+        "error": None,
+    }
+
+
+Transaction = dict[int, list[Emitted]]
+
+
+def end_of_run() -> tuple[Transaction, Transaction]:
+    """Six partitions, 50 requests a window each for four windows (one transaction); then
+    every partition goes idle in the same tick and jumps to processing time (the next), as
+    at the end of a demo."""
+    batch: Transaction = {}
+    jump: Transaction = {}
+    for p in range(PARTITIONS):
+        s = state(p)
+        for i in range(200):
+            t = T0 + i * 20
+            rid = f"p{p}-{i}"
+            s.on_request({"request_id": rid, "event_time": t, "context": {}}, NOW)
+            s.on_prediction(answer(rid, t, "prim@1"), NOW)
+            s.on_prediction(answer(rid, t, "cand@2"), NOW)
+        batch[p] = s.advance()
+        s.idle_until(T0 + 10 * W)
+        jump[p] = s.advance()
+    assert max(e.watermark for e in jump[0]) >= T0 + 8 * W  # the jump
+    return batch, jump
+
+
+def by_partition(t: Transaction) -> list[tuple[int, Emitted]]:
+    """The order before: partition by partition."""
+    return [(p, e) for p in sorted(t) for e in t[p]]
+
+
+def merge(order: list[tuple[int, Emitted]]) -> tuple[list[dict[str, Any]], int]:
+    merger = WindowMerger({}, {}, {}, {}, codec=CODEC, clock=lambda: 0, grace_ms=2 * W)
+    snapshots = []
+    for p, e in order:
+        rec = e.stats.to_partial(
+            joiner_partition=p,
+            partition_count=PARTITIONS,
+            candidate=e.candidate,
+            primary=e.primary,
+            window_start=e.window_start,
+            window_end=e.window_start + W,
+            seq=e.seq,
+            watermark=e.watermark,
+            ledger=e.ledger or {},
+        )
+        out = merger.handle(CODEC.encode("Partial", rec))
+        assert out.error is None
+        snapshots += [CODEC.decode_as("MetricSnapshot", v) for _, v in out.snapshots]
+    windows = [s for s in snapshots if s["scope"] == "WINDOW" and s["candidate"] == "cand@2"]
+    late = max((s["late_partials"] for s in snapshots if s["scope"] == "CUMULATIVE"), default=0)
+    return windows, late
+
+
+def test_windows_closed_by_one_partitions_jump_still_hold_every_partition() -> None:
+    batch, jump = end_of_run()
+    windows, late = merge(publish_order(batch) + publish_order(jump))
+    assert late == 0
+    assert [w["window_start"] - T0 for w in windows] == [0, 1000, 2000, 3000]
+    for w in windows:
+        assert w["partials"] == 2 * PARTITIONS  # a candidate's and a '*' partial each
+        assert w["coverage"]["requests"] == 50 * PARTITIONS
+        assert w["coverage"]["pairs"] == 50 * PARTITIONS
+
+
+def test_partition_by_partition_the_jump_closed_windows_before_their_partials_came() -> None:
+    """What the order prevents: the first partition's progress closes the windows."""
+    batch, jump = end_of_run()
+    windows, late = merge(by_partition(batch) + by_partition(jump))
+    assert late > 0
+    assert min(w["coverage"]["requests"] for w in windows) < 50 * PARTITIONS
+
+
+def test_a_partitions_partials_of_one_window_keep_their_order() -> None:
+    stats = PartialStats()
+    es = {
+        0: [Emitted("b@1", 0, 0, stats), Emitted("a@1", 0, 0, stats), Emitted("*", 0, 0, stats)],
+        1: [Emitted("*", 1000, 0, stats), Emitted("a@1", 0, 0, stats), Emitted("*", 0, 0, stats)],
+    }
+    got = [(p, e.candidate, e.window_start) for p, e in publish_order(es)]
+    assert got == [
+        (0, "b@1", 0),
+        (0, "a@1", 0),
+        (1, "a@1", 0),
+        (0, "*", 0),
+        (1, "*", 0),
+        (1, "*", 1000),
+    ]
