@@ -301,6 +301,13 @@ def _warm_up_request(text: str | None) -> dict[str, Any] | None:
     return example
 
 
+def _timeout_argument(p: argparse.ArgumentParser) -> None:
+    """``--timeout`` of the commands that read a deployment's topics to their end."""
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="longest read of the topics, s (default 30)"
+    )
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a count of at least 1, else a usage error naming the flag."""
     try:
@@ -674,9 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="each candidate's latest figures and verdict, the alerts firing, the stages' lag",
     )
     p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument(
-        "--timeout", type=float, default=30.0, help="longest read of the topics, s (default 30)"
-    )
+    _timeout_argument(p)
     _common(p)
     p.set_defaults(func=cmd_status)
 
@@ -686,9 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
         "over time, read from the deployment's topics",
     )
     p.add_argument("--out", default="understudy-report.html", help="the file to write")
-    p.add_argument(
-        "--timeout", type=float, default=30.0, help="longest read of the topics, s (default 30)"
-    )
+    _timeout_argument(p)
     _common(p)
     p.set_defaults(func=cmd_report)
 

@@ -69,14 +69,15 @@ class Status:
         }
 
 
-def read_status(cfg: Config, timeout: float = 30.0) -> Status:
-    """Read the published topics to their end (at most ``timeout`` s) and the groups' lag.
+def read_status(cfg: Config, timeout: float = 30.0, history: bool = False) -> Status:
+    """Read the published topics to their end (at most ``timeout`` s) and the groups' lag;
+    with ``history``, the view keeps every window snapshot and verdict read.
 
     Raises :class:`ConfigError` when ``<prefix>.metrics`` does not exist (a wrong prefix,
     or topics never created), :class:`BrokerError` when Kafka does not answer.
     """
     topics = Topics(cfg.prefix)
-    view = MetricsView(cfg, role="status", follow=False)
+    view = MetricsView(cfg, role="status", follow=False, history=history)
     try:
         complete = _read_to_end(view, topics, timeout)
         lag = {
@@ -88,6 +89,21 @@ def read_status(cfg: Config, timeout: float = 30.0) -> Status:
 
 
 def _read_to_end(view: MetricsView, topics: Topics, timeout: float) -> bool:
+    pending = {(tp.topic, tp.partition) for tp in assign_tail(view, topics)}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        view.poll(0.5)
+        pending -= view.at_end
+    return not pending
+
+
+def assign_tail(view: MetricsView, topics: Topics) -> list[TopicPartition]:
+    """Assign ``view`` the deployment's public topics: each from its start, but for the
+    metrics, from the last :data:`METRICS_TAIL` records of each partition.
+
+    Raises :class:`ConfigError` without ``<prefix>.metrics``, :class:`BrokerError` when
+    Kafka does not answer.
+    """
     consumer = view.consumer
     try:
         md = consumer.list_topics(timeout=10)
@@ -109,13 +125,8 @@ def _read_to_end(view: MetricsView, topics: Topics, timeout: float) -> bool:
                 low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
                 start = max(low, high - METRICS_TAIL)
             tps.append(TopicPartition(name, p, start))
-    pending = {(tp.topic, tp.partition) for tp in tps}
     consumer.assign(tps)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        view.poll(0.5)
-        pending -= view.at_end
-    return not pending
+    return tps
 
 
 def group_lag(cfg: Config, group: str, streams: tuple[str, ...]) -> int | None:

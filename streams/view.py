@@ -25,10 +25,13 @@ __all__ = ["MetricsView"]
 class MetricsView:
     """Follows ``<prefix>.metrics`` and keeps the latest snapshots of each candidate."""
 
-    def __init__(self, cfg: Config, role: str = "demo-view", follow: bool = True) -> None:
+    def __init__(
+        self, cfg: Config, role: str = "demo-view", follow: bool = True, history: bool = False
+    ) -> None:
         """``follow``: subscribe to the four topics now (the demo's live view); False leaves
         the assignment to the caller and reports each partition read to its end in
-        :attr:`at_end` (``understudy status``)."""
+        :attr:`at_end` (``understudy status``). ``history``: also keep every WINDOW
+        snapshot and verdict read, in order (``understudy report``)."""
         self.codec = default_codec()
         self.consumer = Consumer(
             client_config(
@@ -63,6 +66,10 @@ class MetricsView:
         self.promotions: list[dict[str, Any]] = []
         #: the first PROMOTE verdict of each comparison: the evidence of its promotion
         self.promoting: dict[str, dict[str, Any]] = {}
+        self.history = history
+        #: with ``history``: each candidate's WINDOW snapshots and verdicts, as read
+        self.window_history: dict[str, list[dict[str, Any]]] = {}
+        self.verdict_history: dict[str, list[dict[str, Any]]] = {}
 
     def poll(self, timeout: float) -> int:
         n = 0
@@ -81,6 +88,8 @@ class MetricsView:
             if m.topic() == self.verdicts_topic:
                 v = self.codec.decode_as("Verdict", m.value())
                 self.verdicts[v["candidate"]] = v
+                if self.history:
+                    self.verdict_history.setdefault(v["candidate"], []).append(v)
                 if v["decision"] == "PROMOTE":
                     self.promoting.setdefault(v["comparison"], v)
                 continue
@@ -91,10 +100,13 @@ class MetricsView:
             cand = rec["candidate"]
             if rec["scope"] == "CUMULATIVE":
                 self.cumulative[cand] = rec
-            elif cand not in self.window or _has_traffic(rec):
-                # a window that holds only late labels (scored at the label's time) has no
-                # requests, pairs or drift to show: the last window with traffic stays
-                self.window[cand] = rec
+            else:
+                if self.history:
+                    self.window_history.setdefault(cand, []).append(rec)
+                if cand not in self.window or _has_traffic(rec):
+                    # a window that holds only late labels (scored at the label's time) has
+                    # no requests, pairs or drift to show: the last window with traffic stays
+                    self.window[cand] = rec
             n += 1
         return n
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import streams.status as status_module
 from streams.config import Config
@@ -34,7 +38,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_demo_prints_one_final_json_line_per_candidate(
-    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
     done = subprocess.run(
@@ -124,6 +128,43 @@ def test_demo_prints_one_final_json_line_per_candidate(
     assert "lag (records not yet committed by each stage's group): worker 0, joiner 0" in text
     assert f"alerts firing: {len(firing)}" in text
     assert all(s["candidate"] in text for s in snaps)
+    # `understudy report` draws the same reading over time, in one HTML file
+    page = tmp_path / "report.html"
+    drawn = cli(env, "report", "--prefix", prefix, "--out", str(page))
+    assert drawn.returncode == 0, drawn.stderr.decode()[-2000:]
+    assert f"report: {page} ({len(snaps)} candidates, " in drawn.stderr.decode()
+    html = page.read_text(encoding="utf-8")
+    history = status_module.read_status(
+        Config(bootstrap_servers=kafka_bootstrap, prefix=prefix), history=True
+    )
+    for s in snaps:
+        cand = s["candidate"]
+        assert f"<h2>Candidate {cand}</h2>" in html
+        assert f"<td>{cand}</td><td>{s['primary']}</td><td>2000</td><td>2000</td>" in html
+        windows = history.view.window_history[cand]
+        with_mae = sum(w["mae"] is not None for w in windows)
+        section = html.split(f"<h2>Candidate {cand}</h2>", 1)[1].split("<h2>", 1)[0]
+        mae_line = re.search(r'data-name="MAE" points="([^"]*)"', section)
+        assert mae_line is not None and len(mae_line.group(1).split()) == with_mae
+        assert "Drift against the reference" in section
+        assert "Promotion evidence" in section
+    # the demo's drift fired: its alarms are drawn, and its transitions listed
+    assert 'class="mark"' in html
+    assert f"<h2>Alerts ({len(on_topic)} transitions, {len(firing)} firing now)</h2>" in html
+    # `understudy exporter` serves the same figures to Prometheus
+    scraped = _scrape_exporter(env, prefix)
+    for s in snaps:
+        labels = {"candidate": s["candidate"], "primary": s["primary"]}
+        assert scraped[("understudy_coverage_total", _k(kind="requests", **labels))] == 2000
+        assert scraped[("understudy_mae", _k(**labels))] == s["mae"]
+        decision = state["candidates"][s["candidate"]]["verdict"]["decision"]
+        assert scraped[("understudy_verdict", _k(decision=decision, **labels))] == 1
+    on = {
+        (dict(lab)["rule"], dict(lab)["candidate"], dict(lab)["feature"])
+        for (name, lab), v in scraped.items()
+        if name == "understudy_alert_firing" and v == 1
+    }
+    assert on == firing
     # a long-lived deployment's metrics are read from their tail only: the latest are there
     monkeypatch.setattr(status_module, "METRICS_TAIL", 20)
     tail = status_module.read_status(Config(bootstrap_servers=kafka_bootstrap, prefix=prefix))
@@ -133,6 +174,54 @@ def test_demo_prints_one_final_json_line_per_candidate(
         for name in ("requests", "pairs", "no_candidate", "no_primary", "dead_letters"):
             assert latest["coverage"][name] == s["coverage"][name], name
         assert latest["coverage"]["labels"] >= s["coverage"]["labels"]
+
+
+def _k(**labels: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
+
+
+def _scrape_exporter(env: dict[str, str], prefix: str) -> dict[tuple[str, Any], float]:
+    """Start ``understudy exporter`` on a free port, scrape it once its figures are in,
+    stop it with SIGTERM (it must exit 0, promptly); the samples as Prometheus parses them."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "exporter", "--port", "0", "--prefix", prefix],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        url = re.search(r"serving (http://\S+/metrics)", line)
+        assert url, line
+        address = url.group(1).replace("0.0.0.0", "127.0.0.1")
+        deadline = time.monotonic() + 30
+        got: dict[tuple[str, Any], float] = {}
+        last: dict[tuple[str, Any], float] = {}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(address, timeout=10) as response:
+                assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = response.read().decode()
+            got = {
+                (sample.name, _k(**sample.labels)): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            if got == last and any(name == "understudy_verdict" for name, _ in got):
+                break  # the topics hold no more: two scrapes a second apart agree
+            last = got
+            time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        return got
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def test_status_of_a_prefix_without_topics_is_a_clear_error(

@@ -35,6 +35,9 @@ COMMANDS = [
     ["demo", "--events", "10"],
     ["alerts", "--once"],
     ["promote", "m@2"],
+    ["status"],
+    ["report", "--out", "/nonexistent-dir/report.html"],
+    ["exporter", "--port", "0"],
 ]
 
 

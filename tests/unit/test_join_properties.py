@@ -343,6 +343,16 @@ class AlwaysProgress(PartitionState):
         super()._progress()
 
 
+def limits(max_pending: int, horizon: int) -> dict[str, int]:
+    """``new_state``'s bounds, with a pending cap and a label horizon of one's own."""
+    return {
+        "max_age_ms": 200_000,
+        "max_skew_ms": 5_000,
+        "max_pending": max_pending,
+        "label_horizon_ms": horizon,
+    }
+
+
 def label(rid: str, t: int) -> dict[str, Any]:
     return {"request_id": rid, "event_time": t, "value": 2.0, "label": None}
 
@@ -372,16 +382,7 @@ def test_skipping_a_progress_pass_at_an_unmoved_watermark_changes_nothing(
     whether or not the pass is skipped (labels and evictions included)."""
     runs = []
     for cls in (PartitionState, AlwaysProgress):
-        s = cls(
-            0,
-            W,
-            LATENESS,
-            TTL,
-            max_age_ms=200_000,
-            max_skew_ms=5_000,
-            max_pending=max_pending,
-            label_horizon_ms=horizon,
-        )
+        s = cls(0, W, LATENESS, TTL, **limits(max_pending, horizon))
         out = []
         for ev in events:
             if ev[0] == "labels":
@@ -401,16 +402,7 @@ def test_answers_kept_by_an_eviction_are_forgotten_before_the_watermark_moves_ag
     the next event's pass forgets them, so the late label for them finds nothing."""
     runs = []
     for cls in (PartitionState, AlwaysProgress):
-        s = cls(
-            0,
-            W,
-            LATENESS,
-            TTL,
-            max_age_ms=200_000,
-            max_skew_ms=5_000,
-            max_pending=1,
-            label_horizon_ms=1,
-        )
+        s = cls(0, W, LATENESS, TTL, **limits(max_pending=1, horizon=1))
         t0 = T0 - T0 % 1000
         s.on_label(label("seed", t0), NOW)  # labels are seen here: answers are kept
         s.on_request(req("a", t0 + 10_000), NOW)

@@ -1,0 +1,132 @@
+"""The exporter's page, read back with Prometheus' own Python parser (prometheus-client),
+from a view built here as the topics would fill it (no broker)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.exporter import render_metrics
+
+
+def view(**extra: Any) -> Any:
+    cumulative = {
+        "candidate": 'odd"name\\@1',
+        "primary": "prim@1",
+        "coverage": {"requests": 2000, "pairs": 1990, "duplicates": 3},
+        "mae": 12.5,
+        "rmse": 15.0,
+        "mean_signed_diff": -1.25,
+        "disagreement_rate": None,  # a regression: no classes to disagree on
+        "candidate_latency_p50": 1.0,
+        "candidate_latency_p95": 2.0,
+        "candidate_latency_p99": 3.0,
+        "primary_latency_p50": 0.5,
+        "primary_latency_p95": None,
+        "primary_latency_p99": math.nan,
+        "candidate_error_rate": 0.01,
+        "primary_error_rate": 0.0,
+        "labelled": {"mae": 9.0, "primary_mae": 11.0, "accuracy": None},
+    }
+    window = {
+        "window_end": 1_800_000_010_000,
+        "drift": [
+            {"feature": "sqft", "kind": "numeric", "psi": 0.4, "alarm": True},
+            {"feature": "region", "kind": "categorical", "psi": None, "alarm": False},
+        ],
+    }
+    base = {
+        "cumulative": {'odd"name\\@1': cumulative},
+        "window": {'odd"name\\@1': window},
+        "verdicts": {
+            'odd"name\\@1': {"decision": "PROMOTE", "lower": -3.0, "estimate": -2.0, "upper": -1.0}
+        },
+        "alerts": [
+            {
+                "rule": "drift",
+                "candidate": "*",
+                "feature": "sqft",
+                "severity": "warn",
+                "state": "FIRING",
+            },
+            {
+                "rule": "p99",
+                "candidate": "c@1",
+                "feature": "",
+                "severity": "page",
+                "state": "FIRING",
+            },
+            {
+                "rule": "p99",
+                "candidate": "c@1",
+                "feature": "",
+                "severity": "page",
+                "state": "RESOLVED",
+            },
+        ],
+    }
+    return SimpleNamespace(**{**base, **extra})
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name, tuple(sorted(labels.items()))
+
+
+CAND = {"candidate": 'odd"name\\@1', "primary": "prim@1"}
+
+
+def test_every_figure_is_read_back_by_prometheus_parser_with_its_labels() -> None:
+    got = samples(render_metrics(view(), snapshots_read=42))
+    assert got[key("understudy_coverage_total", kind="requests", **CAND)] == 2000
+    assert got[key("understudy_coverage_total", kind="pairs", **CAND)] == 1990
+    assert got[key("understudy_mae", **CAND)] == 12.5
+    assert got[key("understudy_mean_signed_diff", **CAND)] == -1.25
+    assert got[key("understudy_latency_ms", model="candidate", quantile="0.99", **CAND)] == 3.0
+    assert got[key("understudy_error_rate", model="candidate", **CAND)] == 0.01
+    assert got[key("understudy_labelled_mae", model="primary", **CAND)] == 11.0
+    assert got[key("understudy_verdict", decision="PROMOTE", **CAND)] == 1
+    assert got[key("understudy_verdict", decision="REJECT", **CAND)] == 0
+    assert got[key("understudy_verdict_bound", bound="upper", **CAND)] == -1.0
+    assert got[key("understudy_drift_psi", feature="sqft", kind="numeric", **CAND)] == 0.4
+    assert got[key("understudy_drift_alarm", feature="region", kind="categorical", **CAND)] == 0
+    assert got[key("understudy_window_end_seconds", **CAND)] == 1_800_000_010.0
+    firing = {"rule": "drift", "candidate": "*", "feature": "sqft", "severity": "warn"}
+    assert got[key("understudy_alert_firing", **firing)] == 1
+    resolved = {"rule": "p99", "candidate": "c@1", "feature": "", "severity": "page"}
+    assert got[key("understudy_alert_firing", **resolved)] == 0  # its latest transition
+    assert got[key("understudy_exporter_snapshots_read_total")] == 42
+
+
+def test_a_figure_the_topics_do_not_have_is_left_out_not_zero() -> None:
+    got = samples(render_metrics(view()))
+    names = {name for name, _ in got}
+    assert "understudy_disagreement_rate" not in names
+    assert key("understudy_latency_ms", model="primary", quantile="0.95", **CAND) not in got
+    assert key("understudy_latency_ms", model="primary", quantile="0.99", **CAND) not in got
+    assert key("understudy_labelled_accuracy", model="candidate", **CAND) not in got
+    assert key("understudy_drift_psi", feature="region", kind="categorical", **CAND) not in got
+
+
+def test_nothing_published_yet_is_a_valid_page() -> None:
+    empty = view(cumulative={}, window={}, verdicts={}, alerts=[])
+    got = samples(render_metrics(empty))
+    assert got == {key("understudy_exporter_snapshots_read_total"): 0}
+
+
+def test_each_family_has_one_help_and_type_line() -> None:
+    lines = render_metrics(view()).splitlines()
+    types = [line.split()[2] for line in lines if line.startswith("# TYPE ")]
+    helps = [line.split()[2] for line in lines if line.startswith("# HELP ")]
+    assert len(types) == len(set(types)) == len(helps)
+    assert set(types) == set(helps)
