@@ -12,8 +12,8 @@ each, one primary and two candidate predictions (4 x N events), then times:
 
 Prints events/s for both and ``ratio`` = baseline / joiner (how many times slower the
 joiner is than the raw loop; lower is better), each the median of ``--rounds`` rounds
-(default 3: on this shared two-core machine one round's ratio swung from 1.36 to 2.13
-between runs of the same code, as the machine's speed drifted between the two timed
+(default 3: on this shared two-core machine single rounds of one release swung from 1.50
+to 2.13 in five runs within an hour, as the machine's speed drifted between the two timed
 phases), then the CPU time of this process per event in each phase
 (librdkafka's threads included) and their ratio, which other load on the machine sways
 less than wall time.

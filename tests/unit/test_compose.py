@@ -350,3 +350,28 @@ def test_compose_validates_the_file(kind: str) -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_exporter_serves_the_stack_and_prometheus_scrapes_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The exporter runs the stages' image against the same Kafka; the optional Prometheus
+    (profile ``monitoring``) scrapes it at the port it serves."""
+    exporter = services["exporter"]
+    assert exporter["image"] == services["joiner"]["image"]
+    assert (
+        _env(exporter)["KAFKA_BOOTSTRAP_SERVERS"]
+        == _env(services["joiner"])["KAFKA_BOOTSTRAP_SERVERS"]
+    )
+    command = _command(exporter)
+    assert _parses(command), command
+    port = command[command.index("--port") + 1]
+    assert f"{port}:{port}" in exporter["ports"]
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]  # not started by a plain `up`
+    mount = next(v for v in prometheus["volumes"] if v.endswith(":ro"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    targets = [
+        t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    ]
+    assert targets == [f"exporter:{port}"]
