@@ -45,6 +45,9 @@ __all__ = ["Exporter", "render_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DECISIONS = ("PROMOTE", "REJECT", "CONTINUE")
+MAX_TRANSITIONS = 10_000
+"""Alert transitions kept before they are cut to each alert's latest (a long-running
+exporter would otherwise keep every transition it ever read)."""
 QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
 Sample = tuple[dict[str, str], float]
@@ -190,6 +193,17 @@ def _value(v: float) -> str:
     return repr(v)
 
 
+def latest_transitions(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each alert's latest transition (by rule, candidate and feature), in arrival order:
+    all the page shows of an alert, so a long-running exporter keeps no more."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for a in alerts:
+        key = (a["rule"], a["candidate"], a["feature"])
+        latest.pop(key, None)  # re-inserted last: the dict keeps arrival order
+        latest[key] = a
+    return list(latest.values())
+
+
 class Exporter:
     """Follows the topics on one thread, serves ``/metrics`` from another."""
 
@@ -233,6 +247,8 @@ class Exporter:
                 with self._lock:  # a scrape waits for this poll, never for a long one
                     n = self.view.poll(0.0)
                     self.snapshots_read += n
+                    if len(self.view.alerts) > MAX_TRANSITIONS:
+                        self.view.alerts = latest_transitions(self.view.alerts)
                 if not n:
                     stop.wait(0.2)
         finally:

@@ -72,8 +72,10 @@ class Emitted:
 
 
 def publish_order(emitted: Mapping[int, Sequence[Emitted]]) -> list[tuple[int, Emitted]]:
-    """The partials of one transaction, by partition, in the order to publish them: window
-    by window, each window's candidate partials of every partition before its ``*`` ones.
+    """The partials of one transaction, by partition, in the order to publish them: by the
+    progress each vouches for (:meth:`Windows.close` sets it: a partial's window end, a
+    partition's last ``*`` partial all its progress), candidates' partials before ``*`` ones
+    at the same progress, partition by partition after that.
 
     Why: the evaluator closes a window once every partition's progress (carried by ``*``
     partials) has passed it, or once one partition's progress is a grace past it
@@ -82,11 +84,11 @@ def publish_order(emitted: Mapping[int, Sequence[Emitted]]) -> list[tuple[int, E
     partition by partition, the first one's last ``*`` partial closed the earlier windows
     before the other partitions' partials for them were read: they came late, and the
     windows were judged on a sixth of their requests (a demo whose drift alarm then never
-    fired). In this order a window's partials are all read before any progress past it;
-    a partition's partials of one window keep their order.
+    fired). In this order no partial comes after a progress past its window, in any
+    partition; a partition's partials of equal progress keep their order.
     """
     keyed = [
-        ((e.window_start, e.candidate == SHARED, p, i), p, e)
+        ((e.watermark, e.candidate == SHARED, p, i), p, e)
         for p, es in emitted.items()
         for i, e in enumerate(es)
     ]

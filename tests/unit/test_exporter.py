@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.exporter import render_metrics
+from streams.exporter import latest_transitions, render_metrics
 
 
 def view(**extra: Any) -> Any:
@@ -130,3 +130,21 @@ def test_each_family_has_one_help_and_type_line() -> None:
     helps = [line.split()[2] for line in lines if line.startswith("# HELP ")]
     assert len(types) == len(set(types)) == len(helps)
     assert set(types) == set(helps)
+
+
+def test_cutting_the_transitions_to_each_alerts_latest_changes_no_metric() -> None:
+    flapping = [
+        {
+            "rule": "p99",
+            "candidate": f"c{i % 3}@1",
+            "feature": "",
+            "severity": "page",
+            "state": "FIRING" if i % 2 else "RESOLVED",
+        }
+        for i in range(101)
+    ]
+    full = view(alerts=flapping)
+    cut = latest_transitions(flapping)
+    assert len(cut) == 3
+    assert [a["candidate"] for a in cut] == ["c2@1", "c0@1", "c1@1"]  # latest last
+    assert render_metrics(view(alerts=cut)) == render_metrics(full)

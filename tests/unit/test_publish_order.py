@@ -64,13 +64,15 @@ def by_partition(t: Transaction) -> list[tuple[int, Emitted]]:
     return [(p, e) for p in sorted(t) for e in t[p]]
 
 
-def merge(order: list[tuple[int, Emitted]]) -> tuple[list[dict[str, Any]], int]:
+def merge(
+    order: list[tuple[int, Emitted]], partitions: int = PARTITIONS, candidate: str = "cand@2"
+) -> tuple[list[dict[str, Any]], int]:
     merger = WindowMerger({}, {}, {}, {}, codec=CODEC, clock=lambda: 0, grace_ms=2 * W)
     snapshots = []
     for p, e in order:
         rec = e.stats.to_partial(
             joiner_partition=p,
-            partition_count=PARTITIONS,
+            partition_count=partitions,
             candidate=e.candidate,
             primary=e.primary,
             window_start=e.window_start,
@@ -82,7 +84,7 @@ def merge(order: list[tuple[int, Emitted]]) -> tuple[list[dict[str, Any]], int]:
         out = merger.handle(CODEC.encode("Partial", rec))
         assert out.error is None
         snapshots += [CODEC.decode_as("MetricSnapshot", v) for _, v in out.snapshots]
-    windows = [s for s in snapshots if s["scope"] == "WINDOW" and s["candidate"] == "cand@2"]
+    windows = [s for s in snapshots if s["scope"] == "WINDOW" and s["candidate"] == candidate]
     late = max((s["late_partials"] for s in snapshots if s["scope"] == "CUMULATIVE"), default=0)
     return windows, late
 
@@ -106,18 +108,43 @@ def test_partition_by_partition_the_jump_closed_windows_before_their_partials_ca
     assert min(w["coverage"]["requests"] for w in windows) < 50 * PARTITIONS
 
 
-def test_a_partitions_partials_of_one_window_keep_their_order() -> None:
-    stats = PartialStats()
+def test_counts_in_windows_after_the_last_shared_one_come_before_its_progress() -> None:
+    """Joins that end without a candidate's answer are counted at their deadline, a TTL
+    later: windows holding only candidates' partials, after the last window with a ``*``
+    partial, whose progress vouches for them all. One partition: nothing may be late."""
+    s = state(0)
+    for i in range(200):
+        t = T0 + i * 20
+        rid = f"r{i}"
+        s.on_request({"request_id": rid, "event_time": t, "context": {}}, NOW)
+        s.on_prediction(answer(rid, t, "prim@1"), NOW)
+        s.on_prediction(answer(rid, t, "cand@2"), NOW)
+        if i < 190:  # the last ten never get the other candidate's answer
+            s.on_prediction(answer(rid, t, "cand@3"), NOW)
+    s.finish_open()
+    emitted = {0: s.advance(close_all=True)}
+    shared_last = max(e.window_start for e in emitted[0] if e.candidate == "*")
+    assert max(e.window_start for e in emitted[0]) > shared_last  # the case in question
+    windows, late = merge(publish_order(emitted), partitions=1, candidate="cand@3")
+    assert late == 0
+    assert sum(w["coverage"]["no_candidate"] for w in windows) == 10
+
+
+def test_a_partitions_partials_of_equal_progress_keep_their_order() -> None:
+    def e(cand: str, ws: int, wm: int) -> Emitted:
+        return Emitted(cand, ws, 0, PartialStats(), watermark=wm)
+
     es = {
-        0: [Emitted("b@1", 0, 0, stats), Emitted("a@1", 0, 0, stats), Emitted("*", 0, 0, stats)],
-        1: [Emitted("*", 1000, 0, stats), Emitted("a@1", 0, 0, stats), Emitted("*", 0, 0, stats)],
+        0: [e("b@1", 0, 1000), e("a@1", 0, 1000), e("*", 0, 1000), e("a@1", 1000, 2000)],
+        1: [e("a@1", 0, 1000), e("*", 0, 1000), e("*", 1000, 5000)],
     }
-    got = [(p, e.candidate, e.window_start) for p, e in publish_order(es)]
+    got = [(p, x.candidate, x.window_start) for p, x in publish_order(es)]
     assert got == [
         (0, "b@1", 0),
         (0, "a@1", 0),
         (1, "a@1", 0),
         (0, "*", 0),
         (1, "*", 0),
-        (1, "*", 1000),
+        (0, "a@1", 1000),
+        (1, "*", 1000),  # all of partition 1's progress: after everything it vouches for
     ]
