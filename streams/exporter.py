@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from streams.alerts.follow import latest_by_alert
 from streams.config import Config
 from streams.kafka import Topics
 from streams.status import assign_tail
@@ -154,10 +155,7 @@ def render_metrics(view: MetricsView, snapshots_read: int = 0) -> str:
                         labels,
                         1.0 if d["alarm"] else 0.0,
                     )
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for a in view.alerts:
-        latest[(a["rule"], a["candidate"], a["feature"])] = a
-    for (rule, cand, feature), a in sorted(latest.items()):
+    for (rule, cand, feature), a in sorted(latest_by_alert(view.alerts).items()):
         add(
             "understudy_alert_firing",
             "gauge",
@@ -196,12 +194,8 @@ def _value(v: float) -> str:
 def latest_transitions(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each alert's latest transition (by rule, candidate and feature), in arrival order:
     all the page shows of an alert, so a long-running exporter keeps no more."""
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for a in alerts:
-        key = (a["rule"], a["candidate"], a["feature"])
-        latest.pop(key, None)  # re-inserted last: the dict keeps arrival order
-        latest[key] = a
-    return list(latest.values())
+    latest = latest_by_alert(alerts)
+    return [a for a in alerts if latest[(a["rule"], a["candidate"], a["feature"])] is a]
 
 
 class Exporter:

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from streams.alerts.follow import format_alert
+from streams.alerts.follow import format_alert, latest_by_alert
 from streams.config import Config
 from streams.errors import BrokerError, ConfigError
 from streams.kafka import Topics, committed_reader
@@ -54,10 +54,7 @@ class Status:
 
     def firing(self) -> list[dict[str, Any]]:
         """The alerts whose latest transition is FIRING, by rule, candidate and feature."""
-        latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for a in self.view.alerts:
-            latest[(a["rule"], a["candidate"], a["feature"])] = a
-        return [a for a in latest.values() if a["state"] == "FIRING"]
+        return [a for a in latest_by_alert(self.view.alerts).values() if a["state"] == "FIRING"]
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,15 @@ from streams.errors import BrokerError, SchemaError
 from streams.kafka import Topics, client_config
 from streams.schemas import Codec, default_codec
 
-__all__ = ["follow_alerts", "format_alert"]
+__all__ = ["follow_alerts", "format_alert", "latest_by_alert"]
+
+AlertKey = tuple[str, str, str]
+
+
+def latest_by_alert(alerts: list[dict[str, Any]]) -> dict[AlertKey, dict[str, Any]]:
+    """Each alert's latest transition, by (rule, candidate, feature), keys in first-seen
+    order: what a subscriber's compacted view of ``<prefix>.alerts`` holds."""
+    return {(a["rule"], a["candidate"], a["feature"]): a for a in alerts}
 
 
 def format_alert(a: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ merger (no broker): every window's partials arrive before any progress past it."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from streams.join.windows import Emitted, publish_order
@@ -38,6 +39,18 @@ def answer(rid: str, t: int, model: str) -> dict[str, Any]:
 Transaction = dict[int, list[Emitted]]
 
 
+def traffic(s: PartitionState, prefix: str, candidates: Callable[[int], tuple[str, ...]]) -> None:
+    """200 requests 20 ms apart (four windows), each with the primary's answer and those
+    of ``candidates(i)``."""
+    for i in range(200):
+        t = T0 + i * 20
+        rid = f"{prefix}{i}"
+        s.on_request({"request_id": rid, "event_time": t, "context": {}}, NOW)
+        s.on_prediction(answer(rid, t, "prim@1"), NOW)
+        for model in candidates(i):
+            s.on_prediction(answer(rid, t, model), NOW)
+
+
 def end_of_run() -> tuple[Transaction, Transaction]:
     """Six partitions, 50 requests a window each for four windows (one transaction); then
     every partition goes idle in the same tick and jumps to processing time (the next), as
@@ -46,12 +59,7 @@ def end_of_run() -> tuple[Transaction, Transaction]:
     jump: Transaction = {}
     for p in range(PARTITIONS):
         s = state(p)
-        for i in range(200):
-            t = T0 + i * 20
-            rid = f"p{p}-{i}"
-            s.on_request({"request_id": rid, "event_time": t, "context": {}}, NOW)
-            s.on_prediction(answer(rid, t, "prim@1"), NOW)
-            s.on_prediction(answer(rid, t, "cand@2"), NOW)
+        traffic(s, f"p{p}-", lambda i: ("cand@2",))
         batch[p] = s.advance()
         s.idle_until(T0 + 10 * W)
         jump[p] = s.advance()
@@ -113,14 +121,8 @@ def test_counts_in_windows_after_the_last_shared_one_come_before_its_progress() 
     later: windows holding only candidates' partials, after the last window with a ``*``
     partial, whose progress vouches for them all. One partition: nothing may be late."""
     s = state(0)
-    for i in range(200):
-        t = T0 + i * 20
-        rid = f"r{i}"
-        s.on_request({"request_id": rid, "event_time": t, "context": {}}, NOW)
-        s.on_prediction(answer(rid, t, "prim@1"), NOW)
-        s.on_prediction(answer(rid, t, "cand@2"), NOW)
-        if i < 190:  # the last ten never get the other candidate's answer
-            s.on_prediction(answer(rid, t, "cand@3"), NOW)
+    # the last ten never get the other candidate's answer
+    traffic(s, "r", lambda i: ("cand@2", "cand@3") if i < 190 else ("cand@2",))
     s.finish_open()
     emitted = {0: s.advance(close_all=True)}
     shared_last = max(e.window_start for e in emitted[0] if e.candidate == "*")
