@@ -36,6 +36,8 @@ class SliceColumns:
         "cls_c",
         "cls_ids",
         "cls_p",
+        "contexts",
+        "glob",
         "ids",
         "out",
         "out_ids",
@@ -45,9 +47,13 @@ class SliceColumns:
         "req_ids",
     )
 
-    def __init__(self) -> None:
-        #: context (its slice names) -> id, in first-seen order
+    def __init__(self, contexts: ContextIndex | None = None) -> None:
+        #: the partition's numbering of contexts, shared by its buffers batch after batch
+        self.contexts = contexts if contexts is not None else ContextIndex()
+        #: context (its slice names) -> id, in first-seen order in this buffer
         self.ids: dict[tuple[str, ...], int] = {}
+        #: each of those ids' number in :attr:`contexts`
+        self.glob: list[int] = []
         self.req_ids: list[int] = []
         self.out: list[float] = []
         self.out_ids: list[int] = []
@@ -65,6 +71,7 @@ class SliceColumns:
         i = self.ids.get(ctx)
         if i is None:
             i = self.ids[ctx] = len(self.ids)
+            self.glob.append(self.contexts.number(ctx))
         return i
 
     def request(self, ctx: tuple[str, ...]) -> None:
@@ -88,7 +95,7 @@ class SliceColumns:
         """Fold every buffered value into the slices of ``s`` (then the buffer is spent)."""
         if not self.ids:
             return
-        spread = _Spread(self.ids)
+        spread = _Spread(self.contexts, self.glob)
         req = spread.names(self.req_ids)[1]
         out_rows, out_names = spread.names(self.out_ids)
         reg_rows, reg_names = spread.names(self.reg_ids)
@@ -124,25 +131,88 @@ class SliceColumns:
                 )
 
 
-class _Spread:
-    """The slice names of a batch's contexts, and how a value's context spreads to them."""
+class ContextIndex:
+    """Contexts and slice names numbered once, for every buffer of a partition.
 
-    def __init__(self, ids: dict[tuple[str, ...], int]) -> None:
-        index: dict[str, int] = {}
-        flat: list[int] = []
-        lens: list[int] = []
-        for ctx in ids:  # in id order: a dict keeps insertion order
-            lens.append(len(ctx))
-            for name in ctx:
-                j = index.get(name)
-                if j is None:
-                    j = index[name] = len(index)
-                flat.append(j)
+    Why: a buffer lives one batch, and spelling out its contexts' slice names again for
+    every fold (a dict look-up per name of every context) was a tenth of the statistics'
+    fold time (``bench/statistics.py``, cProfile). Numbered here once, a fold finds its
+    contexts' names with a few numpy gathers. The numbering is only a cache: which
+    slices a fold admits, and in what order, depends on the buffer's own first-seen
+    order (:class:`_Spread`), never on this one.
+
+    Bounded: past :data:`MAX_CONTEXTS` contexts the owner starts a new index between
+    folds (:meth:`full`), when no buffer holds numbers of this one.
+    """
+
+    __slots__ = ("_arrays", "_flat", "_lens", "_starts", "contexts", "names", "spelled")
+
+    def __init__(self) -> None:
+        self.contexts: dict[tuple[str, ...], int] = {}
+        self.names: dict[str, int] = {}
+        #: slice names by number
+        self.spelled: list[str] = []
+        self._flat: list[int] = []
+        self._lens: list[int] = []
+        self._starts: list[int] = []
+        self._arrays: tuple[Ids, Ids, Ids] | None = None
+
+    def number(self, ctx: tuple[str, ...]) -> int:
+        i = self.contexts.get(ctx)
+        if i is not None:
+            return i
+        i = self.contexts[ctx] = len(self.contexts)
+        self._starts.append(len(self._flat))
+        self._lens.append(len(ctx))
+        for name in ctx:
+            j = self.names.get(name)
+            if j is None:
+                j = self.names[name] = len(self.spelled)
+                self.spelled.append(name)
+            self._flat.append(j)
+        self._arrays = None
+        return i
+
+    def arrays(self) -> tuple[Ids, Ids, Ids]:
+        """(name numbers of every context laid end to end, each context's count, start)."""
+        if self._arrays is None:
+            self._arrays = (
+                np.asarray(self._flat, dtype=np.intp),
+                np.asarray(self._lens, dtype=np.intp),
+                np.asarray(self._starts, dtype=np.intp),
+            )
+        return self._arrays
+
+    def full(self) -> bool:
+        return len(self.contexts) >= MAX_CONTEXTS
+
+
+#: Contexts one :class:`ContextIndex` numbers before its owner starts a new one (a few
+#: hundred bytes each: ~3 MB at most).
+MAX_CONTEXTS = 10_000
+
+
+class _Spread:
+    """The slice names of a buffer's contexts, and how a value's context spreads to them."""
+
+    def __init__(self, index: ContextIndex, glob: list[int]) -> None:
+        flat, lens, starts = index.arrays()
+        g = np.asarray(glob, dtype=np.intp)  # the buffer's contexts, in its id order
+        k = lens[g]
+        total = int(k.sum())
+        gathered = flat[np.repeat(starts[g] - (np.cumsum(k) - k), k) + np.arange(total)]
+        # slice names in the buffer's first-seen order (contexts in id order, names in
+        # each context's order), numbered 0.. in that order
+        numbers, first = np.unique(gathered, return_index=True)
+        seen = numbers[np.argsort(first, kind="stable")]
+        local = np.empty(len(index.spelled), dtype=np.intp)
+        local[seen] = np.arange(seen.size, dtype=np.intp)
+        spelled = index.spelled
         #: slice names in first-seen order
-        self.order = list(index)
-        self._flat = np.asarray(flat, dtype=np.intp)
-        self._lens = np.asarray(lens, dtype=np.intp)
-        self._starts = np.cumsum(self._lens) - self._lens
+        self.order = [spelled[j] for j in seen.tolist()]
+        self._flat = local[gathered]
+        self._lens = k
+        self._starts = np.cumsum(k) - k
 
     def names(self, ctx_ids: list[int]) -> tuple[Ids, Ids]:
         """(row, slice-name index) for every value and every slice its context names."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from streams.join.feature_rows import feature_table
-from streams.join.slice_columns import SliceColumns
+from streams.join.slice_columns import ContextIndex, SliceColumns
 from streams.metrics.partial import SHARED, PartialStats
 
 Key = tuple[str, int]
@@ -108,6 +108,8 @@ class Windows:
         self.late_seq = 0
         self.dirty: set[Key] = set()
         self.removed: set[Key] = set()
+        #: contexts numbered once for every buffer (:class:`ContextIndex`)
+        self.contexts = ContextIndex()
 
     def start(self, t: int) -> int:
         return t - t % self.window_ms
@@ -125,7 +127,7 @@ class Windows:
     def columns(self, key: Key) -> Columns:
         c = self.cols.get(key)
         if c is None:
-            c = self.cols[key] = Columns()
+            c = self.cols[key] = Columns(slices=SliceColumns(self.contexts))
             self.stats(key)
         self.dirty.add(key)
         return c
@@ -163,6 +165,8 @@ class Windows:
                     s.add_latency(None, lat)
             _fold_profile(s, b, primary=key[0] == SHARED)
         self.cols.clear()
+        if self.contexts.full():
+            self.contexts = ContextIndex()  # no buffer holds its numbers any more
 
     def close(self, target: int) -> list[Emitted]:
         """Publish every accumulator of a window ending at or before ``target``.

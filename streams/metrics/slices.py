@@ -204,11 +204,13 @@ class SliceStats:
 class Slices:
     """``key=value`` -> :class:`SliceStats`, with the per-key cap and overflow."""
 
-    __slots__ = ("by_name", "overflow")
+    __slots__ = ("_per_key", "by_name", "overflow")
 
     def __init__(self) -> None:
         self.by_name: dict[str, SliceStats] = {}
         self.overflow: dict[str, int] = {}
+        #: slices per key in :attr:`by_name`, counted again when None (after a merge or a cap)
+        self._per_key: dict[str, int] | None = None
 
     def get(self, name: str, n: int = 1) -> SliceStats | None:
         """The slice to fold ``n`` values into, or None (counted) when its key is full."""
@@ -216,10 +218,18 @@ class Slices:
         if s is not None:
             return s
         key = name.split("=", 1)[0]
-        prefix = key + "="
-        if sum(1 for k in self.by_name if k.startswith(prefix)) >= MAX_VALUES:
+        per_key = self._per_key
+        if per_key is None or sum(per_key.values()) != len(self.by_name):
+            # counted once, not per new slice: that was quadratic in the slices of a fold
+            per_key = self._per_key = {}
+            for k in self.by_name:
+                head = k.split("=", 1)[0]
+                per_key[head] = per_key.get(head, 0) + 1
+        held = per_key.get(key, 0)
+        if held >= MAX_VALUES:
             self.overflow[key] = self.overflow.get(key, 0) + n
             return None
+        per_key[key] = held + 1
         s = self.by_name[name] = SliceStats()
         return s
 
@@ -231,6 +241,7 @@ class Slices:
             mine.merge(s)
         for key, n in other.overflow.items():
             self.overflow[key] = self.overflow.get(key, 0) + n
+        self._per_key = None
         self._cap(MERGE_VALUES)
 
     def _cap(self, cap: int) -> None:
@@ -243,6 +254,7 @@ class Slices:
             ranked = sorted(names, key=lambda nm: (-self.by_name[nm].weight(), nm))
             for name in ranked[cap:]:
                 self.overflow[key] = self.overflow.get(key, 0) + self.by_name.pop(name).weight()
+        self._per_key = None
 
     def is_empty(self) -> bool:
         return not self.by_name and not self.overflow

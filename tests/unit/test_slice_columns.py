@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.join.slice_columns import SliceColumns
+from streams.join.slice_columns import ContextIndex, SliceColumns
 from streams.metrics.partial import PartialStats
 from streams.metrics.slices import MAX_VALUES, slice_names
 
@@ -39,8 +39,10 @@ def plain_fold(events: list[Event], *, primary: bool) -> PartialStats:
     return s
 
 
-def columns_fold(events: list[Event], *, primary: bool) -> PartialStats:
-    cols = SliceColumns()
+def columns_fold(
+    events: list[Event], *, primary: bool, contexts: ContextIndex | None = None
+) -> PartialStats:
+    cols = SliceColumns(contexts)
     for kind, ctx, value in events:
         if kind == "req":
             cols.request(ctx)
@@ -101,3 +103,50 @@ def test_a_full_key_counts_every_value_of_a_refused_slice_as_overflow() -> None:
     s = columns_fold(evs, primary=True)
     assert len(s.slices.by_name) == MAX_VALUES
     assert s.slices.overflow == {"tenant": 3 + 2}
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=st.lists(events, min_size=2, max_size=4), primary=st.booleans())
+def test_buffers_sharing_one_context_index_fold_as_alone(
+    batches: list[list[Event]], primary: bool
+) -> None:
+    """A partition's buffers, batch after batch, number contexts in one index: each fold
+    still admits its slices in its own first-seen order (the index only caches names)."""
+    shared = ContextIndex()
+    for evs in batches:
+        assert (
+            columns_fold(evs, primary=primary, contexts=shared).to_record()
+            == plain_fold(evs, primary=primary).to_record()
+        )
+
+
+def test_a_new_slice_after_a_merge_is_capped_by_the_merged_count() -> None:
+    """The per-key count behind the cap follows slices a merge brought in."""
+    full = columns_fold([("req", (f"tenant=t{i}",), None) for i in range(MAX_VALUES)], primary=True)
+    s = columns_fold([("req", ("tenant=a",), None)], primary=True)  # counted: 1 tenant
+    s.slices.merge(full.slices)  # MERGE_VALUES >= MAX_VALUES + 1: all kept
+    assert len(s.slices.by_name) == MAX_VALUES + 1
+    assert s.slices.get("tenant=new", 2) is None
+    assert s.slices.overflow == {"tenant": 2}
+
+
+def test_a_full_context_index_is_replaced_between_folds(monkeypatch: Any) -> None:
+    """Bounded: past MAX_CONTEXTS the partition's index starts over after a fold, and
+    the next batch folds the same as with a fresh one."""
+    from streams.join import slice_columns
+    from streams.join.windows import Windows
+    from streams.metrics.partial import SHARED
+
+    monkeypatch.setattr(slice_columns, "MAX_CONTEXTS", 3)
+    w = Windows(1000)
+    first = w.contexts
+    batch: list[Event] = [("out", (f"tenant=t{i}", "region=eu"), float(i)) for i in range(5)]
+    for _ in range(2):
+        cols = w.columns((SHARED, 0)).slices
+        for _, ctx, value in batch:
+            cols.output(ctx, value)
+        w.fold()
+    assert w.contexts is not first
+    assert len(w.contexts.contexts) == 0
+    twice = plain_fold(batch + batch, primary=True).slices.to_record()
+    assert w.acc[(SHARED, 0)].slices.to_record() == twice
