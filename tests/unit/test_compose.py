@@ -375,3 +375,24 @@ def test_the_exporter_serves_the_stack_and_prometheus_scrapes_it(
         t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
     ]
     assert targets == [f"exporter:{port}"]
+
+
+def test_grafana_shows_the_dashboard_over_that_prometheus(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Optional Grafana (profile ``monitoring``): provisioned with the Prometheus service as
+    its data source and the dashboard of deploy/grafana, both mounted read-only."""
+    grafana = services["grafana"]
+    assert grafana["profiles"] == ["monitoring"]
+    mounts = dict(v.removesuffix(":ro").split(":") for v in grafana["volumes"])
+    for host in mounts:
+        assert (ROOT / host).is_dir(), host
+    provisioning = ROOT / next(h for h, c in mounts.items() if c == "/etc/grafana/provisioning")
+    source = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
+    port = services["prometheus"]["ports"][0].split(":")[-1]
+    assert source["datasources"][0]["url"] == f"http://prometheus:{port}"
+    provider = yaml.safe_load((provisioning / "dashboards/understudy.yml").read_text())
+    dashboards = provider["providers"][0]["options"]["path"]
+    assert mounts and {c for c in mounts.values()} >= {dashboards}
+    host = next(h for h, c in mounts.items() if c == dashboards)
+    assert (ROOT / host / "understudy.json").is_file()

@@ -3,7 +3,10 @@ from a view built here as the topics would fill it (no broker)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -148,3 +151,37 @@ def test_cutting_the_transitions_to_each_alerts_latest_changes_no_metric() -> No
     assert len(cut) == 3
     assert [a["candidate"] for a in cut] == ["c2@1", "c0@1", "c1@1"]  # latest last
     assert render_metrics(view(alerts=cut)) == render_metrics(full)
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/understudy.json"
+
+
+def test_the_grafana_dashboard_queries_only_what_the_exporter_serves() -> None:
+    """Every metric the dashboard's queries name is a family on the exporter's page, and
+    every label they match on is one its samples carry: a renamed metric or label breaks
+    this test, not a dashboard nobody looks at until an incident."""
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs.append(dash["templating"]["list"][0]["query"]["query"])
+    full = view()  # with the classification figures too: every family on the page
+    for figures in full.cumulative.values():
+        figures["disagreement_rate"] = 0.1
+        figures["labelled"]["accuracy"] = 0.9
+    page = samples(render_metrics(full))
+    labels_of: dict[str, set[str]] = {}
+    for name, labels in page:
+        labels_of.setdefault(re.sub(r"_total$", "", name), set()).update(k for k, _ in labels)
+    used = 0
+    for expr in exprs:
+        for metric, selector in re.findall(r"\b(understudy_[a-z_]+)(\{[^}]*\})?", expr):
+            family = re.sub(r"_total$", "", metric)
+            assert family in labels_of, (metric, expr)
+            for label in re.findall(r"(\w+)\s*(?:=~|!=|=)", selector or ""):
+                assert label in labels_of[family], (metric, label, expr)
+            used += 1
+    assert used >= 12
+    # the panels' data source is the one Grafana is provisioned with
+    source = (DASHBOARD.parents[1] / "provisioning/datasources/prometheus.yml").read_text()
+    uids = {t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]}
+    assert uids == {"understudy-prometheus"}
+    assert "uid: understudy-prometheus" in source
