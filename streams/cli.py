@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -164,7 +165,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
         created = ensure_topics(cfg)
         for name in created:
             _err(f"created {name}")
-        _err(f"topics of prefix {cfg.prefix!r} ready on {cfg.bootstrap_servers}")
+        n = check_copartitioned(cfg)
+        if args.partitions and n != args.partitions:
+            _err(
+                f"note: the topics already exist with {n} partitions; --partitions "
+                f"{args.partitions} is not applied (changing the count would send the same "
+                "request_id to another partition than its earlier events)"
+            )
+        _err(f"topics of prefix {cfg.prefix!r} ready on {cfg.bootstrap_servers} ({n} partitions)")
         return 0
     n = check_copartitioned(cfg)
     print(f"co-partitioned: {n} partitions")
@@ -304,8 +312,35 @@ def _warm_up_request(text: str | None) -> dict[str, Any] | None:
 def _timeout_argument(p: argparse.ArgumentParser) -> None:
     """``--timeout`` of the commands that read a deployment's topics to their end."""
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="longest read of the topics, s (default 30)"
+        "--timeout", type=_seconds, default=30.0, help="longest read of the topics, s (default 30)"
     )
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite duration above 0 s, else a usage error naming the flag
+    (a negative or NaN timeout used to read nothing and exit 0)."""
+    x = _finite(text)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return x
+
+
+def _rate(text: str) -> float:
+    """An argparse type: requests per second, finite and at least 0 (0: as fast as it can)."""
+    x = _finite(text)
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return x
+
+
+def _finite(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return x
 
 
 def _positive_int(text: str) -> int:
@@ -542,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=500)
     p.add_argument(
         "--budget",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="SECONDS",
         help="each candidate's time budget per batch; past it, its predictions for the batch "
@@ -593,20 +628,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--learn-horizon",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="how long (event time) a learner waits for a request's label (default: "
         "label_horizon_ms of the config, 24 h)",
     )
     p.add_argument(
         "--checkpoint-every",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="seconds between a learner's checkpoints (one more when the worker stops; default 30)",
     )
     _instance_argument(p)
-    p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
+    p.add_argument("--idle-exit", type=_seconds, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_worker)
 
@@ -618,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="most messages one batch (one transaction) takes; larger ones catch up a backlog "
         "with fewer transactions (default 5000, the joiner's DEFAULT_BATCH)",
     )
-    p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
+    p.add_argument("--idle-exit", type=_seconds, help="exit after this many idle seconds")
     _common(p)
     p.set_defaults(func=cmd_joiner)
 
@@ -672,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("alerts", help="follow the alert transitions (FIRING / RESOLVED)")
     p.add_argument("--json", action="store_true", help="one JSON object per alert")
     p.add_argument("--once", action="store_true", help="print what is there now and exit")
-    p.add_argument("--idle-exit", type=float, help="exit after this many seconds without one")
+    p.add_argument("--idle-exit", type=_seconds, help="exit after this many seconds without one")
     _common(p)
     p.set_defaults(func=cmd_alerts)
 
@@ -714,17 +749,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-service", help="the simulated production service alone")
     p.add_argument("--events", type=int, help="requests to send (default: until stopped)")
-    p.add_argument("--rate", type=float, default=200.0, help="requests per second (0: max)")
+    p.add_argument("--rate", type=_rate, default=200.0, help="requests per second (0: max)")
     p.add_argument("--seed", type=int, default=7)
     _common(p)
     p.set_defaults(func=cmd_demo_service)
 
     p = sub.add_parser("demo", help="the whole flow on a local broker, with live metrics")
     p.add_argument("--events", type=int, help="stop after N requests and the final snapshot")
-    p.add_argument("--duration", type=float, help="stop after S seconds of traffic")
+    p.add_argument("--duration", type=_seconds, help="stop after S seconds of traffic")
     p.add_argument(
         "--rate",
-        type=float,
+        type=_rate,
         default=300.0,
         help="requests per second (300: ~300 per 1 s window, enough for the drift rule's 200)",
     )
@@ -756,7 +791,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader gone by now is a broken pipe below
+        return rc
     except UnderstudyError as exc:
         _err(f"understudy: error: {_one_line(exc)}")
         return 1
@@ -765,6 +802,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`understudy status | head`): stop quietly, as
+        # a Unix tool killed by SIGPIPE does, and keep the interpreter's last flush of
+        # stdout from printing the same error again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _one_line(exc: BaseException) -> str:

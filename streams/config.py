@@ -231,9 +231,13 @@ def _read_file(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
     return data

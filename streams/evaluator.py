@@ -479,6 +479,14 @@ def _worker_class() -> type:
           redone by the next run (exactly-once), and a supervisor sees a failed stop.
         """
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # faust's start-up spinner writes cursor escapes (ESC[?25l ...) whatever stdout
+            # is: into a supervisor's log file they are noise
+            isatty = getattr(self.stdout, "isatty", None)
+            if isatty is None or not isatty():
+                self.spinner = None
+
         def install_signal_handlers(self) -> None:
             super().install_signal_handlers()
             if _Early.signum is not None:

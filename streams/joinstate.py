@@ -21,7 +21,8 @@ Semantics, per input partition:
 * What never joined is counted by reason in the window of its deadline: on ``*``, requests
   no model answered (``expired``) or only the primary did (``no_candidate``); on a
   candidate, ``no_candidate`` / ``no_primary`` / ``no_prediction`` when some other
-  candidate answered, ``no_request`` for answers whose request never came. An answer that
+  candidate answered, ``no_request`` where the primary answered a request that never
+  came (on ``*`` when no candidate answered it either). An answer that
   comes after its join finished is counted ``expired`` on its model. Every request is in
   the conservation ledger, the exact account (:mod:`streams.join.ledger`).
 * Idleness (declared by the caller from processing time) lets the watermark move without
@@ -487,9 +488,15 @@ class PartitionState:
                         w.count(cand, at, "no_candidate" if prim else "no_prediction")
             self.ledger.finish(prim, answered)
             self._meta_dirty = True
+        elif not answered:
+            if prim:  # the primary's answer alone: '*' speaks for every candidate
+                w.count(SHARED, at, "no_request")
         else:
-            for cand in answered:
-                w.count(cand, at, "no_request" if prim else "no_primary")
+            for cand in self.candidates:
+                if cand in answered:
+                    w.count(cand, at, "no_request" if prim else "no_primary")
+                elif prim:
+                    w.count(cand, at, "no_request")
         self.labels.finish(e, at)
         self.table.finish(rid, e)
 

@@ -185,9 +185,13 @@ class Rule:
 def load_rules(path: str | Path) -> tuple[Rule, ...]:
     """Read and validate a rules file; any problem is a one-line :class:`ConfigError`."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"rules file {path}: cannot read it: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"rules file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     return parse_rules(text, source=str(path))
 
 

@@ -114,6 +114,8 @@ def test_sigterm_mid_work_stops_within_10s_rc_0_and_nothing_is_lost_or_doubled(
                 + log.read_text()[-3000:]
             )
             assert code == 0, f"run {run}: rc {code}\n" + log.read_text()[-3000:]
+            # its log is a file: no terminal escapes (faust's start-up spinner wrote some)
+            assert b"\x1b" not in log.read_bytes()
         feeder.join(300)
         proc = stage(cfg, "evaluator", log=tmp_path / "evaluator-final.log")
         expected = len(CANDIDATES) * WINDOWS

@@ -48,3 +48,33 @@ def test_joiner_names_missing_topics(kafka_bootstrap: str, prefix: str) -> None:
     cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix)
     with pytest.raises(TopicLayoutError, match="understudy topics create"):
         Joiner(cfg)
+
+
+def test_topics_create_says_when_partitions_asked_for_are_not_applied(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    """Existing topics keep their count; `--partitions` asking another one is named, not
+    silently ignored."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **Config(bootstrap_servers=kafka_bootstrap, prefix=prefix).to_env()}
+
+    def create(n: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli", "topics", "create", "--partitions", str(n)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    first = create(2)
+    assert first.returncode == 0, first.stderr
+    assert "(2 partitions)" in first.stderr and "not applied" not in first.stderr
+    again = create(3)
+    assert again.returncode == 0, again.stderr
+    assert "already exist with 2 partitions; --partitions 3 is not applied" in again.stderr
+    assert check_copartitioned(Config(bootstrap_servers=kafka_bootstrap, prefix=prefix)) == 2

@@ -36,3 +36,43 @@ def test_the_joiner_refuses_a_batch_size_below_one_when_built_in_code() -> None:
 
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         Joiner(Config(bootstrap_servers="127.0.0.1:1"), batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["status", "--timeout"], "--timeout"),
+        (["report", "--timeout"], "--timeout"),
+        (["alerts", "--idle-exit"], "--idle-exit"),
+        (["worker", "--budget"], "--budget"),
+        (["worker", "--checkpoint-every"], "--checkpoint-every"),
+        (["joiner", "--idle-exit"], "--idle-exit"),
+        (["demo", "--duration"], "--duration"),
+    ],
+)
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+def test_a_duration_that_is_not_a_positive_finite_number_is_a_usage_error(
+    args: list[str], flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --timeout -1` (or nan) read nothing and said "no snapshots yet", exit 0."""
+    with pytest.raises(SystemExit) as ended:
+        build_parser().parse_args([*args, value])
+    assert ended.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_rate_below_zero_or_not_finite_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for cmd in ("demo", "demo-service"):
+        with pytest.raises(SystemExit) as ended:
+            build_parser().parse_args([cmd, "--rate", value])
+        assert ended.value.code == 2
+        assert "argument --rate" in capsys.readouterr().err
+
+
+def test_good_durations_and_rates_are_taken() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["status", "--timeout", "2.5"]).timeout == 2.5
+    assert parser.parse_args(["demo-service", "--rate", "0"]).rate == 0.0  # 0: as fast as it can

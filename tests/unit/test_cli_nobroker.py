@@ -151,3 +151,22 @@ def test_a_missing_baseline_stops_the_evaluator_at_once(tmp_path: Path) -> None:
     line = assert_one_clear_line(args, rc, took, lines)
     assert took < REACH_TIMEOUT_S
     assert "nope.avro" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluator", "--rules", "{file}"],
+        ["evaluator", "--config", "{file}"],
+        ["joiner", "--config", "{file}"],
+    ],
+)
+def test_a_file_that_is_not_utf8_text_is_one_clear_line(tmp_path: Path, args: list[str]) -> None:
+    """A binary file given as rules or config (a wrong path) is named, not a traceback."""
+    bad = tmp_path / "binary.yaml"
+    bad.write_bytes(b"\x00\xff\xfe garbage")
+    args = [a.format(file=bad) for a in args]
+    rc, took, lines = finish(*start(args, env(KAFKA_BOOTSTRAP_SERVERS=closed_port())))
+    line = assert_one_clear_line(args, rc, took, lines)
+    assert took < REACH_TIMEOUT_S
+    assert str(bad) in line and "not UTF-8" in line

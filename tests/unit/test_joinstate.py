@@ -216,6 +216,8 @@ def test_expiry_reasons_after_the_watermark_passes_the_deadline() -> None:
             pred("noreq", t, CAND_A, 4.0),
             # a request nobody answered
             req("expired", t),
+            # the primary answered a request that never came, and no candidate did
+            pred("orphan", t, PRIMARY, 1.0),
         ],
     )
     st.mark_idle("candidates")  # no more candidate answers: only requests and primary drive
@@ -232,7 +234,7 @@ def test_expiry_reasons_after_the_watermark_passes_the_deadline() -> None:
     feed(st, [req("d1", deadline - 1), pred("d1", deadline - 1, PRIMARY, 0.0)])
     emitted += st.advance()
     assert reasons(emitted) == nothing
-    assert {"ok", "nocand", "noprim", "noreq", "expired"} <= set(st.pending)
+    assert {"ok", "nocand", "noprim", "noreq", "expired", "orphan"} <= set(st.pending)
     # only the request stream passes the deadline: the watermark is the minimum, still waits
     feed(st, [req("d2", deadline + 500)])
     emitted += st.advance()
@@ -241,7 +243,7 @@ def test_expiry_reasons_after_the_watermark_passes_the_deadline() -> None:
     # the prediction stream passes too: every entry of t expires
     feed(st, [pred("d2", deadline + 500, PRIMARY, 0.0)])
     emitted += st.advance()
-    assert not {"ok", "nocand", "noprim", "noreq", "expired"} & set(st.pending)
+    assert not {"ok", "nocand", "noprim", "noreq", "expired", "orphan"} & set(st.pending)
     emitted += st.advance(close_all=True)
     # counted once, by reason, in the window of the deadline
     by_window = per_window(emitted)
@@ -250,12 +252,12 @@ def test_expiry_reasons_after_the_watermark_passes_the_deadline() -> None:
     assert by_window[(CAND_A, dw)]["coverage"] == coverage(no_primary=1, no_request=1)
     # the driver d2 is in that window too
     assert by_window[(SHARED, dw)]["coverage"] == coverage(
-        expired=1, no_candidate=1, requests=1, primary_predictions=1
+        expired=1, no_candidate=1, no_request=1, requests=1, primary_predictions=1
     )
     tot = totals(emitted)
     assert tot[CAND_A].coverage["pairs"] == 2  # ok and noreq joined
     assert tot[CAND_A].regression_n == 2
-    assert reasons(emitted) == {"no_candidate": 1, "no_primary": 1, "no_request": 1, "expired": 1}
+    assert reasons(emitted) == {"no_candidate": 1, "no_primary": 1, "no_request": 2, "expired": 1}
 
 
 def test_nothing_expires_before_both_streams_have_been_seen() -> None:
@@ -643,6 +645,8 @@ def expected(truths: list[Truth], batches: list[list[Event]]) -> dict[str, dict[
         expired=sum(x.has_req and not x.prim and not x.cands for x in truths),
         # requests only the primary answered: '*' speaks for every candidate
         no_candidate=sum(x.has_req and not x.cands for x in prim),
+        # the primary answered a request that never came, and no candidate did
+        no_request=sum(not x.has_req and not x.cands for x in prim),
         duplicates=dup[SHARED],
     )
     out[SHARED] = {
@@ -667,7 +671,7 @@ def expected(truths: list[Truth], batches: list[list[Event]]) -> dict[str, dict[
                     if x.has_req and not x.prim and x.cands and cand not in x.cands
                 ),
                 no_primary=len(has) - len(pairs),
-                no_request=sum(1 for x in pairs if not x.has_req),
+                no_request=sum(1 for x in prim if not x.has_req and x.cands),
                 duplicates=dup[cand],
                 invalid=int((~finite).sum()),  # a NaN primary value
             ),
