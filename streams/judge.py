@@ -248,7 +248,11 @@ class Judge:
     def _observe(
         self, cand: str, primary: str, ws: int, we: int, values: dict[ValueKey, float | None]
     ) -> list[Transition]:
-        if not self.rules:
+        if not self.rules or cand == primary:
+            # promoted: the candidate is the primary now, and a row of it against itself
+            # (the joiner counts the requests it no longer answers as a candidate
+            # ``no_candidate``) says nothing about it; judging it fired ``candidate-silent``
+            # after every promotion
             return []
         state = self._alert_state()
         out = state.observe(we, cand, values, window_start=ws, primary=primary)

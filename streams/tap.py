@@ -41,8 +41,12 @@ the co-partitioned topics whichever client produced them.
 
 Ownership: the mappings passed to ``record_*`` are read later, on the tap's thread. Do not
 mutate them after the call (pass a copy if you will), or the mirrored record may show the
-change. Fork safety: librdkafka and threads do not survive ``fork()``; create the Tap in
-the process that uses it (for pre-forking servers, in the worker after the fork).
+change. Fork: librdkafka's threads and the tap's do not survive ``fork()``, so a tap made
+before a pre-forking server forks its workers starts again in each child, at the fork
+(``os.register_at_fork``): its own producer, encoder thread and control follower, counters
+at 0 under a new :attr:`Tap.instance`. The parent's buffered records stay the parent's to
+send. Making the tap in each worker after the fork works as well, and costs nothing at the
+fork.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -198,22 +203,43 @@ class Tap:
         topics = Topics(self.config.prefix)
         self._topics = (topics.requests, topics.predictions)
         self._stats_topic = topics.tap_stats
-        #: this tap's id in its TapStats reports: host:pid:random, new at every start
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._started_ms = _now_ns() // 1_000_000
         interval = (
             self.config.tap_stats_interval_s if stats_interval_s is None else stats_interval_s
         )
         if interval < 0:
             raise ConfigError(f"stats_interval_s must be >= 0, got {interval}")
         self._stats_every = interval if interval > 0 else math.inf
-        self._next_stats = _monotonic() + self._stats_every
         self._encode_stats: Callable[[dict[str, Any]], bytes] = default_codec().encoder("TapStats")
-        self._stats_delivered = False
         codec = default_codec()
         self._encode_request: Callable[[dict[str, Any]], bytes] = codec.encoder("Request")
         self._encode_prediction: Callable[[dict[str, Any]], bytes] = codec.encoder("Prediction")
 
+        # A bad option is refused here, naming it (never a secret's value). librdkafka's log
+        # lines and client errors go to the shared rate-limited CLIENT_LOG (see
+        # producer_config), so an outage costs the service a line per 30 s, not 3 a second.
+        validate_client_options(self.config)
+        self._initial_primary = primary
+        self._on_promote = on_promote
+        self._follow_control = follow_control
+        self._start(primary)
+        _LIVE.add(self)
+        atexit.register(self._close_at_exit)
+        log.debug(
+            "tap started: topics %s, sample_rate %s, buffer %d, config %s",
+            self._topics,
+            self.sample_rate,
+            buffer_size,
+            self.config.redacted(),
+        )
+
+    def _start(self, primary: str | None) -> None:
+        """Counters, buffer, producer, encoder thread and control follower: at construction,
+        and again in a child process after ``fork()`` (:func:`_restart_after_fork`)."""
+        #: this tap's id in its TapStats reports: host:pid:random, new at every start
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._started_ms = _now_ns() // 1_000_000
+        self._next_stats = _monotonic() + self._stats_every
+        self._stats_delivered = False
         # Written by callers (any thread): guarded by _lock. Only off the fast path.
         self._lock = threading.Lock()
         self._sampled_out = 0
@@ -241,10 +267,6 @@ class Tap:
         self._reported = (0, 0, 0)
         self._next_report = _monotonic() + _REPORT_EVERY
 
-        # A bad option is refused here, naming it (never a secret's value). librdkafka's log
-        # lines and client errors go to the shared rate-limited CLIENT_LOG (see
-        # producer_config), so an outage costs the service a line per 30 s, not 3 a second.
-        validate_client_options(self.config)
         conf = producer_config(self.config)
         conf["on_delivery"] = self._on_delivery
         conf["error_cb"] = self._on_error
@@ -258,24 +280,17 @@ class Tap:
         self._thread = threading.Thread(target=self._run, name="understudy-tap", daemon=True)
         self._thread.start()
         self._follower: PrimaryFollower | None = None
-        self._initial_primary = primary
-        if follow_control:
+        if self._follow_control:
             try:
                 self._follower = PrimaryFollower(
-                    self.config, primary=primary, on_promote=on_promote
+                    self.config, primary=primary, on_promote=self._on_promote
                 )
             except Exception as exc:  # the mirror still works; only promotions are not seen
                 log.warning(
-                    "tap: cannot follow %s: %s", topics.control, scrub(str(exc), self.config)
+                    "tap: cannot follow %s: %s",
+                    Topics(self.config.prefix).control,
+                    scrub(str(exc), self.config),
                 )
-        atexit.register(self._close_at_exit)
-        log.debug(
-            "tap started: topics %s, sample_rate %s, buffer %d, config %s",
-            self._topics,
-            self.sample_rate,
-            buffer_size,
-            self.config.redacted(),
-        )
 
     # ------------------------------------------------------------------------------------
     # The caller's side: cheap, lock-free on the accepted path, never raises.
@@ -293,9 +308,14 @@ class Tap:
 
         ``event_time_ms`` defaults to now, read at the call (not when the record is sent),
         so windows are cut on when the service saw the request. False means sampled out,
-        dropped (buffer full, tap closed) or unusable arguments; see :meth:`stats`.
+        dropped (buffer full, tap closed) or a ``request_id`` that is not a string; other
+        arguments that cannot be encoded are found on the tap's thread and counted as
+        ``encode_errors``, see :meth:`stats`.
         """
         try:
+            if type(request_id) is not str:
+                self._count_error()
+                return False
             if event_time_ms is None:
                 event_time_ms = _now_ns() // 1_000_000
             if self._threshold < _EVERY_ID and zlib.crc32(request_id.encode()) >= self._threshold:
@@ -329,9 +349,13 @@ class Tap:
         Pass the request's event time when you have it, so that a slow answer still lands
         in its request's window; it defaults to now, read at the call. ``model_id`` is
         ``name@version``; ``value`` for regressors, ``label`` and ``scores`` for
-        classifiers, ``error`` (with no output) when the model failed.
+        classifiers, ``error`` (with no output) when the model failed. False as for
+        :meth:`record_request`.
         """
         try:
+            if type(request_id) is not str:
+                self._count_error()
+                return False
             if event_time_ms is None:
                 event_time_ms = _now_ns() // 1_000_000
             if self._threshold < _EVERY_ID and zlib.crc32(request_id.encode()) >= self._threshold:
@@ -467,7 +491,7 @@ class Tap:
                 self._stop.set()
                 atexit.unregister(self._close_at_exit)
         if self._follower is not None:
-            self._follower.close(timeout=0.2)
+            self._follower.close(timeout=min(0.2, max(0.0, timeout)))
         if self._thread is not threading.current_thread():
             self._thread.join(max(0.0, self._deadline - _monotonic()) + 0.05)
         if self._thread.is_alive():
@@ -724,3 +748,34 @@ class Tap:
             )
         else:
             log.debug("tap closed: %s", stats)
+
+
+#: Taps of this process, for :func:`_restart_after_fork`.
+_LIVE: weakref.WeakSet[Tap] = weakref.WeakSet()
+#: The parent's clients as a forked child inherited them: never used or destroyed there
+#: (librdkafka's threads did not survive the fork, and destroying them would wait for
+#: those threads), only kept from the garbage collector.
+_INHERITED: list[Any] = []
+
+
+def _restart_after_fork() -> None:
+    """In a child after ``fork()`` (a pre-forking server's worker): each open tap starts
+    again with its own producer, encoder thread and control follower, its counters at 0
+    under a new :attr:`Tap.instance`. Before this, every record of the child stayed in a
+    buffer nothing read, and counted nowhere: ``record_*`` returned True and nothing
+    reached Kafka. What the parent had buffered is the parent's to send."""
+    for tap in list(_LIVE):
+        _INHERITED.append((tap._producer, tap._follower))
+        if not tap._open:
+            tap._producer = None
+            tap._follower = None
+            continue
+        try:
+            tap._start(tap.primary)
+        except Exception:  # never raise into the fork; the tap counts what it drops
+            log.exception("tap: cannot start again after fork(); its records are dropped")
+            tap._open = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_after_fork)

@@ -172,3 +172,73 @@ def test_an_open_tap_flushes_at_interpreter_exit(kafka_bootstrap: str, prefix: s
     codec = default_codec()
     ids = sorted(codec.decode_as("Request", m.value())["request_id"] for m in messages)
     assert ids == sorted(f"exit-{i}" for i in range(50))
+
+
+FORK_SERVICE = """
+import dataclasses, json, os, sys, time
+from streams.config import Config
+from streams.tap import Tap
+
+tap = Tap(Config(bootstrap_servers=sys.argv[1], prefix=sys.argv[2]))
+for i in range(5):
+    tap.record_request(f"parent-{i}", {"x": float(i)})
+tap.flush(10)
+pid = os.fork()  # a pre-forking server: the tap was made before its workers
+if pid == 0:
+    for i in range(100):
+        tap.record_request(f"child-{i}", {"x": float(i)})
+        tap.record_prediction(f"child-{i}", "m@1", value=float(i))
+    stats = tap.close(10)
+    print(json.dumps({"child": dataclasses.asdict(stats), "instance": tap.instance}), flush=True)
+    sys.exit(0)  # a normal exit: the inherited clients must not hang it
+started = time.monotonic()
+while time.monotonic() - started < 60:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    raise SystemExit("the child did not exit within 60 s")
+for i in range(5, 10):
+    tap.record_request(f"parent-{i}", {"x": float(i)})
+stats = tap.close(10)
+report = {"parent": dataclasses.asdict(stats), "child_status": status}
+print(json.dumps({**report, "instance": tap.instance}))
+"""
+
+
+def test_a_tap_made_before_fork_works_in_the_child(kafka_bootstrap: str, prefix: str) -> None:
+    """A pre-forking server (gunicorn, multiprocessing with fork) made its tap before the
+    fork: the child's records reach Kafka and its stats account for them, the parent's
+    too. Before, the child's records were accepted (True) and never sent nor counted."""
+    import json
+
+    cfg = Config(bootstrap_servers=kafka_bootstrap, prefix=prefix, partitions=PARTITIONS)
+    ensure_topics(cfg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNDERSTUDY_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SERVICE, kafka_bootstrap, prefix],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    child = next(x for x in lines if "child" in x)
+    parent = next(x for x in lines if "parent" in x)
+    assert parent["child_status"] == 0
+    assert child["child"]["accepted"] == 200 and child["child"]["sent"] == 200, child
+    assert parent["parent"]["accepted"] == 10 and parent["parent"]["sent"] == 10, parent
+    assert child["instance"] != parent["instance"]  # its own TapStats reports
+    t = Topics(prefix)
+    codec = default_codec()
+    requests = read_all(kafka_bootstrap, f"{prefix}-fork", [t.requests], 110)
+    ids = Counter(codec.decode_as("Request", m.value())["request_id"] for m in requests)
+    assert set(ids) == {f"parent-{i}" for i in range(10)} | {f"child-{i}" for i in range(100)}
+    assert set(ids.values()) == {1}
+    predictions = read_all(kafka_bootstrap, f"{prefix}-fork-p", [t.predictions], 100)
+    assert len(predictions) == 100

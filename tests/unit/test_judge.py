@@ -199,3 +199,20 @@ def test_partial_stats_profile_survives_the_evaluator_tables() -> None:
         default_codec().decode_as("Partial", default_codec().encode("Partial", s.to_partial()))
     )
     assert back.profile.numeric["x"] == s.profile.numeric["x"]
+
+
+@pytest.mark.parametrize(("primary", "fired"), [("old@1", True), ("cand@2", False)])
+def test_a_promoted_candidate_is_not_judged_against_itself(primary: str, fired: bool) -> None:
+    """After a promotion the joiner counts the requests the promoted model no longer
+    answers as a candidate ``no_candidate``; judged against itself, that fired the shipped
+    candidate-silent rule after every promotion. Against another primary it still fires."""
+    judge = Judge({}, rules=RULES, reference_requests=2_000)
+    transitions = []
+    for k in range(5):
+        stats = PartialStats()
+        stats.count("requests", 1_000)
+        stats.count("no_candidate", 1_000)
+        ws = k * 10_000
+        transitions += judge.window("cand@2", primary, ws, ws + 10_000, stats).transitions
+    silent = [t for t in transitions if t.rule == "candidate-silent"]
+    assert [t.state for t in silent] == (["FIRING"] if fired else [])

@@ -259,6 +259,18 @@ def test_garbage_ids_with_sampling_never_raise() -> None:
     assert settled(stats) == 10
 
 
+def test_an_id_that_is_not_a_string_is_refused_at_the_call() -> None:
+    """False at once (the docstring's "unusable arguments"), counted as an encode error:
+    not True, then an error found later on the tap's thread."""
+    tap = Tap(away())
+    for bad in (None, 123, b"r-1"):
+        assert tap.record_request(bad, {"x": 1.0}) is False  # type: ignore[arg-type]
+        assert tap.record_prediction(bad, "m@1", value=1.0) is False  # type: ignore[arg-type]
+    stats = tap.close(timeout=1.0)
+    assert stats.encode_errors == 6 and stats.accepted == 0
+    assert settled(stats) == 6
+
+
 # ---------------------------------------------------------------------------------------
 # Kafka away
 
