@@ -10,8 +10,8 @@ serves each candidate's latest figures at ``/metrics`` in the Prometheus text fo
 What is exported (labels ``candidate`` and ``primary`` on each, and more where named):
 
 * ``understudy_coverage_total{kind}``: the cumulative counts (requests, pairs, duplicates,
-  dead letters, labels, ...). A promotion starts a new comparison, whose counts start
-  again: Prometheus reads that as a counter reset, as it should.
+  dead letters, labels, ...), the candidate's since it was first seen, across promotions
+  (only its losses against the labels start again with a new primary, docs/labels.md).
 * ``understudy_mae``, ``understudy_rmse``, ``understudy_mean_signed_diff``,
   ``understudy_disagreement_rate``: disagreement with the primary, since the start.
 * ``understudy_latency_ms{model,quantile}``, ``understudy_error_rate{model}``.

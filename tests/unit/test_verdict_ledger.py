@@ -301,3 +301,50 @@ def test_labelled_partials_drive_the_verdict_to_promote() -> None:
     assert first["estimate"] == pytest.approx(np.mean(diffs[:1_000]), rel=1e-9)
     assert first["decision"] == "PROMOTE" and first["upper"] < 0
     assert [v["decision"] for v in verdicts] == ["PROMOTE"] * 4  # final once decided
+
+
+def test_the_cumulative_losses_against_the_labels_start_again_with_a_new_primary() -> None:
+    """After a promotion the cumulative snapshot names the new primary; its labelled
+    figures (the candidate's MAE beside the primary's) must be on the pairs scored against
+    that primary only, as the verdict's are. They summed both comparisons: the primary's
+    MAE beside the candidate's was mostly the old primary's. A late partial of the old
+    comparison adds none of its losses to the new one."""
+    rng = np.random.default_rng(11)
+    tables: list[dict[bytes, bytes]] = [{}, {}, {}, {}]
+    merger = WindowMerger(*tables, grace_ms=0, clock=lambda: T0)
+    errors = {  # (candidate's, primary's) absolute errors per window
+        "p@old": (np.full(100, 2.0), np.full(100, 5.0)),
+        "p@new": (np.full(30, 2.0), np.full(30, 1.0)),
+    }
+    cumulative: list[dict[str, Any]] = []
+
+    def send(primary: str, ws: int, seq: int, labelled: bool) -> None:
+        for cand in ("c@1", SHARED):
+            stats = PartialStats()
+            if cand != SHARED and labelled:
+                stats = _labelled(rng, *errors[primary])
+            rec = stats.to_partial(
+                joiner_partition=0, partition_count=1, candidate=cand, primary=primary,
+                window_start=ws, window_end=ws + W, seq=seq, watermark=ws + W,
+            )  # fmt: skip
+            h = merger.handle(CODEC.encode("Partial", rec))
+            assert h.error is None, h.error
+            snaps = [CODEC.decode_as("MetricSnapshot", v) for _, v in h.snapshots]
+            cumulative.extend(
+                s for s in snaps if s["scope"] == "CUMULATIVE" and s["candidate"] == "c@1"
+            )
+
+    send("p@old", T0, 0, True)
+    send("p@old", T0 + W, 1, True)
+    before = cumulative[-1]
+    assert (before["primary"], before["labelled"]["n"]) == ("p@old", 200)
+    assert before["labelled"]["primary_mae"] == pytest.approx(5.0)
+    send("p@new", T0 + 2 * W, 2, True)
+    after = cumulative[-1]
+    assert (after["primary"], after["labelled"]["n"]) == ("p@new", 30)
+    assert after["labelled"]["mae"] == pytest.approx(2.0)
+    assert after["labelled"]["primary_mae"] == pytest.approx(1.0)
+    assert (
+        after["coverage"]["candidate_predictions"]
+        == before["coverage"]["candidate_predictions"] + 30
+    )
