@@ -313,7 +313,7 @@ class Tap:
         ``encode_errors``, see :meth:`stats`.
         """
         try:
-            if type(request_id) is not str:
+            if not isinstance(request_id, str):
                 self._count_error()
                 return False
             if event_time_ms is None:
@@ -353,7 +353,7 @@ class Tap:
         :meth:`record_request`.
         """
         try:
-            if type(request_id) is not str:
+            if not isinstance(request_id, str):
                 self._count_error()
                 return False
             if event_time_ms is None:

@@ -271,6 +271,19 @@ def test_an_id_that_is_not_a_string_is_refused_at_the_call() -> None:
     assert settled(stats) == 6
 
 
+def test_a_str_subclass_id_is_taken() -> None:
+    """An id type of the service's own (a ``str`` subclass, a StrEnum) is a string."""
+
+    class RequestId(str):
+        pass
+
+    tap = Tap(away())
+    assert tap.record_request(RequestId("r-1"), {"x": 1.0}) is True
+    assert tap.record_prediction(RequestId("r-1"), "m@1", value=1.0) is True
+    stats = tap.close(timeout=1.0)
+    assert stats.accepted == 2 and stats.encode_errors == 0
+
+
 # ---------------------------------------------------------------------------------------
 # Kafka away
 
