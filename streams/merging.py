@@ -450,18 +450,6 @@ class WindowMerger:
         if total is None:
             # a candidate seen for the first time starts from every request before it
             total = self._stats(self.cumulative, SHARED.encode()) or PartialStats()
-        compared_with = self.get_json(self.meta, key, {}).get("primary", "")
-        if primary and compared_with and primary != compared_with:
-            # A promotion starts a new comparison: the losses against the labels are the
-            # new primary's and the candidate's on the same pairs, as the verdict's are;
-            # summed across the switch they named the new primary but were mostly the
-            # old one's. A late partial of the old comparison adds none of its losses.
-            if late:
-                stats.labelled = None
-            else:
-                total.labelled = None
-        total.merge(stats)
-        self._put_stats(self.cumulative, key, total)
         cmeta = self.get_json(
             self.meta,
             key,
@@ -473,12 +461,25 @@ class WindowMerger:
                 "late_partials": 0,
             },
         )
+        compared_with = cmeta.get("primary", "")
+        switched = bool(primary and compared_with and primary != compared_with)
+        if switched:
+            # A promotion starts a new comparison: the losses against the labels are the
+            # new primary's and the candidate's on the same pairs, as the verdict's are;
+            # summed across the switch they named the new primary but were mostly the
+            # old one's. A late partial of the old comparison adds none of its losses.
+            if late:
+                stats.labelled = None
+            else:
+                total.labelled = None
+        total.merge(stats)
+        self._put_stats(self.cumulative, key, total)
         cmeta["window_start"] = min(cmeta["window_start"], wmeta["window_start"])
         cmeta["window_end"] = max(cmeta["window_end"], wmeta["window_end"])
         cmeta["windows"] += 1 if new_window else 0
         cmeta["partials"] += wmeta["partials"]
         cmeta["late_partials"] += late
-        if primary and not (late and compared_with and primary != compared_with):
+        if primary and not (late and switched):
             cmeta["primary"] = primary
         return [self._cumulative_snapshot(cand, total, cmeta)]
 

@@ -219,7 +219,7 @@ class Slices:
             return s
         key = name.split("=", 1)[0]
         per_key = self._per_key
-        if per_key is None or sum(per_key.values()) != len(self.by_name):
+        if per_key is None:
             # counted once, not per new slice: that was quadratic in the slices of a fold
             per_key = self._per_key = {}
             for k in self.by_name:
