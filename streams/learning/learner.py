@@ -44,6 +44,7 @@ as a hung prediction would. The labels of a learn call past the budget count as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -77,11 +78,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AT_END_SETTLE_S = 1.0
+AT_END_SETTLE_S = 2.0
 """How long a partition read to its end must have been quiet before it stops holding
 learning back (:func:`streams.learning.timeorder.frontier`): longer than a fetch waits
-(librdkafka's ``fetch.wait.max.ms``, 500 ms by default), so a request produced before a
-label is fetched and scored before the label is learned."""
+(librdkafka's ``fetch.wait.max.ms``, 500 ms by default) and than the tap's own lag on a
+busy host, so a request served before a label is fetched and scored before the label is
+learned. The joiner allows events the same lateness by default (``lateness_ms``)."""
 #: Seconds between checkpoints, by default (and one more when the worker stops).
 DEFAULT_CHECKPOINT_S = 30.0
 #: Bound on a checkpoint's pickling, on the candidate's lane.
@@ -414,27 +416,38 @@ class OnlineLearner:
         reach the model before it answers older requests of the others, which a model
         running live could not have known. So a pair waits until every assigned partition
         that still has requests to read has scored past its label's event time; partitions
-        read to their end and quiet for :data:`AT_END_SETTLE_S` hold nothing back.
+        read to their end (by the consumer's position) and quiet for
+        :data:`AT_END_SETTLE_S` hold nothing back.
         """
         if self._held:
             self._ready += self._held.release(self._frontier(requests_consumer))
 
     def _frontier(self, consumer: Any) -> float:
         """:meth:`streams.learning.timeorder.ScoringProgress.frontier` of the assigned
-        partitions, with the high watermarks the worker's consumer last fetched."""
+        partitions, with the consumer's positions and the high watermarks of its last
+        fetches (both local look-ups, no request to Kafka)."""
         topic = self.topics.requests
+        assigned = sorted(self._assigned)
+        positions: dict[int, int] = {}
+        # on an error, our own count of what was read stands
+        with contextlib.suppress(KafkaException):
+            if assigned:
+                positions = {
+                    tp.partition: tp.offset
+                    for tp in consumer.position([TopicPartition(topic, p) for p in assigned])
+                }
 
-        def high(p: int) -> int:
+        def ends(p: int) -> tuple[int, int]:
             try:
                 _, h = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
             except KafkaException:
-                return -1
-            return int(h)
+                h = -1
+            return positions.get(p, -1), int(h)
 
         now = time.monotonic()
         idle_before = now - self.cfg.idle_flush_ms / 1000.0
         settled_before = now - AT_END_SETTLE_S
-        return self._progress.frontier(self._assigned, high, idle_before, settled_before)
+        return self._progress.frontier(assigned, ends, idle_before, settled_before)
 
     def learn(self, lanes: Lanes) -> None:
         """``learn_one`` on every ready pair, on the candidate's lane; kept when it is busy."""

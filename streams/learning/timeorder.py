@@ -30,7 +30,8 @@ __all__ = ["HeldPairs", "PartitionProgress", "ScoringProgress", "frontier"]
 class PartitionProgress:
     """Where the worker stands on one assigned partition of the requests topic."""
 
-    #: offset of the next request to read (None: not known yet)
+    #: offset of the next message to read: the consumer's position, past transaction
+    #: markers and aborted records (None: not known yet)
     next_offset: int | None
     #: the partition's high watermark from the last fetch (-1: not known)
     high: int
@@ -47,25 +48,34 @@ def frontier(
 ) -> float:
     """The event time every partition with requests still to read has scored past.
 
-    A partition holds nothing back when its position is unknown, when it gave the worker
-    nothing since ``idle_before`` (idleness, as the joiner's watermarks have it, Flink's
-    ``withIdleness``: a transactional producer's last commit marker is an offset no
-    message is ever returned for), or when it is read to its end and gave the worker
-    nothing since ``settled_before``. ``inf`` when none holds anything back.
+    A partition with messages past its position (the consumer's, which librdkafka moves
+    past transaction markers and aborted records) holds learning back at what it has
+    scored, however long ago it gave the worker a message: a worker busy with other
+    partitions, or one that stalled, has not read them yet. A partition holds nothing back
+    when its position is unknown, when it is read to its end and gave the worker nothing
+    since ``settled_before``, or when its end is unknown (no fetch yet) and it gave the
+    worker nothing since ``idle_before`` (idleness, as the joiner's watermarks have it).
+    ``inf`` when none holds anything back.
 
     Why "settled": the high watermark is the one of the consumer's last fetch, so "read to
-    its end" can be stale by a fetch. Under live traffic a request produced just before a
-    label could still be on its way, and a label learned at once reached the model before
-    it answered that request (a CI run: 7 of 200 requests served before the first label
-    got a learned answer). A partition that keeps getting requests therefore holds learning
-    back until it is scored past the label; one quiet for a little longer than a fetch
-    takes does not.
+    its end" can be stale by a fetch, and a request produced before a label can reach Kafka
+    after it (the service's tap and its label source are separate producers). Under live
+    traffic a partition that keeps getting requests therefore holds learning back until it
+    is scored past the label; one quiet a little longer than that does not.
+
+    Why idleness only when the end is unknown: a partition that gave nothing for a while
+    but has requests past its position is behind, not quiet (a backlog read one partition
+    at a time, a worker that stalled); counted idle, its requests met a model that had
+    learned from later labels.
     """
     limit = math.inf
     for p in partitions:
-        if p.next_offset is None or p.active_at < idle_before:
+        if p.next_offset is None:
             continue
-        if 0 <= p.high <= p.next_offset and p.active_at < settled_before:
+        if p.high < 0:
+            if p.active_at < idle_before:
+                continue
+        elif p.high <= p.next_offset and p.active_at < settled_before:
             continue
         limit = min(limit, -math.inf if p.scored_ms is None else p.scored_ms)
     return limit
@@ -118,23 +128,25 @@ class ScoringProgress:
     def frontier(
         self,
         partitions: Iterable[int],
-        high: Callable[[int], int],
+        ends: Callable[[int], tuple[int, int]],
         idle_before: float,
         settled_before: float = math.inf,
     ) -> float:
-        """:func:`frontier` of ``partitions``; ``high(p)``: a partition's high watermark
-        (-1: not known), asked only of those whose position is known."""
+        """:func:`frontier` of ``partitions``; ``ends(p)``: the consumer's position on a
+        partition and its high watermark (each -1 or less when not known), asked only of
+        those whose position is known here. The consumer's position is the one read: it
+        passes transaction markers and aborted records, which no message is returned for."""
         nxt, active_at, scored_ms = self._next, self._active_at, self._scored_ms
-        progress = (
-            PartitionProgress(
-                nxt.get(p),
-                high(p) if nxt.get(p) is not None else -1,
-                active_at.get(p, 0.0),
-                scored_ms.get(p),
-            )
-            for p in partitions
-        )
-        return frontier(progress, idle_before, settled_before)
+
+        def progress(p: int) -> PartitionProgress:
+            offset = nxt.get(p)
+            high = -1
+            if offset is not None:
+                position, high = ends(p)
+                offset = max(offset, position)
+            return PartitionProgress(offset, high, active_at.get(p, 0.0), scored_ms.get(p))
+
+        return frontier(map(progress, partitions), idle_before, settled_before)
 
 
 class HeldPairs:

@@ -346,13 +346,18 @@ def test_time_order_a_partition_behind_holds_learning_back_until_it_is_scored_pa
     busy_behind = PartitionProgress(next_offset=10, high=500, active_at=now, scored_ms=1_000)
     busy_ahead = PartitionProgress(next_offset=400, high=500, active_at=now, scored_ms=9_000)
     assert frontier([busy_behind, busy_ahead], idle_before=now - 3) == 1_000
-    # read to its end, idle past idle_flush, or with no position: it holds nothing back
+    # read to its end, idle past idle_flush with its end unknown, or with no position: it
+    # holds nothing back
     at_end = PartitionProgress(next_offset=500, high=500, active_at=now, scored_ms=1_000)
-    idle = PartitionProgress(next_offset=10, high=500, active_at=now - 10, scored_ms=1_000)
+    idle = PartitionProgress(next_offset=10, high=-1, active_at=now - 10, scored_ms=1_000)
     unknown = PartitionProgress(next_offset=None, high=-1, active_at=now, scored_ms=None)
     for quiet in (at_end, idle, unknown):
         assert frontier([quiet, busy_ahead], idle_before=now - 3) == 9_000
     assert frontier([at_end, idle, unknown], idle_before=now - 3) == float("inf")
+    # but one with requests still to read is behind, not idle, however long it gave nothing
+    # (a backlog read one partition at a time, a worker that stalled)
+    behind = PartitionProgress(next_offset=10, high=500, active_at=now - 10, scored_ms=1_000)
+    assert frontier([behind, busy_ahead], idle_before=now - 3) == 1_000
     # a partition being read that has scored nothing yet holds everything back
     fresh = PartitionProgress(next_offset=0, high=500, active_at=now, scored_ms=None)
     assert frontier([fresh, busy_ahead], idle_before=now - 3) == float("-inf")
@@ -388,24 +393,34 @@ def test_time_order_a_partition_read_to_its_end_holds_back_until_it_has_settled(
 
 def test_scoring_progress_keeps_each_partitions_position_for_the_frontier() -> None:
     """What the learner tells it (assignments, resumes, scored batches, partitions gone) is
-    what :func:`frontier` sees; the high watermark is asked only of known positions."""
+    what :func:`frontier` sees; the consumer's end of each partition is asked only of
+    known positions, and its position, past transaction markers, counts."""
     now = 100.0
     progress = ScoringProgress()
     asked: list[int] = []
+    position = {0: -1001, 1: -1001}
 
-    def high(p: int) -> int:
+    def ends(p: int) -> tuple[int, int]:
         asked.append(p)
-        return 500
+        return position.get(p, -1001), 500
 
     for p in (0, 1, 2):
         progress.assigned(p, now)
     progress.resumes_at(0, 10)  # known position, nothing scored yet: holds everything back
-    assert progress.frontier([0, 1, 2], high, idle_before=now - 3) == float("-inf")
+    assert progress.frontier([0, 1, 2], ends, idle_before=now - 3) == float("-inf")
     assert asked == [0]  # 1 and 2 have no position: they hold nothing back
     progress.scored({0: 20, 1: 30}, [0, 0, 1], [1_000, 4_000, 2_000], now)
-    assert progress.frontier([0, 1, 2], high, idle_before=now - 3) == 2_000
+    assert progress.frontier([0, 1, 2], ends, idle_before=now - 3) == 2_000
     progress.scored({1: 500}, [1], [1_500], now)  # read to its end; an older time is no step back
-    assert progress.frontier([0, 1], high, idle_before=now - 3) == 4_000
-    assert progress.frontier([0, 1], high, idle_before=now + 1) == float("inf")  # both idle
-    progress.forget(0)
-    assert progress.frontier([0, 1], high, idle_before=now - 3) == float("inf")
+    assert progress.frontier([0, 1], ends, idle_before=now - 3) == 4_000
+    # behind on 0 (offset 20 of 500), so never idle; 1 is at its end and has settled
+    assert progress.frontier([0, 1], ends, idle_before=now + 1, settled_before=now + 1) == 4_000
+    # 0's last message was 497, then transaction markers: the consumer's position is 500
+    progress.scored({0: 498}, [0], [5_000], now)
+    assert progress.frontier([0, 1], ends, idle_before=now - 3, settled_before=now + 1) == 5_000
+    position[0] = 500
+    assert progress.frontier([0, 1], ends, idle_before=now - 3, settled_before=now + 1) == float(
+        "inf"
+    )
+    progress.forget(0)  # 1 alone, at its end, not settled yet
+    assert progress.frontier([0, 1], ends, idle_before=now - 3, settled_before=now - 3) == 2_000
