@@ -248,14 +248,17 @@ class Judge:
     def _observe(
         self, cand: str, primary: str, ws: int, we: int, values: dict[ValueKey, float | None]
     ) -> list[Transition]:
-        if not self.rules or cand == primary:
+        if not self.rules:
+            return []
+        state = self._alert_state()
+        if cand == primary:
             # promoted: the candidate is the primary now, and a row of it against itself
             # (the joiner counts the requests it no longer answers as a candidate
             # ``no_candidate``) says nothing about it; judging it fired ``candidate-silent``
-            # after every promotion
-            return []
-        state = self._alert_state()
-        out = state.observe(we, cand, values, window_start=ws, primary=primary)
+            # after every promotion. What was firing for it is resolved, once.
+            out = state.retire(cand, we, window_start=ws, primary=primary)
+        else:
+            out = state.observe(we, cand, values, window_start=ws, primary=primary)
         self._put_json(b"alerts", state.to_json())
         return out
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -128,6 +128,8 @@ class Transition:
 class _Entry:
     streak: int = 0
     firing: bool = False
+    #: the value of the last window that held (what a RESOLVED without evidence carries)
+    last: float | None = None
 
 
 class AlertState:
@@ -186,6 +188,7 @@ class AlertState:
             if entry is None:
                 entry = self._entries[key] = _Entry()
             entry.streak += 1
+            entry.last = value
             if not entry.firing and entry.streak >= rule.consecutive:
                 entry.firing = True
                 return FIRING, entry.streak
@@ -227,6 +230,35 @@ class AlertState:
             ),
         )
 
+    def retire(
+        self, candidate: str, window_end: int, *, window_start: int | None = None, primary: str = ""
+    ) -> list[Transition]:
+        """The candidate is no longer judged (promoted: it is the primary now): each of its
+        firing alerts is RESOLVED, once, and its streaks are forgotten.
+
+        Without this an alert FIRING at the promotion stayed firing downstream for good:
+        nothing would ever judge the candidate again to resolve it. The transition carries
+        the value of the last window that held, and says why in its message. Windows of the
+        candidate not newer than ``window_end`` are ignored afterwards, as replays are.
+        """
+        last = self._last_window.get(candidate)
+        if last is not None and window_end <= last:
+            return []
+        self._last_window[candidate] = window_end
+        start = window_end if window_start is None else window_start
+        out: list[Transition] = []
+        for key in sorted(k for k in self._entries if k[1] == candidate):
+            entry = self._entries.pop(key)
+            rule = self._by_name[key[0]]
+            if not entry.firing:
+                continue
+            value = rule.threshold if entry.last is None else entry.last
+            t = self._transition(
+                rule, candidate, primary, key[2], value, (RESOLVED, entry.streak), start, window_end
+            )
+            out.append(replace(t, message=_retired_message(rule, t)))
+        return out
+
     def firing(self) -> list[AlertKey]:
         """The ``(rule, candidate, feature)`` keys firing now, sorted."""
         return sorted(k for k, e in self._entries.items() if e.firing)
@@ -242,6 +274,7 @@ class AlertState:
                     "feature": feature,
                     "streak": e.streak,
                     "firing": e.firing,
+                    **({} if e.last is None else {"last": e.last}),
                 }
                 for (rule, candidate, feature), e in sorted(self._entries.items())
             ],
@@ -262,7 +295,12 @@ class AlertState:
             if item["rule"] not in state._by_name:
                 continue
             key = (item["rule"], item["candidate"], item.get("feature", ""))
-            state._entries[key] = _Entry(int(item.get("streak", 0)), bool(item.get("firing")))
+            last = item.get("last")
+            state._entries[key] = _Entry(
+                int(item.get("streak", 0)),
+                bool(item.get("firing")),
+                None if last is None else float(last),
+            )
         state._last_window = {str(c): int(w) for c, w in data.get("last_window", {}).items()}
         return state
 
@@ -293,3 +331,14 @@ def _message(
             f"{rule.threshold:g} after {consecutive} {windows} ({who}, window ending {when})"
         )
     return f"{text}: {rule.description}" if rule.description else text
+
+
+def _retired_message(rule: Rule, t: Transition) -> str:
+    what = f"{rule.metric}[{t.feature}]" if t.feature else rule.metric
+    when = datetime.fromtimestamp(t.window_end / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    windows = "window" if t.consecutive == 1 else "windows"
+    return (
+        f"resolved {rule.name}: {t.candidate} is the primary now and no longer judged in the "
+        f"shadow (it had held for {t.consecutive} {windows}, last {what} = {t.value:.6g}; "
+        f"window ending {when})"
+    )

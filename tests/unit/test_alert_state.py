@@ -157,6 +157,31 @@ def test_a_restart_does_not_fire_again() -> None:
     assert (resolved.state, resolved.consecutive, resolved.value) == (RESOLVED, 3, 0.2)
 
 
+def test_a_promoted_candidate_s_firing_alerts_resolve_once() -> None:
+    """Promoted, a candidate is no longer judged, so nothing else would ever resolve what
+    was firing for it: downstream it stayed FIRING for good."""
+    rules = make_rules(1, 1, 1)
+    state = AlertState(rules)
+    err, drift = ("errors.candidate_rate", ""), ("drift.alarm", "x")
+    fired = state.observe(10, "a@1", {err: 0.7, drift: 1.0}, primary="p@1")
+    assert sorted(t.rule for t in fired if t.state == FIRING) == ["drift", "errors"]
+    state.observe(20, "a@1", {err: 0.9, drift: 0.0}, primary="p@1")  # drift resolves
+    assert state.observe(15, "b@1", {err: 0.0}) == []  # another candidate, not firing
+    saved = json.loads(json.dumps(state.to_json()))
+    for s in (state, AlertState.from_json(rules, saved)):  # the same after a restart
+        (t,) = s.retire("a@1", 30, window_start=25, primary="a@1")
+        assert (t.state, t.rule, t.candidate, t.primary) == (RESOLVED, "errors", "a@1", "a@1")
+        assert (t.value, t.consecutive, t.window_start, t.window_end) == (0.9, 2, 25, 30)
+        assert "a@1 is the primary now" in t.message
+        assert s.firing() == []
+        assert s.retire("a@1", 40) == []  # once
+        assert s.observe(30, "a@1", {err: 0.9}) == []  # an older window of it: ignored
+    # state restored from before ``last`` was kept: the threshold stands in for the value
+    old = {"alerts": [{"rule": "errors", "candidate": "a@1", "feature": "", "firing": True}]}
+    (t,) = AlertState.from_json(rules, old).retire("a@1", 10)
+    assert math.isfinite(t.value) and t.value == rules[0].threshold
+
+
 def test_restore_tolerates_old_and_foreign_state() -> None:
     rules = make_rules(1, 1, 1)
     assert AlertState.from_json(rules, None).to_json() == AlertState(rules).to_json()

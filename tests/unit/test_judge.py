@@ -216,3 +216,24 @@ def test_a_promoted_candidate_is_not_judged_against_itself(primary: str, fired: 
         transitions += judge.window("cand@2", primary, ws, ws + 10_000, stats).transitions
     silent = [t for t in transitions if t.rule == "candidate-silent"]
     assert [t.state for t in silent] == (["FIRING"] if fired else [])
+
+
+def test_a_candidate_promoted_while_an_alert_fires_for_it_resolves_it_once() -> None:
+    """An alert firing for a candidate at its promotion would stay firing downstream for
+    good: nothing judges the candidate any more. The first window under it as primary
+    resolves it, and the Alert record encodes (finite value: the webhook's JSON)."""
+    judge = Judge({}, rules=RULES, reference_requests=2_000)
+    transitions = []
+    for k, primary in enumerate(["old@1"] * 4 + ["cand@2"] * 3):
+        stats = PartialStats()
+        stats.count("requests", 1_000)
+        stats.count("no_candidate", 1_000)
+        ws = k * 10_000
+        transitions += judge.window("cand@2", primary, ws, ws + 10_000, stats).transitions
+    silent = [t for t in transitions if t.rule == "candidate-silent"]
+    assert [(t.state, t.primary) for t in silent] == [("FIRING", "old@1"), ("RESOLVED", "cand@2")]
+    assert silent[1].window_end == 50_000
+    assert judge.firing("cand@2") == []
+    record = silent[1].to_record(emitted_at=1)
+    codec = default_codec()
+    assert codec.decode_as("Alert", codec.encode("Alert", record))["state"] == "RESOLVED"
