@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +59,52 @@ def _stop_on_signals(grace_s: float | None = None) -> threading.Event:
     return stop
 
 
-STUCK_S = 75.0
-"""A joiner's (or exactly-once worker's) transaction still open after this long is stuck in
-librdkafka (seen after a broker outage: send_offsets_to_transaction never returned although
-its timeout was 30 s; the calls' own timeouts add up to 60 s); the process exits 1 so that a
-supervisor restarts it rather than it lingering idle. A worker's batch includes scoring,
-bounded by its --budget per candidate: the watchdog allows for that on top."""
+HUNG_AFTER_BACK_S = 10.0
+"""How long a transactional call may stay overdue while the broker answers before the
+watchdog ends the process. While the broker does not answer the stage waits, however long
+the outage: the call may still return once it is back."""
 
 
-def _watch_transactions(stage: Any, role: str, allowance_s: float = 0.0) -> None:
+def _watch_transactions(
+    stage: Any, role: str, answers: Callable[[], bool] | None = None, every_s: float = 1.0
+) -> None:
+    """End the process when its transaction's Kafka call is overdue
+    (:class:`streams.transactions.Deadline`) and stays so for :data:`HUNG_AFTER_BACK_S`
+    while the broker answers (``answers``: by default a metadata request of its own):
+    every thread's stack to stderr first, for the log."""
+    import faulthandler
+
+    from streams.errors import BrokerError
+    from streams.kafka import check_reachable
+
+    def reachable() -> bool:
+        try:
+            check_reachable(stage.cfg, timeout=2.0)
+        except BrokerError:
+            return False
+        return True
+
+    answers = answers or reachable
+    deadline = stage.deadline
+    answered_since: float | None = None
     while True:
-        time.sleep(1.0)
-        since = stage.busy_since
-        if since is not None and time.monotonic() - since > STUCK_S + allowance_s:
+        time.sleep(every_s)
+        if not deadline.overdue(time.monotonic()):
+            answered_since = None
+            continue
+        if not answers():
+            answered_since = None  # an outage: the call may return once the broker is back
+            continue
+        now = time.monotonic()
+        answered_since = now if answered_since is None else answered_since
+        if now - answered_since >= HUNG_AFTER_BACK_S and deadline.overdue(now):
             _err(
-                f"understudy: error: a {role} transaction has been open for over "
-                f"{STUCK_S + allowance_s:.0f} s (a Kafka call that never returned); exiting so "
-                "that a restart resumes from the last commit"
+                f"understudy: error: the {role}'s {deadline.what or 'transaction'} has not "
+                f"returned past its own timeout, though the broker has answered for "
+                f"{HUNG_AFTER_BACK_S:.0f} s (a Kafka call that hangs); exiting so that a "
+                "restart resumes from the last commit"
             )
+            faulthandler.dump_traceback(all_threads=True)
             os._exit(1)
 
 
@@ -234,8 +262,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         learning=learning,
     )
     if exactly_once:
-        watch = (worker, "worker", args.budget)  # the lanes score side by side
-        threading.Thread(target=_watch_transactions, args=watch, daemon=True).start()
+        threading.Thread(target=_watch_transactions, args=(worker, "worker"), daemon=True).start()
     stats = worker.run(
         idle_exit_s=args.idle_exit,
         # a transactional worker's unfinished batch is aborted by the broker: it may exit

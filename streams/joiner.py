@@ -39,7 +39,7 @@ from streams.joinstate import Emitted, PartitionState
 from streams.kafka import Topics, check_copartitioned, client_config, read_compacted
 from streams.metrics.partial import PartialStats
 from streams.schemas import Codec, default_codec
-from streams.transactions import commit, instance_ids, recover, rewind
+from streams.transactions import STUCK_S, Deadline, commit, instance_ids, recover, rewind
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class Joiner:
             lambda tp: self.consumer.committed([tp], timeout=COMMITTED_LOOKUP_S)[0].offset,
             backoff_s=cfg.idle_flush_ms / 1000,
         )
-        #: monotonic time the current transaction began, None between transactions: a
-        #: watchdog (the CLI's) ends a process whose Kafka call hangs past its timeouts
-        self.busy_since: float | None = None
+        #: when the transaction's call in progress is overdue: a watchdog (the CLI's) ends
+        #: a process whose Kafka call hangs past its timeout
+        self.deadline = Deadline()
         self._decode = FastDecoder(self.codec).decode
         self._encode_partial = self.codec.encoder("Partial")
         self._encode_dead = self.codec.encoder("DeadLetter")
@@ -383,7 +383,7 @@ class Joiner:
         if emitted is None:
             emitted = {p: self.states[p].advance() for p in touched}
         producer = self.producer
-        self.busy_since = time.monotonic()
+        self.deadline.set(STUCK_S, "transaction")
         try:
             producer.begin_transaction()
             for p, e in publish_order({p: emitted.get(p, []) for p in touched}):
@@ -414,13 +414,13 @@ class Joiner:
             positions = [
                 tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0
             ]
-            commit(producer, self.consumer, positions, TXN_TIMEOUT_S)
+            commit(producer, self.consumer, positions, TXN_TIMEOUT_S, self.deadline)
         except KafkaException as exc:
-            self.busy_since = None  # recovery bounds its own calls
+            self.deadline.clear()  # recovery bounds its own calls
             self._recover_from(exc)
             return
         finally:
-            self.busy_since = None
+            self.deadline.clear()
         self.stats.batches += 1
 
     def _recover_from(self, exc: KafkaException) -> None:

@@ -20,6 +20,8 @@ once. What they share lives here:
 - :func:`recover`: after a failed call, abort and go back to the last commit when
   librdkafka says the transaction can be aborted; raise when it cannot (fenced, fatal), so
   the process exits and a restart resumes from the last commit.
+- :class:`Deadline`: when the transaction's Kafka call in progress is overdue, for the
+  CLI's watchdog to end a process whose call hangs past its own timeout.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,12 +37,63 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from streams.errors import BrokerError, UnderstudyError
 
-__all__ = ["COMMIT_ATTEMPTS", "commit", "instance_ids", "recover", "rewind"]
+__all__ = [
+    "CALL_SLACK_S",
+    "COMMIT_ATTEMPTS",
+    "SEND_OFFSETS_S",
+    "STUCK_S",
+    "Deadline",
+    "commit",
+    "instance_ids",
+    "recover",
+    "rewind",
+]
 
 log = logging.getLogger(__name__)
 
 #: Tries of ``commit_transaction`` while its failure is retriable (a timeout, say).
 COMMIT_ATTEMPTS = 3
+
+SEND_OFFSETS_S = 10.0
+"""Timeout of ``send_offsets_to_transaction``: a round trip or two to the coordinators, well
+under a second when they are up. Shorter than the commit's: librdkafka ignores it while the
+group coordinator is down (confluentinc/librdkafka#5456), so past it the watchdog acts."""
+
+CALL_SLACK_S = 5.0
+"""How long past its own timeout a call may take before the watchdog calls it hung."""
+
+STUCK_S = 75.0
+"""Bound on a whole transaction whose call in progress set no tighter deadline (the produce
+loop, a begin): the calls' own timeouts add up to 60 s."""
+
+
+class Deadline:
+    """When the Kafka call in progress is overdue (monotonic seconds; None between
+    transactions), read by the CLI's watchdog thread.
+
+    Why: after a broker outage ``send_offsets_to_transaction`` was seen never to return
+    although its timeout was 30 s (librdkafka#5456), and no other thread can interrupt
+    it. The process then exits, and a supervisor's restart resumes from the last commit.
+    Each call sets its own deadline (its timeout plus :data:`CALL_SLACK_S`: 15 s for the
+    offsets), and the watchdog acts once the broker has answered for a while past it
+    (``streams.cli``); a single bound for the whole transaction waited 75 s, even with
+    the broker back, and a CI run's joiner came back too late for its test.
+    """
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        #: what is being waited for, for the watchdog's message
+        self.what = ""
+
+    def set(self, seconds: float, what: str) -> None:
+        self.at, self.what = time.monotonic() + seconds, what
+
+    def clear(self) -> None:
+        self.at = None
+
+    def overdue(self, now: float) -> bool:
+        at = self.at
+        return at is not None and now > at
 
 
 def instance_ids(prefix: str, role: str, instance: str | None) -> tuple[str, str, str | None]:
@@ -56,12 +110,23 @@ def instance_ids(prefix: str, role: str, instance: str | None) -> tuple[str, str
     return instance, member, member
 
 
-def commit(producer: Any, consumer: Any, offsets: list[TopicPartition], timeout: float) -> None:
+def commit(
+    producer: Any,
+    consumer: Any,
+    offsets: list[TopicPartition],
+    timeout: float,
+    deadline: Deadline | None = None,
+) -> None:
     """Send ``offsets`` (the next offset to read, per partition) into the open transaction
-    and commit it. Raises the client's :class:`KafkaException` for :func:`recover`."""
-    producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), timeout)
+    and commit it. Raises the client's :class:`KafkaException` for :func:`recover`.
+    ``deadline``: set before each call to its timeout plus :data:`CALL_SLACK_S`."""
+    deadline = deadline or Deadline()
+    send_s = min(timeout, SEND_OFFSETS_S)
+    deadline.set(send_s + CALL_SLACK_S, "send_offsets_to_transaction")
+    producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), send_s)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
+            deadline.set(timeout + CALL_SLACK_S, "commit_transaction")
             producer.commit_transaction(timeout)
             return
         except KafkaException as exc:

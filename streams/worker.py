@@ -99,7 +99,7 @@ from streams.models import Candidate, Features, Outcome
 from streams.prediction_encoder import PredictionEncoder
 from streams.request_decoder import RequestDecoder
 from streams.schemas import Codec, default_codec
-from streams.transactions import commit, instance_ids, recover, rewind
+from streams.transactions import STUCK_S, Deadline, commit, instance_ids, recover, rewind
 
 __all__ = ["ShadowWorker", "WorkerStats", "run_worker"]
 
@@ -230,9 +230,9 @@ class ShadowWorker:
             cfg.prefix, "worker", instance
         )
         self._in_transaction = False
-        #: monotonic time the open transaction began, None between transactions: the CLI's
-        #: watchdog ends a process whose Kafka call hangs past its timeouts
-        self.busy_since: float | None = None
+        #: when the transaction's call in progress is overdue: the CLI's watchdog ends a
+        #: process whose Kafka call hangs past its timeout
+        self.deadline = Deadline()
         self.batch_size = batch_size
         self.topics = Topics(cfg.prefix)
         self.codec = codec or default_codec()
@@ -769,16 +769,17 @@ class ShadowWorker:
         except KafkaException as exc:
             raise BrokerError(f"the worker cannot begin a transaction: {exc}") from exc
         self._in_transaction = True
-        self.busy_since = time.monotonic()
+        # the batch's scoring runs inside the transaction: its budget comes on top
+        self.deadline.set(STUCK_S + self.budget_s, "transaction")
 
     def _commit_transaction(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit the batch's predictions, dead letters and offsets as one; on an abortable
         failure abort it and rewind to the last commit, so the batch is scored again."""
         try:
-            commit(self._producer, self._consumer, self._owned(offsets), TXN_CALL_S)
+            commit(self._producer, self._consumer, self._owned(offsets), TXN_CALL_S, self.deadline)
         except KafkaException as exc:
             self._in_transaction = False
-            self.busy_since = None  # recovery bounds its own calls
+            self.deadline.clear()  # recovery bounds its own calls
             self._raise_if_fatal()
             recover(
                 self._producer,
@@ -790,13 +791,13 @@ class ShadowWorker:
             self.stats.aborted += 1
             return
         self._in_transaction = False
-        self.busy_since = None
+        self.deadline.clear()
 
     def _abort_open_transaction(self, producer: Any) -> None:
         """Abort the batch in flight (a stop, an error, a revoke on the way out): none of it
         is committed, and the partitions' next owner scores it from the last commit."""
         self._in_transaction = False
-        self.busy_since = None
+        self.deadline.clear()
         try:
             producer.abort_transaction(STOP_GRACE_S)
         except KafkaException as exc:

@@ -5,13 +5,24 @@ librdkafka calls retriable; ids stable per --instance, unique without one."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from streams.errors import BrokerError
-from streams.transactions import COMMIT_ATTEMPTS, commit, instance_ids, recover
+from streams.transactions import (
+    CALL_SLACK_S,
+    COMMIT_ATTEMPTS,
+    SEND_OFFSETS_S,
+    Deadline,
+    commit,
+    instance_ids,
+    recover,
+)
 
 
 class FakeProducer:
@@ -110,3 +121,83 @@ def test_instance_ids() -> None:
     name, transactional, member = instance_ids("p", "joiner", None)
     assert name.endswith(f"-{os.getpid()}") and transactional == f"p.joiner.{name}"
     assert member is None  # no static membership for a one-off id
+
+
+class RecordingProducer(FakeProducer):
+    """Notes, at each call, how long the watchdog would let it run and its own timeout."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.allowed: list[tuple[str, float, float]] = []
+
+    def _note(self, what: str, timeout: float) -> None:
+        assert self.deadline.at is not None
+        left = self.deadline.at - time.monotonic()
+        self.allowed.append((what, round(left), timeout))
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self._note(self.deadline.what, timeout)
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._note(self.deadline.what, timeout)
+
+
+def test_each_transactional_call_is_watched_at_its_own_timeout() -> None:
+    """librdkafka's send_offsets_to_transaction ignores its timeout while the group
+    coordinator is down (#5456): the watchdog must call it hung at 10 + 5 s, not wait for
+    the whole transaction's 75 s bound, which let a CI run's joiner come back too late."""
+    deadline = Deadline()
+    producer = RecordingProducer(deadline)
+    commit(producer, FakeConsumer(), [], 30.0, deadline)
+    assert producer.allowed == [
+        ("send_offsets_to_transaction", SEND_OFFSETS_S + CALL_SLACK_S, SEND_OFFSETS_S),
+        ("commit_transaction", 30.0 + CALL_SLACK_S, 30.0),
+    ]
+    assert not deadline.overdue(time.monotonic())
+    deadline.set(-1.0, "commit_transaction")
+    assert deadline.overdue(time.monotonic())
+    deadline.clear()
+    assert not deadline.overdue(time.monotonic() + 1e6)
+
+
+def test_the_watchdog_waits_out_an_outage_then_exits_with_every_threads_stack() -> None:
+    """Overdue while the broker does not answer: the stage waits (the call may return once
+    it is back). Overdue while it answers, for HUNG_AFTER_BACK_S: exit 1, stacks on stderr."""
+    code = (
+        "import itertools, sys, types\n"
+        "import streams.cli as cli\n"
+        "from streams.transactions import Deadline\n"
+        "cli.HUNG_AFTER_BACK_S = 0.5\n"
+        "d = Deadline(); d.set(-1.0, 'send_offsets_to_transaction')\n"
+        "probes = itertools.count()\n"
+        "def answers():  # an outage of 20 probes, then the broker is back\n"
+        "    n = next(probes); print('probe', n, file=sys.stderr, flush=True); return n >= 20\n"
+        "cli._watch_transactions(types.SimpleNamespace(deadline=d), 'joiner', answers, 0.01)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    said = done.stderr.index("the joiner's send_offsets_to_transaction has not returned")
+    assert done.stderr.index("probe 20\n") < said  # not during the outage
+    assert "most recent call first" in done.stderr[said:]  # the stacks, for the log
+
+
+def test_the_watchdog_leaves_a_call_that_returns_in_time() -> None:
+    code = (
+        "import threading, time, types\n"
+        "import streams.cli as cli\n"
+        "from streams.transactions import Deadline\n"
+        "cli.HUNG_AFTER_BACK_S = 0.2\n"
+        "d = Deadline(); d.set(0.3, 'commit_transaction')\n"
+        "stage = types.SimpleNamespace(deadline=d)\n"
+        "w = lambda: cli._watch_transactions(stage, 'w', lambda: True, 0.01)\n"
+        "threading.Thread(target=w, daemon=True).start()\n"
+        "time.sleep(0.2); d.clear(); time.sleep(1.0)\n"
+        "print('alive')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "alive"), done.stderr
