@@ -16,7 +16,7 @@ once. What they share lives here:
 - :func:`commit`: the batch's offsets sent to the transaction with the consumer's group
   metadata (generation included, so a member that lost its partitions in a rebalance
   cannot commit over their new owner: the broker refuses, and the batch is aborted), then
-  the commit, retried while librdkafka calls the failure retriable.
+  the commit, each retried while librdkafka calls the failure retriable.
 - :func:`recover`: after a failed call, abort and go back to the last commit when
   librdkafka says the transaction can be aborted; raise when it cannot (fenced, fatal), so
   the process exits and a restart resumes from the last commit.
@@ -51,7 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Tries of ``commit_transaction`` while its failure is retriable (a timeout, say).
+#: Tries of ``send_offsets_to_transaction`` and of ``commit_transaction`` while their
+#: failure is retriable (a timeout, say).
 COMMIT_ATTEMPTS = 3
 
 SEND_OFFSETS_S = 10.0
@@ -122,19 +123,34 @@ def commit(
     ``deadline``: set before each call to its timeout plus :data:`CALL_SLACK_S`."""
     deadline = deadline or Deadline()
     send_s = min(timeout, SEND_OFFSETS_S)
-    deadline.set(send_s + CALL_SLACK_S, "send_offsets_to_transaction")
-    producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), send_s)
+    metadata = consumer.consumer_group_metadata()
+
+    def send_offsets_to_transaction() -> None:
+        deadline.set(send_s + CALL_SLACK_S, "send_offsets_to_transaction")
+        producer.send_offsets_to_transaction(offsets, metadata, send_s)
+
+    def commit_transaction() -> None:
+        deadline.set(timeout + CALL_SLACK_S, "commit_transaction")
+        producer.commit_transaction(timeout)
+
+    _retrying(send_offsets_to_transaction)
+    _retrying(commit_transaction)
+
+
+def _retrying(call: Callable[[], None]) -> None:
+    """``call`` again while librdkafka says its failure is retriable (a timeout, a broker
+    connection lost just after an outage: seen on send_offsets_to_transaction), at most
+    :data:`COMMIT_ATTEMPTS` times; any other failure is raised for :func:`recover`."""
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            deadline.set(timeout + CALL_SLACK_S, "commit_transaction")
-            producer.commit_transaction(timeout)
+            call()
             return
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             retriable = err is not None and getattr(err, "retriable", lambda: False)()
             if not retriable or attempt == COMMIT_ATTEMPTS:
                 raise
-            log.warning("committing the transaction failed (%s): trying again", err)
+            log.warning("%s failed (%s): trying again", call.__name__, err)
 
 
 def rewind(consumer: Any, timeout: float) -> None:

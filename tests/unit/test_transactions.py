@@ -32,9 +32,12 @@ class FakeProducer:
         self.calls: list[str] = []
         self.commit_failures = list(commit_failures or [])
         self.abort_error: KafkaError | None = None
+        self.send_failures: list[KafkaError] = []
 
     def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
         self.calls.append("send_offsets")
+        if self.send_failures:
+            raise KafkaException(self.send_failures.pop(0))
 
     def commit_transaction(self, timeout: float) -> None:
         self.calls.append("commit")
@@ -114,6 +117,22 @@ def test_a_retriable_commit_failure_is_retried_then_given_up() -> None:
     with pytest.raises(KafkaException):  # for recover() to abort: never retried
         commit(producer, FakeConsumer(), [], 1.0)
     assert producer.calls == ["send_offsets", "commit"]
+
+
+def test_a_retriable_send_offsets_failure_is_retried() -> None:
+    """Seen just after a broker outage: "Failed to add offsets to transaction on broker
+    TxnCoordinator/1: Local: Broker transport failure", retriable by librdkafka's word; it
+    ended the joiner before it was retried."""
+    transport = KafkaError(KafkaError._TRANSPORT, "transport failure", retriable=True)
+    producer = FakeProducer()
+    producer.send_failures = [transport]
+    commit(producer, FakeConsumer(), [], 1.0)
+    assert producer.calls == ["send_offsets", "send_offsets", "commit"]
+    producer = FakeProducer()
+    producer.send_failures = [transport] * COMMIT_ATTEMPTS
+    with pytest.raises(KafkaException):
+        commit(producer, FakeConsumer(), [], 1.0)
+    assert producer.calls == ["send_offsets"] * COMMIT_ATTEMPTS
 
 
 def test_instance_ids() -> None:
