@@ -156,11 +156,9 @@ class AlertState:
         A window not newer than the candidate's last observed one returns ``[]`` and
         changes nothing.
         """
-        last = self._last_window.get(candidate)
-        if last is not None and window_end <= last:
+        start = self._newer(candidate, window_end, window_start)
+        if start is None:
             return []
-        self._last_window[candidate] = window_end
-        start = window_end if window_start is None else window_start
         out: list[Transition] = []
         for rule in self.rules:
             if not rule.watches(candidate):
@@ -178,6 +176,15 @@ class AlertState:
                         )
                     )
         return out
+
+    def _newer(self, candidate: str, window_end: int, window_start: int | None) -> int | None:
+        """The window's start if it is newer than the candidate's last one (now the last),
+        None for a replay."""
+        last = self._last_window.get(candidate)
+        if last is not None and window_end <= last:
+            return None
+        self._last_window[candidate] = window_end
+        return window_end if window_start is None else window_start
 
     def _step(
         self, rule: Rule, candidate: str, feature: str, value: float
@@ -241,11 +248,9 @@ class AlertState:
         the value of the last window that held, and says why in its message. Windows of the
         candidate not newer than ``window_end`` are ignored afterwards, as replays are.
         """
-        last = self._last_window.get(candidate)
-        if last is not None and window_end <= last:
+        start = self._newer(candidate, window_end, window_start)
+        if start is None:
             return []
-        self._last_window[candidate] = window_end
-        start = window_end if window_start is None else window_start
         out: list[Transition] = []
         for key in sorted(k for k in self._entries if k[1] == candidate):
             entry = self._entries.pop(key)

@@ -206,16 +206,21 @@ def test_a_promoted_candidate_is_not_judged_against_itself(primary: str, fired: 
     """After a promotion the joiner counts the requests the promoted model no longer
     answers as a candidate ``no_candidate``; judged against itself, that fired the shipped
     candidate-silent rule after every promotion. Against another primary it still fires."""
-    judge = Judge({}, rules=RULES, reference_requests=2_000)
+    silent = _silent_windows(Judge({}, rules=RULES, reference_requests=2_000), [primary] * 5)
+    assert [t.state for t in silent] == (["FIRING"] if fired else [])
+
+
+def _silent_windows(judge: Judge, primaries: list[str]) -> list[Any]:
+    """``cand@2`` answering none of 1,000 requests in consecutive windows, under these
+    primaries: the candidate-silent transitions."""
     transitions = []
-    for k in range(5):
+    for k, primary in enumerate(primaries):
         stats = PartialStats()
         stats.count("requests", 1_000)
         stats.count("no_candidate", 1_000)
         ws = k * 10_000
         transitions += judge.window("cand@2", primary, ws, ws + 10_000, stats).transitions
-    silent = [t for t in transitions if t.rule == "candidate-silent"]
-    assert [t.state for t in silent] == (["FIRING"] if fired else [])
+    return [t for t in transitions if t.rule == "candidate-silent"]
 
 
 def test_a_candidate_promoted_while_an_alert_fires_for_it_resolves_it_once() -> None:
@@ -223,14 +228,7 @@ def test_a_candidate_promoted_while_an_alert_fires_for_it_resolves_it_once() -> 
     good: nothing judges the candidate any more. The first window under it as primary
     resolves it, and the Alert record encodes (finite value: the webhook's JSON)."""
     judge = Judge({}, rules=RULES, reference_requests=2_000)
-    transitions = []
-    for k, primary in enumerate(["old@1"] * 4 + ["cand@2"] * 3):
-        stats = PartialStats()
-        stats.count("requests", 1_000)
-        stats.count("no_candidate", 1_000)
-        ws = k * 10_000
-        transitions += judge.window("cand@2", primary, ws, ws + 10_000, stats).transitions
-    silent = [t for t in transitions if t.rule == "candidate-silent"]
+    silent = _silent_windows(judge, ["old@1"] * 4 + ["cand@2"] * 3)
     assert [(t.state, t.primary) for t in silent] == [("FIRING", "old@1"), ("RESOLVED", "cand@2")]
     assert silent[1].window_end == 50_000
     assert judge.firing("cand@2") == []

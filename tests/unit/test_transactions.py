@@ -180,13 +180,21 @@ def test_each_transactional_call_is_watched_at_its_own_timeout() -> None:
     assert not deadline.overdue(time.monotonic() + 1e6)
 
 
+WATCHDOG = "import types\nimport streams.cli as cli\nfrom streams.transactions import Deadline\n"
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a process of its own: the watchdog ends it with ``os._exit``."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def test_the_watchdog_waits_out_an_outage_then_exits_with_every_threads_stack() -> None:
     """Overdue while the broker does not answer: the stage waits (the call may return once
     it is back). Overdue while it answers, for HUNG_AFTER_BACK_S: exit 1, stacks on stderr."""
-    code = (
-        "import itertools, sys, types\n"
-        "import streams.cli as cli\n"
-        "from streams.transactions import Deadline\n"
+    code = WATCHDOG + (
+        "import itertools, sys\n"
         "cli.HUNG_AFTER_BACK_S = 0.5\n"
         "d = Deadline(); d.set(-1.0, 'send_offsets_to_transaction')\n"
         "probes = itertools.count()\n"
@@ -194,9 +202,7 @@ def test_the_watchdog_waits_out_an_outage_then_exits_with_every_threads_stack() 
         "    n = next(probes); print('probe', n, file=sys.stderr, flush=True); return n >= 20\n"
         "cli._watch_transactions(types.SimpleNamespace(deadline=d), 'joiner', answers, 0.01)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_python(code)
     assert done.returncode == 1
     said = done.stderr.index("the joiner's send_offsets_to_transaction has not returned")
     assert done.stderr.index("probe 20\n") < said  # not during the outage
@@ -204,10 +210,8 @@ def test_the_watchdog_waits_out_an_outage_then_exits_with_every_threads_stack() 
 
 
 def test_the_watchdog_leaves_a_call_that_returns_in_time() -> None:
-    code = (
-        "import threading, time, types\n"
-        "import streams.cli as cli\n"
-        "from streams.transactions import Deadline\n"
+    code = WATCHDOG + (
+        "import threading, time\n"
         "cli.HUNG_AFTER_BACK_S = 0.2\n"
         "d = Deadline(); d.set(0.3, 'commit_transaction')\n"
         "stage = types.SimpleNamespace(deadline=d)\n"
@@ -216,7 +220,5 @@ def test_the_watchdog_leaves_a_call_that_returns_in_time() -> None:
         "time.sleep(0.2); d.clear(); time.sleep(1.0)\n"
         "print('alive')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_python(code)
     assert (done.returncode, done.stdout.strip()) == (0, "alive"), done.stderr
