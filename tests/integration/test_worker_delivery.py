@@ -242,11 +242,13 @@ def test_an_aborted_transaction_is_scored_again_and_published_once(
     failures = [KafkaException(injected)]
     real_commit = worker_module.commit
 
-    def commit_failing_once(producer: Any, consumer: Any, offsets: Any, timeout: float) -> None:
+    def commit_failing_once(
+        producer: Any, consumer: Any, offsets: Any, timeout: float, deadline: Any = None
+    ) -> None:
         if failures:
             assert producer.flush(10) == 0  # the batch's predictions are in the log
             raise failures.pop()
-        real_commit(producer, consumer, offsets, timeout)
+        real_commit(producer, consumer, offsets, timeout, deadline)
 
     monkeypatch.setattr(worker_module, "commit", commit_failing_once)
     stats = run_worker(
