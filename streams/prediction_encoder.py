@@ -202,20 +202,33 @@ class PredictionEncoder:
         except (_Unhandled, KeyError, UnicodeError):
             return None
 
-    def request_parts(self, requests: Sequence[Record]) -> RequestParts:
+    def request_parts(
+        self, requests: Sequence[Record], known: RequestParts | None = None
+    ) -> RequestParts:
         """Each request's shared parts: its body's start (header, request_id, event_time)
-        and end (use_case), for :meth:`encode_outcomes`."""
+        and end (use_case), for :meth:`encode_outcomes`.
+
+        ``known``: the parts already at hand, None where not, in the same order
+        (:meth:`~streams.request_decoder.RequestDecoder.decode_parts` copies them from the
+        request's own bytes); only the others are encoded here."""
+        fast = self.fast
+        if known is not None and fast and None not in known[0] and None not in known[1]:
+            return known
         heads: list[bytes | None] = []
         tails: list[bytes | None] = []
         header = self.schema.header
-        for r in requests:
-            try:
-                if not self.fast:
-                    raise _Unhandled
-                head: bytes | None = header + _string(r["request_id"]) + _long(r["event_time"])
-                tail: bytes | None = _string(r["use_case"])
-            except (_Unhandled, KeyError, UnicodeError):
-                head = tail = None
+        if known is None:
+            nothing: list[bytes | None] = [None] * len(requests)
+            known = nothing, nothing
+        for r, head, tail in zip(requests, *known, strict=True):
+            if head is None or tail is None or not fast:
+                try:
+                    if not fast:
+                        raise _Unhandled
+                    head = header + _string(r["request_id"]) + _long(r["event_time"])
+                    tail = _string(r["use_case"])
+                except (_Unhandled, KeyError, UnicodeError):
+                    head = tail = None
             heads.append(head)
             tails.append(tail)
         return heads, tails

@@ -96,7 +96,7 @@ from streams.kafka import (
 )
 from streams.learning.learner import LearnSettings, OnlineLearner, ScoredBatch
 from streams.models import Candidate, Features, Outcome
-from streams.prediction_encoder import PredictionEncoder
+from streams.prediction_encoder import PredictionEncoder, RequestParts
 from streams.request_decoder import RequestDecoder
 from streams.schemas import Codec, default_codec
 from streams.transactions import STUCK_S, Deadline, commit, instance_ids, recover, rewind
@@ -239,7 +239,9 @@ class ShadowWorker:
         self.stats = WorkerStats()
         # hand-written, byte for byte / record for record what the codec gives: the two
         # per-request costs that fastavro made the largest (see each module)
-        self._request_decoder = RequestDecoder(self.codec)
+        self._request_decoder = RequestDecoder(
+            self.codec, answer_header=self.codec.schemas["Prediction"].header
+        )
         self._prediction_encoder = PredictionEncoder(self.codec.schemas["Prediction"])
         self._encode_dead_letter = self.codec.encoder("DeadLetter")
         self._assigned: set[tuple[str, int]] = set()
@@ -480,8 +482,10 @@ class ShadowWorker:
         partitions: list[int] = []
         positions: list[int] = []
         stamps: list[int] = []
+        heads: list[bytes | None] = []  # what each answer repeats of its request's bytes
+        tails: list[bytes | None] = []
         offsets: dict[tuple[str, int], int] = {}
-        decode = self._request_decoder.decode
+        decode = self._request_decoder.decode_parts
         self._failed = []
         if self.exactly_once:
             self._begin_transaction()
@@ -498,7 +502,7 @@ class ShadowWorker:
             self.stats.consumed += 1
             offsets[(topic, partition)] = offset + 1
             try:
-                record = decode(msg.value())
+                record, head, tail = decode(msg.value())
             except SchemaError as exc:
                 self._dead_letter(msg, str(exc))
                 continue
@@ -521,11 +525,13 @@ class ShadowWorker:
             partitions.append(partition)
             positions.append(offset)
             stamps.append(_stamp(msg))
+            heads.append(head)
+            tails.append(tail)
         self.stats.requests += len(requests)
         features: list[Features] = []
         skipped: frozenset[str] = frozenset()  # a batch of dead letters only skips no one
         if requests:
-            features, skipped = self._score(requests, partitions, stamps)
+            features, skipped = self._score(requests, partitions, stamps, (heads, tails))
         scored = self._scored_batch(
             requests, features, skipped, partitions, stamps, positions, offsets
         )
@@ -565,7 +571,11 @@ class ShadowWorker:
         )
 
     def _score(
-        self, requests: list[dict[str, Any]], partitions: list[int], stamps: list[int]
+        self,
+        requests: list[dict[str, Any]],
+        partitions: list[int],
+        stamps: list[int],
+        known: RequestParts,
     ) -> tuple[list[Features], frozenset[str]]:
         """Score the batch on every candidate's lane; produce each one's answers as they come.
 
@@ -578,7 +588,7 @@ class ShadowWorker:
         topic = self.topics.predictions
         encoder = self._prediction_encoder
         # what every candidate's prediction of a request shares, encoded once per request
-        parts = encoder.request_parts(requests)
+        parts = encoder.request_parts(requests, known)
         lanes = self._lanes
         assert lanes is not None
         lanes.warm_up(features[0])

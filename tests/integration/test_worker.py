@@ -714,10 +714,10 @@ def test_a_candidate_past_its_budget_does_not_delay_the_other(
     score = worker._score
 
     def timed_score(
-        requests: list[dict], partitions: list[int], stamps: list[int]
+        requests: list[dict], partitions: list[int], stamps: list[int], known: Any
     ) -> tuple[list[dict], frozenset[str]]:
         batches.append((time.monotonic(), [r["request_id"] for r in requests]))
-        return score(requests, partitions, stamps)
+        return score(requests, partitions, stamps, known)
 
     worker._score = timed_score  # type: ignore[method-assign]
     try:

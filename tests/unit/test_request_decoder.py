@@ -6,13 +6,19 @@ record, the codec returns an equal one (doubles compared bit for bit, NaN payloa
 included); when it does not, :meth:`RequestDecoder.decode` is the codec's answer, its
 SchemaError included. Valid ordinary requests must take the fast path, so a path that
 always declined (equal records, no speed) would fail too.
+
+Every test runs twice: with the C decoder (``streams._speedups``; skipped where it was not
+built, which :func:`test_the_c_decoder_is_built` then fails on) and with the Python paths
+alone.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import re
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,8 +26,10 @@ from fastavro.utils import generate_many
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams import request_decoder
 from streams.errors import SchemaError
-from streams.request_decoder import RequestDecoder
+from streams.prediction_encoder import PredictionEncoder
+from streams.request_decoder import RequestDecoder, compiled
 from streams.schemas import HEADER_LEN, MAGIC, Codec, default_codec
 
 CODEC = default_codec()
@@ -71,6 +79,26 @@ def random_request(rng: random.Random) -> dict[str, Any]:
         },
         "context": {random_text(rng): random_text(rng) for _ in range(rng.randrange(0, 4))},
     }
+
+
+@pytest.fixture(autouse=True, scope="module", params=["compiled", "python"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which decoder the module's tests read with: the C one, or the Python paths alone."""
+    if request.param == "compiled":
+        if not compiled():
+            pytest.skip("the C decoder was not built (see test_the_c_decoder_is_built)")
+        yield request.param
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(request_decoder, "_read_request", None)
+        yield request.param
+
+
+def test_the_c_decoder_is_built() -> None:
+    assert importlib.util.find_spec("streams._speedups") is not None, (
+        "streams._speedups was not built at install (no C compiler?); "
+        "`pip install -v -e .` shows why; the worker runs on the slower Python paths"
+    )
 
 
 def same_answer(decoder: RequestDecoder, data: bytes) -> bool:
@@ -165,8 +193,9 @@ def test_requests_of_one_service_take_the_cached_paths_and_match() -> None:
     keys = ["sqft", "bedrooms", "distance_km", "é", ""]
     for _ in range(2000):
         assert same_answer(decoder, encode(service_like(rng, keys)))
-    assert decoder._shape is not None and decoder._shape.names == keys
-    assert len(decoder._tails) <= 4 * 2 * 2  # every combination of the string maps, once
+    if decoder._native is None:  # the Python paths' caches
+        assert decoder._shape is not None and decoder._shape.names == keys
+        assert len(decoder._tails) <= 4 * 2 * 2  # every combination of the string maps, once
 
 
 def test_the_cached_paths_on_damaged_and_other_messages() -> None:
@@ -190,7 +219,8 @@ def test_the_cached_paths_on_damaged_and_other_messages() -> None:
 def test_a_numeric_map_in_two_blocks_after_a_shape_is_known() -> None:
     decoder = RequestDecoder(CODEC)
     one = encode(service_like(random.Random(1), ["aa", "bb"]))
-    assert same_answer(decoder, one) and decoder._shape is not None
+    assert same_answer(decoder, one)
+    assert decoder._native is not None or decoder._shape is not None
     header = CODEC.schemas["Request"].header
     # request_id "r", event_time 1, use_case "", numeric map as two blocks of one entry
     entry_a = b"\x04aa" + struct.pack("<d", 1.5)
@@ -302,6 +332,55 @@ def test_a_changed_request_schema_turns_the_fast_path_off(tmp_path: Any) -> None
     data = codec.encode("Request", record)
     assert decoder.decode_fast(data) is None
     assert decoder.decode(data) == record
+    assert decoder.decode_parts(data) == (record, None, None)
     # a message of the released version (v1) is resolved into the new schema by the codec
     old = CODEC.encode("Request", {k: v for k, v in record.items() if k != "extra"})
     assert decoder.decode(old) == {**record, "extra": ""}
+
+
+# -- the parts each answer repeats -----------------------------------------------------------
+
+ANSWERS = PredictionEncoder(CODEC.schemas["Prediction"])
+
+
+def test_the_parts_copied_from_a_request_are_the_ones_the_encoder_writes() -> None:
+    """What decode_parts copies from the request's bytes is, byte for byte, what the
+    Prediction encoder (itself held to fastavro in test_prediction_encoder) would write."""
+    rng = random.Random(29)
+    decoder = RequestDecoder(CODEC, answer_header=ANSWERS.schema.header)
+    copied = 0
+    for _ in range(2000):
+        data = encode(random_request(rng))
+        record, head, tail = decoder.decode_parts(data)
+        assert normal(record) == normal(CODEC.decode_as("Request", data))
+        heads, tails = ANSWERS.request_parts([record])
+        assert head is None or head == heads[0]
+        assert tail is None or tail == tails[0]
+        copied += head is not None and tail is not None
+    if decoder._native is not None:
+        assert copied == 2000  # fastavro writes only shortest varints
+    else:
+        assert copied == 0  # the Python paths copy nothing
+
+
+def test_a_request_written_with_longer_varints_than_needed_is_not_copied() -> None:
+    """A varint with a zero last byte decodes to the same number, but an answer copying it
+    would not be the bytes fastavro writes: those parts are encoded anew."""
+    header = CODEC.schemas["Request"].header
+    maps = b"\x00\x00\x00"
+    shortest = header + b"\x02r" + b"\x02" + b"\x02u" + maps
+    cases = {
+        "id length": header + b"\x82\x00r" + b"\x02" + b"\x02u" + maps,
+        "event time": header + b"\x02r" + b"\x82\x00" + b"\x02u" + maps,
+        "use case length": header + b"\x02r" + b"\x02" + b"\x82\x00u" + maps,
+    }
+    decoder = RequestDecoder(CODEC, answer_header=ANSWERS.schema.header)
+    want = CODEC.decode_as("Request", shortest)
+    for name, data in cases.items():
+        record, head, tail = decoder.decode_parts(data)
+        assert record == want, name
+        if name == "use case length":
+            assert tail is None and (head is not None or decoder._native is None)
+        else:
+            assert head is None and (tail is not None or decoder._native is None)
+        assert ANSWERS.request_parts([record], ([head], [tail])) == ANSWERS.request_parts([record])

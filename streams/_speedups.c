@@ -1,0 +1,249 @@
+/*
+ * streams._speedups: the shadow worker's Request decode, compiled.
+ *
+ * Why: decoding the Request was a third of the worker's poll thread in pure Python (py-spy
+ * on bench/worker.py), ~3.7 us per request even hand-written (streams/request_decoder.py);
+ * here it is the cost of building the record's dicts. The pure-Python path stays: it is
+ * what runs where no C compiler was found at install (the extension is optional), and the
+ * tests hold the two, and fastavro, to the same records.
+ *
+ * The contract is streams/request_decoder.py's: read_request() returns exactly the record
+ * Codec.decode_as("Request", data) gives, or None when it does not take the message (a
+ * header that is not the current Request schema's, a negative length or block count, a
+ * varint past 63 bits, a body cut short, invalid UTF-8), and the caller then asks the
+ * Python paths, fastavro last, which decode it or say why not. This code never refuses a
+ * message itself, and it never raises, except MemoryError.
+ *
+ * Layout read (Avro specification, "Binary Encoding"), after the 10-byte single-object
+ * header: request_id string, event_time long, use_case string, numeric_features
+ * map<double>, categorical_features map<string>, context map<string>. Bytes after the
+ * record are ignored, as fastavro's schemaless_reader ignores them.
+ *
+ * It also returns the two parts of the request's bytes that every Prediction of the request
+ * repeats (request_id and event_time; use_case), so the worker need not encode them again:
+ * the head with the Prediction's header in front, and the tail. Each is None unless its
+ * varints are in the shortest form, the only form fastavro writes, so the Prediction stays
+ * byte for byte what fastavro would write.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    const unsigned char *p;
+    const unsigned char *end;
+} Reader;
+
+/* 1: read; 0: not taken (no error set); -1: a Python error is set (memory). */
+
+static PyObject *k_request_id, *k_event_time, *k_use_case, *k_numeric, *k_categorical,
+    *k_context;
+
+/* An unsigned varint of at most 9 bytes (63 bits), as streams/request_decoder.py reads it:
+ * a longer one is fastavro's. *shortest: whether no shorter encoding of it exists. */
+static int read_varint(Reader *r, uint64_t *out, int *shortest) {
+    uint64_t result = 0;
+    int shift = 0;
+    const unsigned char *start = r->p;
+    while (shift < 63) {
+        if (r->p >= r->end) return 0;
+        unsigned char b = *r->p++;
+        result |= (uint64_t)(b & 0x7F) << shift;
+        if (b < 0x80) {
+            *out = result;
+            if (shortest) *shortest = (r->p - start == 1) || b != 0;
+            return 1;
+        }
+        shift += 7;
+    }
+    return 0;
+}
+
+/* A string: zigzag length (negative: not taken), then that many bytes of strict UTF-8. */
+static int read_string(Reader *r, PyObject **out, int *shortest) {
+    uint64_t u;
+    if (read_varint(r, &u, shortest) != 1 || (u & 1)) return 0;
+    uint64_t size = u >> 1;
+    if (size > (uint64_t)(r->end - r->p)) return 0;
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)r->p, (Py_ssize_t)size, "strict");
+    if (text == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            return 0; /* fastavro's to refuse */
+        }
+        return -1;
+    }
+    r->p += size;
+    *out = text;
+    return 1;
+}
+
+/* A map's blocks into dict (insertion order and a repeated key's last value, as a dict
+ * built entry by entry): doubles when doubles, else strings. */
+static int read_map(Reader *r, PyObject *dict, int doubles) {
+    for (;;) {
+        uint64_t u;
+        if (read_varint(r, &u, NULL) != 1 || (u & 1)) return 0; /* negative count: fastavro's */
+        uint64_t count = u >> 1;
+        if (count == 0) return 1;
+        /* every entry takes at least 1 byte of key and 8 of double, or 2 bytes: a count
+         * the rest of the message cannot hold is a body cut short */
+        if (count > (uint64_t)(r->end - r->p) / (doubles ? 9 : 2)) return 0;
+        for (uint64_t i = 0; i < count; i++) {
+            PyObject *key = NULL, *value = NULL;
+            int got = read_string(r, &key, NULL);
+            if (got != 1) return got;
+            if (doubles) {
+                if (r->end - r->p < 8) {
+                    Py_DECREF(key);
+                    return 0;
+                }
+                double d = PyFloat_Unpack8((const char *)r->p, 1);
+                if (d == -1.0 && PyErr_Occurred()) {
+                    Py_DECREF(key);
+                    return -1;
+                }
+                r->p += 8;
+                value = PyFloat_FromDouble(d);
+                if (value == NULL) {
+                    Py_DECREF(key);
+                    return -1;
+                }
+            } else {
+                got = read_string(r, &value, NULL);
+                if (got != 1) {
+                    Py_DECREF(key);
+                    return got;
+                }
+            }
+            int failed = PyDict_SetItem(dict, key, value);
+            Py_DECREF(key);
+            Py_DECREF(value);
+            if (failed) return -1;
+        }
+    }
+}
+
+/* The record, head and tail as a tuple, or NULL with *taken 0 (not taken) or -1 (error). */
+static PyObject *read_body(Reader *r, const unsigned char *body, PyObject *answer_header,
+                      int *taken) {
+    PyObject *request_id = NULL, *event_time = NULL, *use_case = NULL, *numeric = NULL,
+             *categorical = NULL, *context = NULL, *record = NULL, *head = NULL,
+             *tail = NULL, *result = NULL;
+    int shortest_id, shortest_time, shortest_case, got;
+    uint64_t u;
+
+    if ((got = read_string(r, &request_id, &shortest_id)) != 1) goto done;
+    if ((got = read_varint(r, &u, &shortest_time)) != 1) goto done;
+    const unsigned char *head_end = r->p;
+    event_time = PyLong_FromLongLong((long long)(u >> 1) ^ -(long long)(u & 1));
+    if (event_time == NULL) {
+        got = -1;
+        goto done;
+    }
+    const unsigned char *tail_start = r->p;
+    if ((got = read_string(r, &use_case, &shortest_case)) != 1) goto done;
+    const unsigned char *tail_end = r->p;
+    got = -1;
+    if ((numeric = PyDict_New()) == NULL || (categorical = PyDict_New()) == NULL ||
+        (context = PyDict_New()) == NULL)
+        goto done;
+    if ((got = read_map(r, numeric, 1)) != 1) goto done;
+    if ((got = read_map(r, categorical, 0)) != 1) goto done;
+    if ((got = read_map(r, context, 0)) != 1) goto done;
+    got = -1;
+    if ((record = PyDict_New()) == NULL) goto done;
+    if (PyDict_SetItem(record, k_request_id, request_id) ||
+        PyDict_SetItem(record, k_event_time, event_time) ||
+        PyDict_SetItem(record, k_use_case, use_case) ||
+        PyDict_SetItem(record, k_numeric, numeric) ||
+        PyDict_SetItem(record, k_categorical, categorical) ||
+        PyDict_SetItem(record, k_context, context))
+        goto done;
+    if (shortest_id && shortest_time && answer_header != Py_None) {
+        Py_ssize_t size = PyBytes_GET_SIZE(answer_header);
+        head = PyBytes_FromStringAndSize(NULL, size + (head_end - body));
+        if (head == NULL) goto done;
+        memcpy(PyBytes_AS_STRING(head), PyBytes_AS_STRING(answer_header), size);
+        memcpy(PyBytes_AS_STRING(head) + size, body, head_end - body);
+    } else {
+        head = Py_NewRef(Py_None);
+    }
+    if (shortest_case) {
+        tail = PyBytes_FromStringAndSize((const char *)tail_start, tail_end - tail_start);
+        if (tail == NULL) goto done;
+    } else {
+        tail = Py_NewRef(Py_None);
+    }
+    result = PyTuple_Pack(3, record, head, tail);
+    got = result == NULL ? -1 : 1;
+done:
+    Py_XDECREF(request_id);
+    Py_XDECREF(event_time);
+    Py_XDECREF(use_case);
+    Py_XDECREF(numeric);
+    Py_XDECREF(categorical);
+    Py_XDECREF(context);
+    Py_XDECREF(record);
+    Py_XDECREF(head);
+    Py_XDECREF(tail);
+    *taken = got;
+    return got == 1 ? result : NULL;
+}
+
+PyDoc_STRVAR(read_request_doc,
+             "read_request(data, header, answer_header) -> (record, head, tail) | None\n\n"
+             "The Request record exactly as fastavro decodes it, or None when this path does "
+             "not take the message (see streams/request_decoder.py). head: answer_header, "
+             "then the request's request_id and event_time bytes; tail: its use_case bytes; "
+             "each None unless those varints are in their shortest form. answer_header None: "
+             "no head.");
+
+static PyObject *read_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "read_request(data, header, answer_header)");
+        return NULL;
+    }
+    PyObject *data = args[0], *header = args[1], *answer_header = args[2];
+    if (!PyBytes_CheckExact(header) ||
+        (answer_header != Py_None && !PyBytes_CheckExact(answer_header))) {
+        PyErr_SetString(PyExc_TypeError, "header and answer_header must be bytes");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(data)) Py_RETURN_NONE; /* a tombstone or a bytes subclass */
+    Py_ssize_t n = PyBytes_GET_SIZE(data), h = PyBytes_GET_SIZE(header);
+    const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(data);
+    if (n < h || memcmp(bytes, PyBytes_AS_STRING(header), h) != 0) Py_RETURN_NONE;
+    Reader r = {bytes + h, bytes + n};
+    int taken;
+    PyObject *result = read_body(&r, bytes + h, answer_header, &taken);
+    if (taken == 1) return result;
+    if (taken == 0) Py_RETURN_NONE;
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL,
+     read_request_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "streams._speedups",
+    "The shadow worker's Request decode, compiled (see streams/request_decoder.py).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    k_request_id = PyUnicode_InternFromString("request_id");
+    k_event_time = PyUnicode_InternFromString("event_time");
+    k_use_case = PyUnicode_InternFromString("use_case");
+    k_numeric = PyUnicode_InternFromString("numeric_features");
+    k_categorical = PyUnicode_InternFromString("categorical_features");
+    k_context = PyUnicode_InternFromString("context");
+    if (!k_request_id || !k_event_time || !k_use_case || !k_numeric || !k_categorical ||
+        !k_context)
+        return NULL;
+    return PyModule_Create(&module_def);
+}
