@@ -32,7 +32,13 @@ dead letter of the batch has been acknowledged by the broker; failed deliveries 
 retried, and if they still fail the worker raises without committing, so a restarted worker
 scores that batch again (the joiner recognises the duplicates). The commit is sent then
 without waiting for its answer (:meth:`ShadowWorker._commit`): the next batch is not held
-by its round trip, and librdkafka completes it before a revoke or a close.
+by its round trip, and librdkafka completes it before a revoke or a close. Nor is the next
+batch held by the acknowledgements' round trip: they are awaited (and the offsets
+committed) once the next batch is decoded and scored, just before its first prediction is
+produced, or when the input goes idle, at a revoke, or at a stop
+(:meth:`ShadowWorker._settle`). A worker with an online learner keeps the simpler order,
+each batch settled before the next is consumed: its learner must see a batch delivered
+before it learns.
 
 With ``exactly_once`` (``understudy worker --exactly-once``), each batch is one Kafka
 transaction instead (see :mod:`streams.transactions`): its predictions, its dead letters
@@ -41,11 +47,13 @@ point and started again leaves exactly one prediction per request per candidate 
 read_committed reader (the joiner is one). A failed transaction is aborted and the batch
 scored again from the last commit; a fenced or fatally failed one ends the worker.
 
-Either way the batch is finished (delivered and its commit sent, or committed with its
-transaction, or aborted) before the next ``consume()``, and a rebalance's callbacks run
-inside ``consume()``: so revoked partitions never have work in flight. A transaction still
-open at revoke can only be a batch abandoned by a stop or an error on its way out
-(``close`` leaves the group): it is aborted there, never committed.
+A rebalance's callbacks run inside ``consume()``, between batches: the revoke settles the
+at-least-once batch produced last (delivered, then its commit sent) while its partitions
+are still owned, and an exactly-once batch is committed or aborted before the next
+``consume()``, so revoked partitions never have work in flight. Lost partitions (the group
+gave them away already) commit nothing: their new owner scores that batch again. A
+transaction still open at revoke can only be a batch abandoned by a stop or an error on its
+way out (``close`` leaves the group): it is aborted there, never committed.
 
 Stopping: ``stop`` ends the loop after the current batch, whose predictions are delivered
 and offsets committed before :meth:`ShadowWorker.run` returns. When the broker is away, the
@@ -251,6 +259,11 @@ class ShadowWorker:
         self._stop: threading.Event | None = None
         self._stop_deadline = float("inf")
         self._abandoned = False
+        #: at-least-once without learners: the offsets of the batch produced last, whose
+        #: acknowledgements are awaited (and its offsets committed) only when the next batch
+        #: is ready to produce, or the input is idle, or the worker stops (:meth:`_settle`)
+        self._unsettled: dict[tuple[str, int], int] | None = None
+        self._pipelined = False
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -283,6 +296,9 @@ class ShadowWorker:
         )
         try:
             self._start_learners()
+            # a learner must see its batch delivered before it learns: it keeps the simple
+            # order (each batch settled before the next is consumed)
+            self._pipelined = not self.exactly_once and not self._learners
             self._lanes = Lanes(self.candidates, self.budget_s)
             # a candidate promoted to primary (<prefix>.control) answers users now: the
             # service sends its answers, so it is no longer scored in the shadow
@@ -296,6 +312,8 @@ class ShadowWorker:
                     learner.settle(self._consumer)
                 now = time.monotonic()
                 if not messages:
+                    if not self._settled():
+                        break
                     if self._learn():
                         last_activity = now  # labels still coming: not idle
                     self._producer.poll(0)  # serves error_cb: a fatal error ends an idle worker
@@ -315,9 +333,19 @@ class ShadowWorker:
                 self._learn(scored)
                 if on_batch is not None:
                     on_batch(len(messages))
+            self._settled()
         finally:
             self.close()
         return self.stats
+
+    def _settled(self) -> bool:
+        """:meth:`_settle` from the loop: False when a stop gave up waiting on Kafka."""
+        try:
+            self._settle()
+        except _Abandoned:
+            self._abandoned = True
+            return False
+        return True
 
     def _start_learners(self) -> None:
         """Restore each learner's checkpoint (its model replaces the spec's), open its
@@ -417,7 +445,7 @@ class ShadowWorker:
             [self.topics.requests],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
 
     def close(self) -> None:
@@ -461,13 +489,23 @@ class ShadowWorker:
             learner.on_assign([tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Nothing pending to commit: see the module docstring. A transaction open here is a
-        # batch abandoned on the way out (close): never committed for partitions we lose.
+        # The batch produced last is settled (delivered, then committed) while its
+        # partitions are still ours; nothing else is pending: see the module docstring. A
+        # transaction open here is a batch abandoned on the way out (close): never
+        # committed for partitions we lose.
+        if self._unsettled is not None and self._producer is not None:
+            self._settled()
         if self._in_transaction and self._producer is not None:
             self._abort_open_transaction(self._producer)
         self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
         for learner in self._learners:
             learner.on_revoke([tp.partition for tp in partitions])
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: the group gave them to another member already, which scores
+        # them again from the last commit; committing the last batch now would fail.
+        self._unsettled = None
+        self._on_revoke(consumer, partitions)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -538,6 +576,9 @@ class ShadowWorker:
         aborted = self.stats.aborted
         if self.exactly_once:
             self._commit_transaction(offsets)
+        elif self._pipelined:
+            self._settle()  # the previous batch, when this one had nothing to score
+            self._unsettled = offsets
         else:
             self._await_deliveries()
             self._commit(offsets)
@@ -596,6 +637,11 @@ class ShadowWorker:
         promoted = [i for i, c in enumerate(self.candidates) if c.model_id == primary]
 
         def deliver(index: int, outcomes: list[Outcome]) -> None:
+            if self._unsettled is not None:
+                # the previous batch's acknowledgements came while this one was decoded
+                # and scored: its offsets are committed before anything of this one is
+                # produced, so a flush waits for that batch alone
+                self._settle()
             values = encoder.encode_outcomes(
                 self.candidates[index].model_id, "CANDIDATE", requests, parts, outcomes
             )
@@ -677,6 +723,16 @@ class ShadowWorker:
                     raise _Abandoned from None
             except KafkaException as exc:
                 raise BrokerError(f"cannot produce to {topic}: {exc}") from exc
+
+    def _settle(self) -> None:
+        """Wait for the acknowledgements of the batch produced last, then commit its offsets
+        (at-least-once, pipelined: see :attr:`_unsettled`). Raises as
+        :meth:`_await_deliveries`, and then the batch is not committed."""
+        offsets, self._unsettled = self._unsettled, None
+        if offsets is None:
+            return
+        self._await_deliveries()
+        self._commit(offsets)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         # One bound method for every message (no per-message closure); a failed message

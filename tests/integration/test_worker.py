@@ -280,6 +280,9 @@ def test_two_workers_share_the_partitions(kafka_bootstrap: str, prefix: str) -> 
     preds = candidate_predictions(kafka_bootstrap, topics.predictions)
     ids = {p["request_id"] for _, p in preds}
     assert ids == {f"7-{i}" for i in range(6000)}  # at least once each
+    # and only once: the first worker's revoke settled the batch it had produced last
+    # (delivered, its offsets committed) before the second took its partitions over
+    assert len(preds) == 6000
     assert results["a"].consumed + results["b"].consumed == len(preds)
     committed, ends = committed_vs_end(kafka_bootstrap, f"{prefix}.worker", topics.requests)
     assert committed == ends
