@@ -1,5 +1,5 @@
 /*
- * streams._speedups: the shadow worker's Request decode, compiled.
+ * streams._speedups: the shadow worker's Request decode and Prediction encode, compiled.
  *
  * Why: decoding the Request was a third of the worker's poll thread in pure Python (py-spy
  * on bench/worker.py), ~3.7 us per request even hand-written (streams/request_decoder.py);
@@ -19,7 +19,12 @@
  * map<double>, categorical_features map<string>, context map<string>. Bytes after the
  * record are ignored, as fastavro's schemaless_reader ignores them.
  *
- * It also returns the two parts of the request's bytes that every Prediction of the request
+ * encode_answers() writes the worker's Predictions of the two usual shapes (an answer, a
+ * failure) from their parts, as streams/prediction_encoder.py does, and leaves None for the
+ * others, which that module writes (tests/unit/test_prediction_encoder.py compares the two
+ * and fastavro).
+ *
+ * read_request() also returns the two parts of the request's bytes that every Prediction of the request
  * repeats (request_id and event_time; use_case), so the worker need not encode them again:
  * the head with the Prediction's header in front, and the tail. Each is None unless its
  * varints are in the shortest form, the only form fastavro writes, so the Prediction stays
@@ -223,7 +228,126 @@ static PyObject *read_request(PyObject *module, PyObject *const *args, Py_ssize_
     return NULL;
 }
 
+/* -- answers ----------------------------------------------------------------------------- */
+
+/* Appends Avro's zigzag varint of a non-negative length. */
+static char *put_length(char *p, Py_ssize_t size) {
+    uint64_t n = (uint64_t)size << 1;
+    while (n >= 0x80) {
+        *p++ = (char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    *p++ = (char)n;
+    return p;
+}
+
+/* One Prediction, or Py_None (a new reference either way; NULL on a Python error) when the
+ * outcome is not one of the two usual shapes: an answer (value a float; label, error None;
+ * scores an empty dict; latency a float), or a failure (value, label None; scores empty;
+ * latency a float; error a str). streams/prediction_encoder.py's _outcome writes the same
+ * bytes for them, and the rest itself. */
+static PyObject *encode_answer(PyObject *head, PyObject *constant, PyObject *outcome,
+                               PyObject *tail) {
+    if (!PyBytes_CheckExact(head) || !PyBytes_CheckExact(tail) || !PyTuple_Check(outcome) ||
+        PyTuple_GET_SIZE(outcome) != 5)
+        Py_RETURN_NONE;
+    PyObject *value = PyTuple_GET_ITEM(outcome, 0), *label = PyTuple_GET_ITEM(outcome, 1),
+             *scores = PyTuple_GET_ITEM(outcome, 2), *latency = PyTuple_GET_ITEM(outcome, 3),
+             *error = PyTuple_GET_ITEM(outcome, 4);
+    if (label != Py_None || !PyDict_CheckExact(scores) || PyDict_GET_SIZE(scores) != 0 ||
+        !PyFloat_CheckExact(latency))
+        Py_RETURN_NONE;
+    const char *text = NULL;
+    Py_ssize_t text_size = 0, middle;
+    if (PyFloat_CheckExact(value) && error == Py_None) {
+        middle = 1 + 8 + 1 + 1 + 1 + 8 + 1;
+    } else if (value == Py_None && PyUnicode_CheckExact(error)) {
+        text = PyUnicode_AsUTF8AndSize(error, &text_size);
+        if (text == NULL) { /* a lone surrogate: fastavro's to refuse */
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        middle = 1 + 1 + 1 + 1 + 8 + 1 + 10 + text_size;
+    } else {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t h = PyBytes_GET_SIZE(head), c = PyBytes_GET_SIZE(constant),
+               t = PyBytes_GET_SIZE(tail);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, h + c + middle + t);
+    if (out == NULL) return NULL;
+    char *start = PyBytes_AS_STRING(out), *p = start;
+    memcpy(p, PyBytes_AS_STRING(head), h);
+    p += h;
+    memcpy(p, PyBytes_AS_STRING(constant), c);
+    p += c;
+    if (text == NULL) {
+        *p++ = 2; /* value: the double branch */
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), p, 1) < 0) goto failed;
+        p += 8;
+        *p++ = 0; /* label null */
+        *p++ = 0; /* scores: no entries */
+        *p++ = 2; /* latency_ms: the double branch */
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(latency), p, 1) < 0) goto failed;
+        p += 8;
+        *p++ = 0; /* error null */
+    } else {
+        *p++ = 0; /* value null */
+        *p++ = 0; /* label null */
+        *p++ = 0; /* scores: no entries */
+        *p++ = 2; /* latency_ms */
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(latency), p, 1) < 0) goto failed;
+        p += 8;
+        *p++ = 2; /* error: the string branch */
+        p = put_length(p, text_size);
+        memcpy(p, text, text_size);
+        p += text_size;
+    }
+    memcpy(p, PyBytes_AS_STRING(tail), t);
+    p += t;
+    if (_PyBytes_Resize(&out, p - start) < 0) return NULL;
+    return out;
+failed:
+    Py_DECREF(out);
+    return NULL;
+}
+
+PyDoc_STRVAR(encode_answers_doc,
+             "encode_answers(heads, constant, outcomes, tails) -> list[bytes | None]\n\n"
+             "One Prediction per outcome: head + constant + the outcome's fields + tail, as "
+             "streams/prediction_encoder.py writes them; None where a head or tail is not "
+             "bytes or the outcome is not an answer or a failure of the usual shape.");
+
+static PyObject *encode_answers(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
+        !PyList_CheckExact(args[2]) || !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_answers(heads: list, constant: bytes, outcomes: list, "
+                        "tails: list)");
+        return NULL;
+    }
+    PyObject *heads = args[0], *constant = args[1], *outcomes = args[2], *tails = args[3];
+    Py_ssize_t n = PyList_GET_SIZE(outcomes);
+    if (PyList_GET_SIZE(heads) != n || PyList_GET_SIZE(tails) != n) {
+        PyErr_SetString(PyExc_ValueError, "heads, outcomes and tails differ in length");
+        return NULL;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *one = encode_answer(PyList_GET_ITEM(heads, i), constant,
+                                      PyList_GET_ITEM(outcomes, i), PyList_GET_ITEM(tails, i));
+        if (one == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, one);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"encode_answers", (PyCFunction)(void (*)(void))encode_answers, METH_FASTCALL,
+     encode_answers_doc},
     {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL,
      read_request_doc},
     {NULL, NULL, 0, NULL},
@@ -231,7 +355,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "streams._speedups",
-    "The shadow worker's Request decode, compiled (see streams/request_decoder.py).", -1,
+    "The shadow worker's Request decode and Prediction encode, compiled.", -1,
     methods,
 };
 

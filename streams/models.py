@@ -92,7 +92,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -144,18 +144,25 @@ class OnlineModel(Protocol):
     def predict_one(self, x: Features, /) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+#: The ``scores`` of every outcome without class scores: one shared dict, never changed.
+NO_SCORES: dict[str, float] = {}
+
+
+class Outcome(NamedTuple):
     """One model's answer to one request, ready to become a Prediction event.
 
     Exactly one of ``value`` (regression), ``label`` (classification, with optional
     ``scores``) or ``error`` is set. ``latency_ms`` is set on errors too: a model that
     takes two seconds to fail is slow as well as wrong.
+
+    A named tuple, immutable: one is made per request per candidate, and a tuple is made
+    at a third of a frozen dataclass's cost (0.15 against 0.36 us, ``timeit``). ``scores``
+    without class scores is the shared :data:`NO_SCORES`: read it, never change it.
     """
 
     value: float | None = None
     label: str | None = None
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = NO_SCORES
     latency_ms: float = 0.0
     error: str | None = None
 
@@ -185,34 +192,29 @@ def _clip(text: str) -> str:
 
 
 _isfinite = math.isfinite
-_new_outcome = object.__new__
-_set_value, _set_label, _set_scores, _set_latency, _set_error = (
-    Outcome.__dict__[name].__set__ for name in ("value", "label", "scores", "latency_ms", "error")
-)
-
-
-def _answer(value: float, latency_ms: float) -> Outcome:
-    """``Outcome(value=value, latency_ms=latency_ms)`` at half the cost: a frozen
-    dataclass's ``__init__`` goes through ``object.__setattr__`` for every field, and this
-    runs once per request per candidate. The slots are set directly, so the object is the
-    same (equal, same type, still frozen to its users)."""
-    out = _new_outcome(Outcome)
-    _set_value(out, value)
-    _set_label(out, None)
-    _set_scores(out, {})
-    _set_latency(out, latency_ms)
-    _set_error(out, None)
-    return out
+_new_tuple = tuple.__new__
 
 
 def to_outcome(output: Any, latency_ms: float) -> Outcome:
     """Map one raw model output to an :class:`Outcome` (see the module's table); never raises."""
     if type(output) is float and _isfinite(output):  # a regression answer: the usual case
-        return _answer(output, latency_ms)
+        return _new_tuple(Outcome, (output, None, NO_SCORES, latency_ms, None))
     try:
         return _to_outcome(output, latency_ms)
     except Exception as exc:  # an output object whose .item() or __str__ raises
         return Outcome(latency_ms=latency_ms, error=_error_text(exc))
+
+
+def to_outcomes(outputs: Iterable[Any], latencies: Iterable[float]) -> list[Outcome]:
+    """:func:`to_outcome` of each (output, latency) pair, in one loop: it runs once per
+    request per candidate, and the call per pair cost as much as the tuple."""
+    isfinite, new = _isfinite, _new_tuple
+    return [
+        new(Outcome, (output, None, NO_SCORES, latency, None))
+        if type(output) is float and isfinite(output)
+        else to_outcome(output, latency)
+        for output, latency in zip(outputs, latencies, strict=True)
+    ]
 
 
 def _to_outcome(output: Any, latency_ms: float) -> Outcome:
@@ -594,7 +596,7 @@ class Candidate:
         latencies = [window[int(p * 2**32) % k] for p in points]
         for i, latency in measured.items():
             latencies[i] = latency
-        return [to_outcome(out, latency) for out, latency in zip(outputs, latencies, strict=True)]
+        return to_outcomes(outputs, latencies)
 
     def _predict_each(
         self, one: Callable[[Features], Any], features: list[Features]
@@ -604,19 +606,19 @@ class Candidate:
         request, and a method call and three attribute updates each cost as much as a small
         model's call)."""
         clock = time.perf_counter
-        outcomes: list[Outcome] = []
+        outputs: list[Any] = []
         latencies: list[float] = []
         for x in features:
             start = clock()
             try:
                 output = one(x)
             except Exception as exc:
-                latency = (clock() - start) * 1000.0
-                outcomes.append(Outcome(latency_ms=latency, error=_error_text(exc)))
-            else:
-                latency = (clock() - start) * 1000.0
-                outcomes.append(to_outcome(output, latency))
-            latencies.append(latency)
+                latencies.append((clock() - start) * 1000.0)
+                outputs.append(RowError(_error_text(exc)))  # its error outcome, below
+                continue
+            latencies.append((clock() - start) * 1000.0)
+            outputs.append(output)
+        outcomes = to_outcomes(outputs, latencies)
         stats = self.latency
         total = stats.single_ms
         for latency in latencies:  # in order, as one call at a time would add them

@@ -36,6 +36,13 @@ from typing import Any
 
 from streams.schemas import Record, Schema
 
+try:
+    from streams import _speedups
+except ImportError:  # installed without a C compiler: the Python path below does it all
+    _speedups = None  # type: ignore[assignment]
+
+_encode_answers = _speedups.encode_answers if _speedups is not None else None
+
 __all__ = ["LAYOUT", "PredictionEncoder", "RequestParts"]
 
 #: The Prediction fields, in order, as this module writes them: (name, Avro type with its
@@ -165,9 +172,11 @@ class PredictionEncoder:
     the worker's batch path (one request's shared parts encoded once for all candidates).
     """
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, *, native: bool = True) -> None:
         self.schema = schema
         self.fast = _layout(schema.raw) == LAYOUT
+        #: the C encoder of :mod:`streams._speedups` where it was built (False: Python only)
+        self.native = native and _encode_answers is not None
         fields = schema.raw.get("fields", [])
         role: Any = next((f["type"] for f in fields if f["name"] == "role"), {})
         self._symbols: list[str] = list(role.get("symbols", [])) if isinstance(role, dict) else []
@@ -241,22 +250,42 @@ class PredictionEncoder:
         parts: RequestParts,
         outcomes: Sequence[Any],
     ) -> list[bytes]:
-        """One Prediction per request, from its :class:`~streams.models.Outcome` (anything
-        with ``value``, ``label``, ``scores``, ``latency_ms``, ``error``), in order."""
+        """One Prediction per request, from its :class:`~streams.models.Outcome` (a tuple of
+        ``value``, ``label``, ``scores``, ``latency_ms``, ``error``, in that order), in
+        order."""
         heads, tails = parts
         try:
             constant: bytes | None = self._constant(model_id, role) if self.fast else None
         except (_Unhandled, UnicodeError):
             constant = None
+        native: list[bytes | None] | None = None
+        if (
+            constant is not None
+            and _encode_answers is not None
+            and self.native
+            and type(outcomes) is list
+            and type(heads) is list
+            and type(tails) is list
+        ):
+            native = _encode_answers(heads, constant, outcomes, tails)
+            if None not in native:
+                return native  # type: ignore[return-value]  # no None in it
         out: list[bytes] = []
         append = out.append
-        for record, head, tail, o in zip(requests, heads, tails, outcomes, strict=True):
+        for i, (record, head, tail, o) in enumerate(
+            zip(requests, heads, tails, outcomes, strict=True)
+        ):
+            if native is not None:
+                done = native[i]
+                if done is not None:
+                    append(done)
+                    continue
             if constant is not None and head is not None and tail is not None:
                 try:
                     append(
                         head
                         + constant
-                        + _outcome(o.value, o.label, o.scores, o.latency_ms, o.error)
+                        + _outcome(*o)  # unpacked: a named field costs more than a slot
                         + tail
                     )
                     continue

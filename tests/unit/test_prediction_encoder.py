@@ -5,6 +5,10 @@ the predictions topic agrees with (tests/unit/test_schemas.py checks it against 
 avro). Tolerance: none, bytes must be equal. Each test also checks that the fast path was
 taken where it should be, so a fast path that silently fell back to fastavro for every
 record (equal bytes, no speed) would fail too.
+
+Every test runs twice: with the C encoder of the usual shapes (``streams._speedups``;
+skipped where it was not built, which test_request_decoder.py's
+``test_the_c_decoder_is_built`` then fails on) and with the Python path alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 import math
 import random
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import avro.io
@@ -21,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams import prediction_encoder
 from streams.models import Outcome
 from streams.prediction_encoder import PredictionEncoder
 from streams.schemas import HEADER_LEN, Schema, default_codec, schema_dir
@@ -44,6 +50,19 @@ TEXTS = ["", "a", "w123", "Zürich", "価格モデル", "emoji 🏠", "x" * 63, 
 TEXTS += ["é" * 70]
 TIMES = [0, 1, -1, 63, 64, -64, -65, 2**62, 2**63 - 1, -(2**63)]
 TIMES += [1_718_000_000_123, -1_718_000_000_123]
+
+
+@pytest.fixture(autouse=True, scope="module", params=["compiled", "python"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which encoder the module's tests write with: the C one too, or the Python path alone."""
+    if request.param == "compiled":
+        if prediction_encoder._encode_answers is None:
+            pytest.skip("the C encoder was not built (see test_the_c_decoder_is_built)")
+        yield request.param
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prediction_encoder, "_encode_answers", None)
+        yield request.param
 
 
 def encoder() -> PredictionEncoder:
@@ -314,3 +333,49 @@ def test_another_layout_turns_the_fast_path_off() -> None:
     }
     assert enc.encode_fast(record) is None
     assert enc.encode(record) == changed.encode(record)
+
+
+def test_the_c_encoder_takes_answers_and_failures_and_leaves_the_rest() -> None:
+    """The usual shapes are written in C, byte for byte the Python path's and fastavro's;
+    every other shape is left (None) to the Python path, which the tests above hold to
+    fastavro."""
+    native = prediction_encoder._encode_answers
+    if native is None:
+        pytest.skip("the Python path alone: nothing in C to test")
+    rng = random.Random(41)
+    enc = encoder()
+    requests = [
+        {"request_id": random_text(rng), "event_time": rng.choice(TIMES), "use_case": "u"}
+        for _ in range(600)
+    ]
+    heads, tails = enc.request_parts(requests)
+    usual = [
+        Outcome(value=random_float(rng), latency_ms=random_float(rng))
+        if i % 2
+        else Outcome(error=random_text(rng), latency_ms=random_float(rng))
+        for i in range(len(requests))
+    ]
+    constant = enc._constant("price-ridge@4", "CANDIDATE")
+    got = native(heads, constant, usual, tails)
+    python = PredictionEncoder(enc.schema, native=False)
+    want = python.encode_outcomes("price-ridge@4", "CANDIDATE", requests, (heads, tails), usual)
+    assert got == want
+    assert want == [
+        reference({**r, **o._asdict(), "model_id": "price-ridge@4", "role": "CANDIDATE"})
+        for r, o in zip(requests, usual, strict=True)
+    ]
+    others: list[Any] = [
+        Outcome(label="a", latency_ms=1.0),
+        Outcome(label="a", scores={"a": 1.0}, latency_ms=1.0),
+        Outcome(value=1, latency_ms=1.0),  # an int: fastavro writes it as a double
+        Outcome(value=1.0, latency_ms=0),  # an int latency: not a float
+        Outcome(value=1.0, latency_ms=None),  # type: ignore[arg-type]
+        Outcome(value=1.0, error="both", latency_ms=1.0),
+        Outcome(error="\ud800", latency_ms=1.0),  # a lone surrogate: fastavro's to refuse
+        Outcome(value=1.0, scores={}.copy() | {"x": 1.0}, latency_ms=1.0),
+        (1.0, None, {}, 1.0),  # not five fields
+    ]
+    n = len(others)
+    assert native(heads[:n], constant, others, tails[:n]) == [None] * n
+    unheaded = native([None] * 2, constant, usual[:2], tails[:2])
+    assert unheaded == [None, None]  # a request the Python path could not split
