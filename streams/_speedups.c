@@ -65,13 +65,50 @@ static int read_varint(Reader *r, uint64_t *out, int *shortest) {
     return 0;
 }
 
-/* A string: zigzag length (negative: not taken), then that many bytes of strict UTF-8. */
-static int read_string(Reader *r, PyObject **out, int *shortest) {
+/* Strings that repeat (feature names, categories, context values, use cases), by their
+ * bytes: a service sends the same ones with every request, and a str made once is neither
+ * decoded, allocated, hashed (a dict insertion reuses its cached hash) nor freed again. A
+ * direct-mapped table of CACHE_SLOTS strings of at most CACHED_BYTES bytes, a slot replaced
+ * on a collision: ~100 KB, whatever the traffic. Only ever touched with the GIL held. */
+#define CACHE_SLOTS 2048
+#define CACHED_BYTES 40
+
+typedef struct {
+    PyObject *text;
+    Py_ssize_t size;
+    unsigned char raw[CACHED_BYTES];
+} Slot;
+
+static Slot cache[CACHE_SLOTS];
+
+static PyObject *decode_utf8(const unsigned char *p, Py_ssize_t size) {
+    return PyUnicode_DecodeUTF8((const char *)p, size, "strict");
+}
+
+static PyObject *cached_utf8(const unsigned char *p, Py_ssize_t size) {
+    if (size > CACHED_BYTES) return decode_utf8(p, size);
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < size; i++) h = (h ^ p[i]) * 16777619u;
+    Slot *slot = &cache[h & (CACHE_SLOTS - 1)];
+    if (slot->text != NULL && slot->size == size && memcmp(slot->raw, p, size) == 0)
+        return Py_NewRef(slot->text);
+    PyObject *text = decode_utf8(p, size);
+    if (text == NULL) return NULL;
+    Py_XSETREF(slot->text, Py_NewRef(text));
+    slot->size = size;
+    memcpy(slot->raw, p, size);
+    return text;
+}
+
+/* A string: zigzag length (negative: not taken), then that many bytes of strict UTF-8.
+ * cached: whether the string is one that repeats (see cache). */
+static int read_string(Reader *r, PyObject **out, int *shortest, int cached) {
     uint64_t u;
     if (read_varint(r, &u, shortest) != 1 || (u & 1)) return 0;
     uint64_t size = u >> 1;
     if (size > (uint64_t)(r->end - r->p)) return 0;
-    PyObject *text = PyUnicode_DecodeUTF8((const char *)r->p, (Py_ssize_t)size, "strict");
+    PyObject *text = cached ? cached_utf8(r->p, (Py_ssize_t)size)
+                            : decode_utf8(r->p, (Py_ssize_t)size);
     if (text == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
             PyErr_Clear();
@@ -97,7 +134,7 @@ static int read_map(Reader *r, PyObject *dict, int doubles) {
         if (count > (uint64_t)(r->end - r->p) / (doubles ? 9 : 2)) return 0;
         for (uint64_t i = 0; i < count; i++) {
             PyObject *key = NULL, *value = NULL;
-            int got = read_string(r, &key, NULL);
+            int got = read_string(r, &key, NULL, 1);
             if (got != 1) return got;
             if (doubles) {
                 if (r->end - r->p < 8) {
@@ -116,7 +153,7 @@ static int read_map(Reader *r, PyObject *dict, int doubles) {
                     return -1;
                 }
             } else {
-                got = read_string(r, &value, NULL);
+                got = read_string(r, &value, NULL, 1);
                 if (got != 1) {
                     Py_DECREF(key);
                     return got;
@@ -139,7 +176,7 @@ static PyObject *read_body(Reader *r, const unsigned char *body, PyObject *answe
     int shortest_id, shortest_time, shortest_case, got;
     uint64_t u;
 
-    if ((got = read_string(r, &request_id, &shortest_id)) != 1) goto done;
+    if ((got = read_string(r, &request_id, &shortest_id, 0)) != 1) goto done;
     if ((got = read_varint(r, &u, &shortest_time)) != 1) goto done;
     const unsigned char *head_end = r->p;
     event_time = PyLong_FromLongLong((long long)(u >> 1) ^ -(long long)(u & 1));
@@ -148,7 +185,7 @@ static PyObject *read_body(Reader *r, const unsigned char *body, PyObject *answe
         goto done;
     }
     const unsigned char *tail_start = r->p;
-    if ((got = read_string(r, &use_case, &shortest_case)) != 1) goto done;
+    if ((got = read_string(r, &use_case, &shortest_case, 1)) != 1) goto done;
     const unsigned char *tail_end = r->p;
     got = -1;
     if ((numeric = PyDict_New()) == NULL || (categorical = PyDict_New()) == NULL ||
@@ -345,7 +382,132 @@ static PyObject *encode_answers(PyObject *module, PyObject *const *args, Py_ssiz
     return out;
 }
 
+/* -- sample points ----------------------------------------------------------------------- */
+
+/* BLAKE2b with an 8-byte digest and no key, written from RFC 7693 (section 3 and the
+ * parameter block of the BLAKE2 paper): what hashlib.blake2b(data, digest_size=8) gives,
+ * which streams/models.py's sample_points() uses. tests/unit/test_models.py compares them. */
+static const uint64_t blake2b_iv[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL,
+    0xa54ff53a5f1d36f1ULL, 0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL,
+    0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t blake2b_sigma[10][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+};
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t load64(const unsigned char *p) {
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; i--) x = (x << 8) | p[i];
+    return x;
+}
+
+#define G(a, b, c, d, x, y)           \
+    do {                              \
+        v[a] = v[a] + v[b] + (x);     \
+        v[d] = rotr64(v[d] ^ v[a], 32); \
+        v[c] = v[c] + v[d];           \
+        v[b] = rotr64(v[b] ^ v[c], 24); \
+        v[a] = v[a] + v[b] + (y);     \
+        v[d] = rotr64(v[d] ^ v[a], 16); \
+        v[c] = v[c] + v[d];           \
+        v[b] = rotr64(v[b] ^ v[c], 63); \
+    } while (0)
+
+static void blake2b_compress(uint64_t h[8], const unsigned char block[128], uint64_t t,
+                             int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = blake2b_iv[i];
+    }
+    v[12] ^= t; /* the counter's high word stays 0: no key is ever 2^64 bytes */
+    if (last) v[14] = ~v[14];
+    for (int round = 0; round < 12; round++) {
+        const uint8_t *s = blake2b_sigma[round % 10];
+        G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* The first 8 bytes of BLAKE2b-64(data), read as a big-endian integer (int.from_bytes's
+ * default order, as sample_points reads the digest). */
+static uint64_t blake2b_64(const unsigned char *data, Py_ssize_t size) {
+    uint64_t h[8];
+    memcpy(h, blake2b_iv, sizeof h);
+    h[0] ^= 0x01010000ULL ^ 8; /* depth 1, fanout 1, no key, an 8-byte digest */
+    uint64_t done = 0;
+    while (size > 128) {
+        done += 128;
+        blake2b_compress(h, data, done, 0);
+        data += 128;
+        size -= 128;
+    }
+    unsigned char last[128] = {0};
+    memcpy(last, data, size);
+    blake2b_compress(h, last, done + size, 1);
+    uint64_t big = 0;
+    for (int i = 0; i < 8; i++) big = (big << 8) | ((h[0] >> (8 * i)) & 0xFF);
+    return big;
+}
+
+PyDoc_STRVAR(sample_points_doc,
+             "sample_points(keys: list[str]) -> list[float]\n\n"
+             "int.from_bytes(blake2b(key.encode(), digest_size=8).digest()) / 2**64 of each "
+             "key: streams/models.py's sample_points, in C.");
+
+static PyObject *sample_points(PyObject *module, PyObject *keys) {
+    if (!PyList_CheckExact(keys)) {
+        PyErr_SetString(PyExc_TypeError, "sample_points(keys: list[str])");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        Py_ssize_t size;
+        const char *utf8 = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : NULL;
+        if (utf8 == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a key is not a str");
+            Py_DECREF(out);
+            return NULL;
+        }
+        /* int -> float rounds to nearest, as Python's int.__truediv__ does here: a uint64
+         * converted by the C compiler, then scaled exactly by a power of two */
+        double point = (double)blake2b_64((const unsigned char *)utf8, size) / 18446744073709551616.0;
+        PyObject *f = PyFloat_FromDouble(point);
+        if (f == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, f);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"sample_points", (PyCFunction)sample_points, METH_O, sample_points_doc},
     {"encode_answers", (PyCFunction)(void (*)(void))encode_answers, METH_FASTCALL,
      encode_answers_doc},
     {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL,

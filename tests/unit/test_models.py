@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
 import sys
 import textwrap
 import time
@@ -660,3 +661,23 @@ def test_warm_up_request_refuses_a_dict_model_at_start(
         rc = main([*argv, "--bootstrap", "127.0.0.1:9"])
         err = capsys.readouterr().err
         assert rc == 1 and err.count("\n") == 1 and fragment in err, err
+
+
+def test_the_c_sample_points_are_the_python_ones() -> None:
+    """The C extension's BLAKE2b (streams/_speedups.c) against hashlib's, through both
+    sample_points: equal floats for ids of every length (empty, one 128-byte block exactly,
+    several blocks) and any characters, so a worker built without the extension samples
+    the very same requests."""
+    from streams import models
+
+    if models._native_points is None:
+        pytest.skip("the C extension was not built (see test_the_c_decoder_is_built)")
+    rng = random.Random(5)
+    alphabet = "az09-_é€中🙂\u0000\uffff"
+    keys = [f"7-{i}" for i in range(5000)] + ["", "x" * 127, "x" * 128, "x" * 129, "€" * 300]
+    keys += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300))) for _ in range(3000)
+    ]
+    got = models.sample_points(keys)
+    assert got == models.python_sample_points(keys)
+    assert all(0.0 <= p < 1.0 for p in got)
