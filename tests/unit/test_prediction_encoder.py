@@ -17,12 +17,12 @@ import io
 import math
 import random
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import avro.io
 import avro.schema
 import pytest
+from both_paths import compiled_and_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,17 +52,7 @@ TIMES = [0, 1, -1, 63, 64, -64, -65, 2**62, 2**63 - 1, -(2**63)]
 TIMES += [1_718_000_000_123, -1_718_000_000_123]
 
 
-@pytest.fixture(autouse=True, scope="module", params=["compiled", "python"])
-def path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Which encoder the module's tests write with: the C one too, or the Python path alone."""
-    if request.param == "compiled":
-        if prediction_encoder._encode_answers is None:
-            pytest.skip("the C encoder was not built (see test_the_c_decoder_is_built)")
-        yield request.param
-        return
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prediction_encoder, "_encode_answers", None)
-        yield request.param
+path = compiled_and_python(prediction_encoder, "_encode_answers")
 
 
 def encoder() -> PredictionEncoder:

@@ -18,10 +18,10 @@ import importlib.util
 import random
 import re
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from both_paths import compiled_and_python
 from fastavro.utils import generate_many
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from streams import request_decoder
 from streams.errors import SchemaError
 from streams.prediction_encoder import PredictionEncoder
-from streams.request_decoder import RequestDecoder, compiled
+from streams.request_decoder import RequestDecoder
 from streams.schemas import HEADER_LEN, MAGIC, Codec, default_codec
 
 CODEC = default_codec()
@@ -81,17 +81,7 @@ def random_request(rng: random.Random) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(autouse=True, scope="module", params=["compiled", "python"])
-def path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Which decoder the module's tests read with: the C one, or the Python paths alone."""
-    if request.param == "compiled":
-        if not compiled():
-            pytest.skip("the C decoder was not built (see test_the_c_decoder_is_built)")
-        yield request.param
-        return
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(request_decoder, "_read_request", None)
-        yield request.param
+path = compiled_and_python(request_decoder, "_read_request")
 
 
 def test_the_c_decoder_is_built() -> None:
