@@ -97,13 +97,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from streams.errors import ModelLoadError
-
-try:
-    from streams import _speedups
-except ImportError:  # installed without a C compiler: the Python paths
-    _speedups = None  # type: ignore[assignment]
-
-_native_points = _speedups.sample_points if _speedups is not None else None
+from streams.native import sample_points as _native_points
 
 __all__ = [
     "DEFAULT_SAMPLE_RATE",

@@ -34,14 +34,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from streams.native import encode_answers as _encode_answers
 from streams.schemas import Record, Schema
-
-try:
-    from streams import _speedups
-except ImportError:  # installed without a C compiler: the Python path below does it all
-    _speedups = None  # type: ignore[assignment]
-
-_encode_answers = _speedups.encode_answers if _speedups is not None else None
 
 __all__ = ["LAYOUT", "PredictionEncoder", "RequestParts"]
 

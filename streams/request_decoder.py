@@ -45,22 +45,10 @@ import struct
 from operator import itemgetter
 from typing import Any
 
+from streams.native import read_request as _read_request
 from streams.schemas import HEADER_LEN, Codec, Record
 
-try:
-    from streams import _speedups
-except ImportError:  # installed without a C compiler: the Python paths below
-    _speedups = None  # type: ignore[assignment]
-
-_read_request = _speedups.read_request if _speedups is not None else None
-
-__all__ = ["LAYOUT", "RequestDecoder", "compiled"]
-
-
-def compiled() -> bool:
-    """Whether the C decoder (:mod:`streams._speedups`) was built at install."""
-    return _read_request is not None
-
+__all__ = ["LAYOUT", "RequestDecoder"]
 
 #: The Request fields, in order, as this module reads them (docs and logical types left out).
 LAYOUT: tuple[tuple[str, Any], ...] = (
@@ -132,19 +120,16 @@ class RequestDecoder:
     """Decodes Request messages as ``codec.decode_as("Request", data)`` does, faster.
 
     ``answer_header``: the header of the event the caller answers each request with (the
-    Prediction's), for :meth:`decode_parts`. ``native``: False keeps to the Python paths
-    (the tests compare them).
+    Prediction's), for :meth:`decode_parts`.
     """
 
-    def __init__(
-        self, codec: Codec, answer_header: bytes | None = None, *, native: bool = True
-    ) -> None:
+    def __init__(self, codec: Codec, answer_header: bytes | None = None) -> None:
         self.codec = codec
         schema = codec.schemas["Request"]
         self.fast = _layout(schema.raw) == LAYOUT
         self.header = schema.header
         self.answer_header = answer_header
-        self._native = _read_request if native and self.fast else None
+        self._native = _read_request if self.fast else None
         self._strings: dict[bytes, str] = {}
         self._shape: _Shape | None = None
         #: the two string maps, by the bytes they are read from (the rest of the message)
