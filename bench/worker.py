@@ -7,8 +7,8 @@ same broker:
 * passthrough: a plain confluent-kafka consumer in its own group that, for every request,
   produces its bytes unchanged once per candidate to ``<prefix>.predictions`` (the
   request's partition), then per batch waits for the acknowledgements and sends the
-  commit without waiting for its answer, as the at-least-once worker does: the least any
-  shadow worker must do;
+  commit without waiting for its answer: the least any shadow worker must do (under the
+  worker's garbage-collector thresholds, ``streams.gctune``, as the worker runs);
 * worker: ``streams.worker.ShadowWorker`` with two candidates, the demo's ridge model
   (vectorized: one numpy product per micro-batch, plus its latency sample scored alone) and
   its tree model called one request at a time (``cost_us=0``: no simulated feature
@@ -46,6 +46,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.config import Config
 from streams.demo_models import HouseMarket, TreePriceModel, ridge_candidate
+from streams.gctune import fewer_collections
 from streams.kafka import Topics, ensure_topics
 from streams.models import Candidate
 from streams.schemas import default_codec
@@ -106,28 +107,30 @@ def passthrough(cfg: Config, n: int, batch_size: int) -> float:
     c.subscribe([t.requests])
     seen = 0
     start = cpu = 0.0
-    while seen < n:
-        msgs = c.consume(num_messages=batch_size, timeout=1.0)
-        if msgs and not start:
-            start, cpu = time.perf_counter(), time.process_time()
-        offsets: dict[int, int] = {}
-        for m in msgs:
-            if m.error() is not None:
-                continue
-            part, offset = m.partition(), m.offset()
-            assert part is not None and offset is not None
-            for _ in range(CANDIDATES):
-                # positional, as the worker produces (keyword parsing is ~0.4 us a call)
-                p.produce(t.predictions, m.value(), m.key(), part)
-            offsets[part] = offset + 1
-            seen += 1
-        p.poll(0)
-        if offsets:
-            p.flush()
-            c.commit(
-                offsets=[TopicPartition(t.requests, q, o) for q, o in offsets.items()],
-                asynchronous=True,
-            )
+    # the worker's collector thresholds (streams/gctune.py), so neither gets an edge there
+    with fewer_collections():
+        while seen < n:
+            msgs = c.consume(num_messages=batch_size, timeout=1.0)
+            if msgs and not start:
+                start, cpu = time.perf_counter(), time.process_time()
+            offsets: dict[int, int] = {}
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                part, offset = m.partition(), m.offset()
+                assert part is not None and offset is not None
+                for _ in range(CANDIDATES):
+                    # positional, as the worker produces (keyword parsing is ~0.4 us a call)
+                    p.produce(t.predictions, m.value(), m.key(), part)
+                offsets[part] = offset + 1
+                seen += 1
+            p.poll(0)
+            if offsets:
+                p.flush()
+                c.commit(
+                    offsets=[TopicPartition(t.requests, q, o) for q, o in offsets.items()],
+                    asynchronous=True,
+                )
     elapsed = time.perf_counter() - start
     CPU.setdefault("passthrough", []).append((time.process_time() - cpu) / seen)
     c.close()

@@ -1,5 +1,6 @@
 /*
- * streams._speedups: the shadow worker's Request decode and Prediction encode, compiled.
+ * streams._speedups: the shadow worker's per-request work (Request decode, outcomes,
+ * Prediction encode, sampling hash), compiled.
  *
  * Why: decoding the Request was a third of the worker's poll thread in pure Python (py-spy
  * on bench/worker.py), ~3.7 us per request even hand-written (streams/request_decoder.py);
@@ -28,10 +29,16 @@
  * repeats (request_id and event_time; use_case), so the worker need not encode them again:
  * the head with the Prediction's header in front, and the tail. Each is None unless its
  * varints are in the shortest form, the only form fastavro writes, so the Prediction stays
- * byte for byte what fastavro would write.
+ * byte for byte what fastavro would write. With view true it returns the worker's view of
+ * the record instead (streams/request_decoder.py's worker_view: the features of both maps
+ * in one dict, the context read but not kept), for exactly the messages it would take.
+ *
+ * float_outcomes() makes streams/models.py's Outcome tuples for a batch of finite float
+ * answers, and leaves every other batch to that module's loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -43,7 +50,7 @@ typedef struct {
 /* 1: read; 0: not taken (no error set); -1: a Python error is set (memory). */
 
 static PyObject *k_request_id, *k_event_time, *k_use_case, *k_numeric, *k_categorical,
-    *k_context;
+    *k_context, *k_features;
 
 /* An unsigned varint of at most 9 bytes (63 bits), as streams/request_decoder.py reads it:
  * a longer one is fastavro's. *shortest: whether no shorter encoding of it exists. */
@@ -122,7 +129,9 @@ static int read_string(Reader *r, PyObject **out, int *shortest, int cached) {
 }
 
 /* A map's blocks into dict (insertion order and a repeated key's last value, as a dict
- * built entry by entry): doubles when doubles, else strings. */
+ * built entry by entry): doubles when doubles, else strings. dict NULL: read, not kept
+ * (what the worker's view leaves out is still checked, so both views take the same
+ * messages). */
 static int read_map(Reader *r, PyObject *dict, int doubles) {
     for (;;) {
         uint64_t u;
@@ -159,7 +168,7 @@ static int read_map(Reader *r, PyObject *dict, int doubles) {
                     return got;
                 }
             }
-            int failed = PyDict_SetItem(dict, key, value);
+            int failed = dict != NULL && PyDict_SetItem(dict, key, value);
             Py_DECREF(key);
             Py_DECREF(value);
             if (failed) return -1;
@@ -167,9 +176,10 @@ static int read_map(Reader *r, PyObject *dict, int doubles) {
     }
 }
 
-/* The record, head and tail as a tuple, or NULL with *taken 0 (not taken) or -1 (error). */
+/* The record, head and tail as a tuple, or NULL with *taken 0 (not taken) or -1 (error).
+ * view: the worker's view of the record instead (see read_request_doc). */
 static PyObject *read_body(Reader *r, const unsigned char *body, PyObject *answer_header,
-                      int *taken) {
+                           int view, int *taken) {
     PyObject *request_id = NULL, *event_time = NULL, *use_case = NULL, *numeric = NULL,
              *categorical = NULL, *context = NULL, *record = NULL, *head = NULL,
              *tail = NULL, *result = NULL;
@@ -188,21 +198,37 @@ static PyObject *read_body(Reader *r, const unsigned char *body, PyObject *answe
     if ((got = read_string(r, &use_case, &shortest_case, 1)) != 1) goto done;
     const unsigned char *tail_end = r->p;
     got = -1;
-    if ((numeric = PyDict_New()) == NULL || (categorical = PyDict_New()) == NULL ||
-        (context = PyDict_New()) == NULL)
-        goto done;
-    if ((got = read_map(r, numeric, 1)) != 1) goto done;
-    if ((got = read_map(r, categorical, 0)) != 1) goto done;
-    if ((got = read_map(r, context, 0)) != 1) goto done;
-    got = -1;
-    if ((record = PyDict_New()) == NULL) goto done;
-    if (PyDict_SetItem(record, k_request_id, request_id) ||
-        PyDict_SetItem(record, k_event_time, event_time) ||
-        PyDict_SetItem(record, k_use_case, use_case) ||
-        PyDict_SetItem(record, k_numeric, numeric) ||
-        PyDict_SetItem(record, k_categorical, categorical) ||
-        PyDict_SetItem(record, k_context, context))
-        goto done;
+    if (view) {
+        /* one dict of both feature maps, the categorical entries last (a name in both keeps
+         * the categorical value, as {**numeric, **categorical} does); context not kept */
+        if ((numeric = PyDict_New()) == NULL) goto done;
+        if ((got = read_map(r, numeric, 1)) != 1) goto done;
+        if ((got = read_map(r, numeric, 0)) != 1) goto done;
+        if ((got = read_map(r, NULL, 0)) != 1) goto done;
+        got = -1;
+        if ((record = PyDict_New()) == NULL) goto done;
+        if (PyDict_SetItem(record, k_request_id, request_id) ||
+            PyDict_SetItem(record, k_event_time, event_time) ||
+            PyDict_SetItem(record, k_use_case, use_case) ||
+            PyDict_SetItem(record, k_features, numeric))
+            goto done;
+    } else {
+        if ((numeric = PyDict_New()) == NULL || (categorical = PyDict_New()) == NULL ||
+            (context = PyDict_New()) == NULL)
+            goto done;
+        if ((got = read_map(r, numeric, 1)) != 1) goto done;
+        if ((got = read_map(r, categorical, 0)) != 1) goto done;
+        if ((got = read_map(r, context, 0)) != 1) goto done;
+        got = -1;
+        if ((record = PyDict_New()) == NULL) goto done;
+        if (PyDict_SetItem(record, k_request_id, request_id) ||
+            PyDict_SetItem(record, k_event_time, event_time) ||
+            PyDict_SetItem(record, k_use_case, use_case) ||
+            PyDict_SetItem(record, k_numeric, numeric) ||
+            PyDict_SetItem(record, k_categorical, categorical) ||
+            PyDict_SetItem(record, k_context, context))
+            goto done;
+    }
     if (shortest_id && shortest_time && answer_header != Py_None) {
         Py_ssize_t size = PyBytes_GET_SIZE(answer_header);
         head = PyBytes_FromStringAndSize(NULL, size + (head_end - body));
@@ -235,18 +261,23 @@ done:
 }
 
 PyDoc_STRVAR(read_request_doc,
-             "read_request(data, header, answer_header) -> (record, head, tail) | None\n\n"
+             "read_request(data, header, answer_header, view=False) -> (record, head, tail) "
+             "| None\n\n"
              "The Request record exactly as fastavro decodes it, or None when this path does "
              "not take the message (see streams/request_decoder.py). head: answer_header, "
              "then the request's request_id and event_time bytes; tail: its use_case bytes; "
              "each None unless those varints are in their shortest form. answer_header None: "
-             "no head.");
+             "no head. view true: the worker's view of the record instead, {request_id, "
+             "event_time, use_case, features: {**numeric_features, **categorical_features}} "
+             "(streams.request_decoder.worker_view), for the same messages.");
 
 static PyObject *read_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "read_request(data, header, answer_header)");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "read_request(data, header, answer_header, view=False)");
         return NULL;
     }
+    int view = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
+    if (view < 0) return NULL;
     PyObject *data = args[0], *header = args[1], *answer_header = args[2];
     if (!PyBytes_CheckExact(header) ||
         (answer_header != Py_None && !PyBytes_CheckExact(answer_header))) {
@@ -259,7 +290,7 @@ static PyObject *read_request(PyObject *module, PyObject *const *args, Py_ssize_
     if (n < h || memcmp(bytes, PyBytes_AS_STRING(header), h) != 0) Py_RETURN_NONE;
     Reader r = {bytes + h, bytes + n};
     int taken;
-    PyObject *result = read_body(&r, bytes + h, answer_header, &taken);
+    PyObject *result = read_body(&r, bytes + h, answer_header, view, &taken);
     if (taken == 1) return result;
     if (taken == 0) Py_RETURN_NONE;
     return NULL;
@@ -506,12 +537,67 @@ static PyObject *sample_points(PyObject *module, PyObject *keys) {
     return out;
 }
 
+/* -- outcomes ---------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(float_outcomes_doc,
+             "float_outcomes(outcome_type, no_scores, outputs: list, latencies: list) -> "
+             "list | None\n\n"
+             "outcome_type((output, None, no_scores, latency, None)) for each pair, when "
+             "every output is a finite float and every latency a float: the answers "
+             "streams/models.py's to_outcomes makes in its loop, made here; None (nothing "
+             "made) when any pair is something else, and to_outcomes makes them all.");
+
+static PyObject *float_outcomes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyType_Check(args[0]) || !PyList_CheckExact(args[2]) ||
+        !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "float_outcomes(outcome_type, no_scores, outputs: list, latencies: list)");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)args[0];
+    PyObject *no_scores = args[1], *outputs = args[2], *latencies = args[3];
+    /* a tuple subclass with no fields of its own (a NamedTuple), as tuple.__new__ makes */
+    if (!PyType_IsSubtype(type, &PyTuple_Type) || type->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "outcome_type must be a NamedTuple class");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(outputs);
+    if (PyList_GET_SIZE(latencies) != n) {
+        PyErr_SetString(PyExc_ValueError, "outputs and latencies differ in length");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *output = PyList_GET_ITEM(outputs, i);
+        if (!PyFloat_CheckExact(output) || !isfinite(PyFloat_AS_DOUBLE(output)) ||
+            !PyFloat_CheckExact(PyList_GET_ITEM(latencies, i)))
+            Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *outcome = type->tp_alloc(type, 5);
+        if (outcome == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(outcome, 0, Py_NewRef(PyList_GET_ITEM(outputs, i)));
+        PyTuple_SET_ITEM(outcome, 1, Py_NewRef(Py_None));
+        PyTuple_SET_ITEM(outcome, 2, Py_NewRef(no_scores));
+        PyTuple_SET_ITEM(outcome, 3, Py_NewRef(PyList_GET_ITEM(latencies, i)));
+        PyTuple_SET_ITEM(outcome, 4, Py_NewRef(Py_None));
+        PyList_SET_ITEM(out, i, outcome);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"sample_points", (PyCFunction)sample_points, METH_O, sample_points_doc},
     {"encode_answers", (PyCFunction)(void (*)(void))encode_answers, METH_FASTCALL,
      encode_answers_doc},
     {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL,
      read_request_doc},
+    {"float_outcomes", (PyCFunction)(void (*)(void))float_outcomes, METH_FASTCALL,
+     float_outcomes_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -528,8 +614,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     k_numeric = PyUnicode_InternFromString("numeric_features");
     k_categorical = PyUnicode_InternFromString("categorical_features");
     k_context = PyUnicode_InternFromString("context");
+    k_features = PyUnicode_InternFromString("features");
     if (!k_request_id || !k_event_time || !k_use_case || !k_numeric || !k_categorical ||
-        !k_context)
+        !k_context || !k_features)
         return NULL;
     return PyModule_Create(&module_def);
 }

@@ -30,9 +30,9 @@ from confluent_kafka import (
 from streams.config import Config
 from streams.deadletter import clip, dead_letter_of
 from streams.errors import SchemaError, UnderstudyError
+from streams.gctune import fewer_collections
 from streams.join.clock import STREAMS
 from streams.join.decode import FastDecoder
-from streams.join.gctune import fewer_collections
 from streams.join.start_offsets import StartOffsets
 from streams.join.windows import publish_order
 from streams.joinstate import Emitted, PartitionState

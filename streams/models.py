@@ -97,6 +97,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from streams.errors import ModelLoadError
+from streams.native import float_outcomes as _native_outcomes
 from streams.native import sample_points as _native_points
 
 __all__ = [
@@ -208,7 +209,21 @@ def to_outcome(output: Any, latency_ms: float) -> Outcome:
 
 def to_outcomes(outputs: Iterable[Any], latencies: Iterable[float]) -> list[Outcome]:
     """:func:`to_outcome` of each (output, latency) pair, in one loop: it runs once per
-    request per candidate, and the call per pair cost as much as the tuple."""
+    request per candidate, and the call per pair cost as much as the tuple.
+
+    A batch of finite float answers with float latencies (a regression model's usual
+    batch) is made by the C extension where it was built: the same tuples, in 0.05 instead
+    of 0.18 us each (``timeit``, 500 pairs)."""
+    if _native_outcomes is not None and type(outputs) is list and type(latencies) is list:
+        made = _native_outcomes(Outcome, NO_SCORES, outputs, latencies)
+        if made is not None:
+            return made
+    return python_to_outcomes(outputs, latencies)
+
+
+def python_to_outcomes(outputs: Iterable[Any], latencies: Iterable[float]) -> list[Outcome]:
+    """:func:`to_outcomes` in Python: what runs without the C extension, and for the
+    batches it hands back."""
     isfinite, new = _isfinite, _new_tuple
     return [
         new(Outcome, (output, None, NO_SCORES, latency, None))

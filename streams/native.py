@@ -12,8 +12,9 @@ try:
 except ImportError:  # installed without a C compiler
     _speedups = None  # type: ignore[assignment]
 
-__all__ = ["encode_answers", "read_request", "sample_points"]
+__all__ = ["encode_answers", "float_outcomes", "read_request", "sample_points"]
 
 read_request = _speedups.read_request if _speedups is not None else None
 encode_answers = _speedups.encode_answers if _speedups is not None else None
 sample_points = _speedups.sample_points if _speedups is not None else None
+float_outcomes = _speedups.float_outcomes if _speedups is not None else None

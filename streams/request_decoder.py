@@ -48,7 +48,7 @@ from typing import Any
 from streams.native import read_request as _read_request
 from streams.schemas import HEADER_LEN, Codec, Record
 
-__all__ = ["LAYOUT", "RequestDecoder"]
+__all__ = ["LAYOUT", "RequestDecoder", "worker_view"]
 
 #: The Request fields, in order, as this module reads them (docs and logical types left out).
 LAYOUT: tuple[tuple[str, Any], ...] = (
@@ -142,17 +142,22 @@ class RequestDecoder:
         record = self.decode_fast(data)
         return record if record is not None else self.codec.decode_as("Request", data)
 
-    def decode_parts(self, data: bytes | None) -> tuple[Record, bytes | None, bytes | None]:
-        """The record, and the bytes each answer to it repeats (None: not at hand), as
-        :meth:`~streams.prediction_encoder.PredictionEncoder.request_parts` gives them:
-        the answer's header, request_id and event_time; use_case. Raises as
-        :meth:`decode`."""
+    def decode_view(self, data: bytes | None) -> tuple[Record, bytes | None, bytes | None]:
+        """The worker's view of the message's record (:func:`worker_view`), and the bytes
+        each answer to it repeats (None: not at hand), as
+        :meth:`~streams.prediction_encoder.PredictionEncoder.request_parts` gives them: the
+        answer's header, request_id and event_time; use_case. Raises as :meth:`decode`.
+
+        The C path builds the view itself, two dicts instead of the record's four and
+        their merge: 1.10 against 1.37 us a request (medians of 7 runs over 50,000 distinct
+        demo requests, decoded 500 at a time, the batch's results kept as the worker keeps
+        them)."""
         native = self._native
         if native is not None:
-            got = native(data, self.header, self.answer_header)
+            got = native(data, self.header, self.answer_header, True)
             if got is not None:
                 return got
-        return self.decode(data), None, None
+        return worker_view(self.decode(data)), None, None
 
     def decode_fast(self, data: bytes | None) -> Record | None:
         """The record by the fast path, or None when the path does not take the message."""
@@ -318,6 +323,20 @@ class RequestDecoder:
         if len(raw) <= 64:
             self._strings[raw] = text
         return text
+
+
+def worker_view(record: Record) -> Record:
+    """What the shadow worker keeps of a Request: its id, event time and use case, and the
+    one feature dict every candidate sees, ``{**numeric_features, **categorical_features}``
+    (a name in both keeps its categorical value). The context is not scored, so it is not
+    kept; the message is still read whole, and a message :meth:`RequestDecoder.decode`
+    refuses is refused here too."""
+    return {
+        "request_id": record["request_id"],
+        "event_time": record["event_time"],
+        "use_case": record["use_case"],
+        "features": {**record["numeric_features"], **record["categorical_features"]},
+    }
 
 
 def _layout(raw: dict[str, Any]) -> tuple[tuple[str, Any], ...]:

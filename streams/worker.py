@@ -94,6 +94,7 @@ from streams.config import Config
 from streams.control import PrimaryFollower
 from streams.deadletter import MAX_ID_CHARS, clip, dead_letter_of
 from streams.errors import BrokerError, ConfigError, SchemaError
+from streams.gctune import fewer_collections
 from streams.isolation import DEFAULT_BUDGET_S, Lanes
 from streams.kafka import (
     Topics,
@@ -303,49 +304,60 @@ class ShadowWorker:
             self.topics.requests,
             ", ".join(c.model_id for c in self.candidates),
         )
-        try:
-            self._start_learners()
-            # a learner must see its batch delivered before it learns: it keeps the simple
-            # order (each batch settled before the next is consumed)
-            self._pipelined = not self.exactly_once and not self._learners
-            self._lanes = Lanes(self.candidates, self.budget_s)
-            # a candidate promoted to primary (<prefix>.control) answers users now: the
-            # service sends its answers, so it is no longer scored in the shadow
-            self._primary = PrimaryFollower(self.cfg)
-            self._open()
-            last_activity = time.monotonic()
-            while stop is None or not stop.is_set():
-                messages = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
-                self._raise_if_fatal()
-                for learner in self._learners:
-                    learner.settle(self._consumer)
-                now = time.monotonic()
-                if not messages:
-                    if not self._settled():
-                        break
-                    if self._learn():
-                        last_activity = now  # labels still coming: not idle
-                    self._producer.poll(0)  # serves error_cb: a fatal error ends an idle worker
-                    since = max(last_activity, self._assigned_at)
-                    if not self._assigned_at:  # the group has not answered yet
-                        since += JOIN_GRACE_S
-                    if idle_exit_s is not None and now - since >= idle_exit_s:
-                        log.info("shadow worker idle for %.1f s: stopping", now - since)
-                        break
-                    continue
-                last_activity = now
-                try:
-                    scored = self._process(messages)
-                except _Abandoned:
-                    self._abandoned = True
-                    break
-                self._learn(scored)
-                if on_batch is not None:
-                    on_batch(len(messages))
-            self._settled()
-        finally:
-            self.close()
+        # a batch's records, features and outcomes live until it is produced: see gctune
+        with fewer_collections():
+            try:
+                self._start_learners()
+                # a learner must see its batch delivered before it learns: it keeps the simple
+                # order (each batch settled before the next is consumed)
+                self._pipelined = not self.exactly_once and not self._learners
+                self._lanes = Lanes(self.candidates, self.budget_s)
+                # a candidate promoted to primary (<prefix>.control) answers users now: the
+                # service sends its answers, so it is no longer scored in the shadow
+                self._primary = PrimaryFollower(self.cfg)
+                self._open()
+                self._loop(stop, idle_exit_s, on_batch)
+                self._settled()
+            finally:
+                self.close()
         return self.stats
+
+    def _loop(
+        self,
+        stop: threading.Event | None,
+        idle_exit_s: float | None,
+        on_batch: Callable[[int], None] | None,
+    ) -> None:
+        """Consume and process batches until ``stop``, idleness or an abandoned batch."""
+        last_activity = time.monotonic()
+        while stop is None or not stop.is_set():
+            messages = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
+            self._raise_if_fatal()
+            for learner in self._learners:
+                learner.settle(self._consumer)
+            now = time.monotonic()
+            if not messages:
+                if not self._settled():
+                    break
+                if self._learn():
+                    last_activity = now  # labels still coming: not idle
+                self._producer.poll(0)  # serves error_cb: a fatal error ends an idle worker
+                since = max(last_activity, self._assigned_at)
+                if not self._assigned_at:  # the group has not answered yet
+                    since += JOIN_GRACE_S
+                if idle_exit_s is not None and now - since >= idle_exit_s:
+                    log.info("shadow worker idle for %.1f s: stopping", now - since)
+                    break
+                continue
+            last_activity = now
+            try:
+                scored = self._process(messages)
+            except _Abandoned:
+                self._abandoned = True
+                break
+            self._learn(scored)
+            if on_batch is not None:
+                on_batch(len(messages))
 
     def _settled(self) -> bool:
         """:meth:`_settle` from the loop: False when a stop gave up waiting on Kafka."""
@@ -533,8 +545,9 @@ class ShadowWorker:
         stamps: list[int] = []
         heads: list[bytes | None] = []  # what each answer repeats of its request's bytes
         tails: list[bytes | None] = []
-        offsets: dict[tuple[str, int], int] = {}
-        decode = self._request_decoder.decode_parts
+        ends: dict[int, int] = {}  # the next offset of each partition of the batch
+        decode = self._request_decoder.decode_view
+        consumed = 0
         self._failed = []
         if self.exactly_once:
             self._begin_transaction()
@@ -545,20 +558,21 @@ class ShadowWorker:
                     raise BrokerError(f"fatal consumer error on {self.topics.requests}: {err}")
                 CLIENT_LOG.error_cb(err)  # rate-limited: repeated on every poll in an outage
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic is None or partition is None or offset is None:
+            partition, offset = msg.partition(), msg.offset()
+            if partition is None or offset is None:
                 continue  # only error events lack coordinates
-            self.stats.consumed += 1
-            offsets[(topic, partition)] = offset + 1
+            consumed += 1
+            ends[partition] = offset + 1
             try:
-                record, head, tail = decode(msg.value())
+                request, head, tail = decode(msg.value())
             except SchemaError as exc:
                 self._dead_letter(msg, str(exc))
                 continue
-            if not record["request_id"]:
+            request_id = request["request_id"]
+            if not request_id:
                 self._dead_letter(msg, "request has an empty request_id")
                 continue
-            if len(record["request_id"]) > MAX_ID_CHARS:
+            if len(request_id) > MAX_ID_CHARS:
                 self._dead_letter(
                     msg,
                     f"request_id longer than {MAX_ID_CHARS} characters (its predictions "
@@ -570,12 +584,16 @@ class ShadowWorker:
                     msg, "request has a null or empty key (it must be the request_id)"
                 )
                 continue
-            requests.append(record)
+            kind, stamp = msg.timestamp()  # as _stamp(msg), inline: once per request
+            requests.append(request)
             partitions.append(partition)
             positions.append(offset)
-            stamps.append(_stamp(msg))
+            stamps.append(stamp if kind != TIMESTAMP_NOT_AVAILABLE and stamp > 0 else 0)
             heads.append(head)
             tails.append(tail)
+        self.stats.consumed += consumed
+        topic = self.topics.requests  # the one topic the worker's consumer reads
+        offsets = {(topic, partition): end for partition, end in ends.items()}
         self.stats.requests += len(requests)
         features: list[Features] = []
         skipped: frozenset[str] = frozenset()  # a batch of dead letters only skips no one
@@ -634,7 +652,7 @@ class ShadowWorker:
         Returns the feature dicts the models saw (one per request, in order) and the model
         ids not scored because they are primary now: the learners store the one and skip
         the other (:class:`~streams.learning.learner.ScoredBatch`)."""
-        features = [{**r["numeric_features"], **r["categorical_features"]} for r in requests]
+        features = [r["features"] for r in requests]
         ids = [r["request_id"] for r in requests]
         keys = [i.encode() for i in ids]
         topic = self.topics.predictions

@@ -4,6 +4,7 @@ delivery and respected on restart."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from support import stage
 
 from streams.config import Config
 from streams.errors import BrokerError
+from streams.gctune import THRESHOLDS
 from streams.kafka import Topics, ensure_topics
 from streams.models import load_candidate
 from streams.schemas import default_codec
@@ -135,8 +137,18 @@ def test_worker_scores_every_request_once_per_candidate(kafka_bootstrap: str, pr
 
     candidates = [load_candidate(RIDGE), load_candidate(FLAKY)]
     batches: list[int] = []
-    stats = run_worker(cfg, candidates, batch_size=200, idle_exit_s=IDLE_S, on_batch=batches.append)
+    thresholds: set[tuple[int, ...]] = set()
+
+    def on_batch(size: int) -> None:
+        batches.append(size)
+        thresholds.add(gc.get_threshold())
+
+    before = gc.get_threshold()
+    stats = run_worker(cfg, candidates, batch_size=200, idle_exit_s=IDLE_S, on_batch=on_batch)
     assert stats.consumed == 1003 == sum(batches)
+    # fewer collections while it ran (streams/gctune.py); the host's thresholds back after
+    assert thresholds == {THRESHOLDS} != {before}
+    assert gc.get_threshold() == before
     assert stats.requests == 1000
     assert stats.dead_letters == 3
     assert stats.predictions == 2000

@@ -681,3 +681,41 @@ def test_the_c_sample_points_are_the_python_ones() -> None:
     got = models.sample_points(keys)
     assert got == models.python_sample_points(keys)
     assert all(0.0 <= p < 1.0 for p in got)
+
+
+def test_a_batchs_outcomes_are_the_same_with_and_without_the_c_extension() -> None:
+    """The C extension makes a batch of finite float answers; anything else in a batch
+    leaves it to the Python loop. Either way, the outcomes of to_outcome, pair by pair."""
+    from streams import models, native
+
+    class Price(float):
+        pass
+
+    rng = random.Random(5)
+    odd: list[Any] = [math.nan, math.inf, 3, np.float64(2.5), Price(1.5), None, "a", True]
+    for trial in range(300):
+        n = rng.randrange(0, 40)
+        outputs: list[Any] = [rng.uniform(-1e6, 1e6) for _ in range(n)]
+        latencies: list[Any] = [rng.uniform(0, 50) for _ in range(n)]
+        if n and trial % 3 == 0:
+            outputs[rng.randrange(n)] = rng.choice(odd)
+        if n and trial % 7 == 0:
+            latencies[rng.randrange(n)] = 2  # an int latency: the Python loop's
+        want = [to_outcome(o, lat) for o, lat in zip(outputs, latencies, strict=True)]
+        assert models.python_to_outcomes(outputs, latencies) == want
+        got = models.to_outcomes(outputs, latencies)
+        assert got == want and all(type(o) is Outcome for o in got)
+        if native.float_outcomes is not None:
+            made = native.float_outcomes(Outcome, models.NO_SCORES, outputs, latencies)
+            plain = all(
+                type(o) is float and math.isfinite(o) and type(lat) is float
+                for o, lat in zip(outputs, latencies, strict=True)
+            )
+            assert (made is not None) == plain
+            if made is not None:
+                assert made == want and all(o.scores is models.NO_SCORES for o in made)
+    if native.float_outcomes is not None:
+        with pytest.raises(ValueError):
+            native.float_outcomes(Outcome, models.NO_SCORES, [1.0], [])
+        with pytest.raises(TypeError):
+            native.float_outcomes(dict, models.NO_SCORES, [1.0], [1.0])

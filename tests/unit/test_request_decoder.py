@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from streams import request_decoder
 from streams.errors import SchemaError
 from streams.prediction_encoder import PredictionEncoder
-from streams.request_decoder import RequestDecoder
+from streams.request_decoder import RequestDecoder, worker_view
 from streams.schemas import HEADER_LEN, MAGIC, Codec, default_codec
 
 CODEC = default_codec()
@@ -92,7 +92,8 @@ def test_the_c_decoder_is_built() -> None:
 
 
 def same_answer(decoder: RequestDecoder, data: bytes) -> bool:
-    """The property: the fast record equals the codec's, else decode() is the codec's."""
+    """The property: the fast record equals the codec's, else decode() is the codec's; the
+    worker's view is the view of the codec's record, and refused where the record is."""
     fast = decoder.decode_fast(data)
     try:
         want: Any = CODEC.decode_as("Request", data)
@@ -101,10 +102,14 @@ def same_answer(decoder: RequestDecoder, data: bytes) -> bool:
         with pytest.raises(SchemaError) as got:
             decoder.decode(data)
         assert unaddressed(str(got.value)) == unaddressed(str(exc))
+        with pytest.raises(SchemaError) as got:
+            decoder.decode_view(data)
+        assert unaddressed(str(got.value)) == unaddressed(str(exc))
         return False
     if fast is not None:
         assert normal(fast) == normal(want), data
     assert normal(decoder.decode(data)) == normal(want)
+    assert normal(decoder.decode_view(data)[0]) == normal(worker_view(want)), data
     return fast is not None
 
 
@@ -322,7 +327,7 @@ def test_a_changed_request_schema_turns_the_fast_path_off(tmp_path: Any) -> None
     data = codec.encode("Request", record)
     assert decoder.decode_fast(data) is None
     assert decoder.decode(data) == record
-    assert decoder.decode_parts(data) == (record, None, None)
+    assert decoder.decode_view(data) == (worker_view(record), None, None)
     # a message of the released version (v1) is resolved into the new schema by the codec
     old = CODEC.encode("Request", {k: v for k, v in record.items() if k != "extra"})
     assert decoder.decode(old) == {**record, "extra": ""}
@@ -334,15 +339,15 @@ ANSWERS = PredictionEncoder(CODEC.schemas["Prediction"])
 
 
 def test_the_parts_copied_from_a_request_are_the_ones_the_encoder_writes() -> None:
-    """What decode_parts copies from the request's bytes is, byte for byte, what the
+    """What decode_view copies from the request's bytes is, byte for byte, what the
     Prediction encoder (itself held to fastavro in test_prediction_encoder) would write."""
     rng = random.Random(29)
     decoder = RequestDecoder(CODEC, answer_header=ANSWERS.schema.header)
     copied = 0
     for _ in range(2000):
         data = encode(random_request(rng))
-        record, head, tail = decoder.decode_parts(data)
-        assert normal(record) == normal(CODEC.decode_as("Request", data))
+        record, head, tail = decoder.decode_view(data)
+        assert normal(record) == normal(worker_view(CODEC.decode_as("Request", data)))
         heads, tails = ANSWERS.request_parts([record])
         assert head is None or head == heads[0]
         assert tail is None or tail == tails[0]
@@ -367,10 +372,32 @@ def test_a_request_written_with_longer_varints_than_needed_is_not_copied() -> No
     decoder = RequestDecoder(CODEC, answer_header=ANSWERS.schema.header)
     want = CODEC.decode_as("Request", shortest)
     for name, data in cases.items():
-        record, head, tail = decoder.decode_parts(data)
-        assert record == want, name
+        record, head, tail = decoder.decode_view(data)
+        assert record == worker_view(want), name
         if name == "use case length":
             assert tail is None and (head is not None or decoder._native is None)
         else:
             assert head is None and (tail is not None or decoder._native is None)
         assert ANSWERS.request_parts([record], ([head], [tail])) == ANSWERS.request_parts([record])
+
+
+def test_the_workers_view_merges_the_features_as_the_models_saw_them_before() -> None:
+    """One dict, numeric entries first; a name in both maps keeps its place and takes the
+    categorical value, as ``{**numeric_features, **categorical_features}``; no context."""
+    record = {
+        "request_id": "r-1",
+        "event_time": 7,
+        "use_case": "house-price",
+        "numeric_features": {"sqft": 80.0, "region": 1.0, "age": 3.0},
+        "categorical_features": {"region": "north", "type": "flat"},
+        "context": {"segment": "b"},
+    }
+    view, _, _ = RequestDecoder(CODEC).decode_view(encode(record))
+    assert list(view) == ["request_id", "event_time", "use_case", "features"]
+    assert (view["request_id"], view["event_time"], view["use_case"]) == ("r-1", 7, "house-price")
+    assert list(view["features"].items()) == [
+        ("sqft", 80.0),
+        ("region", "north"),
+        ("age", 3.0),
+        ("type", "flat"),
+    ]
