@@ -260,6 +260,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         exactly_once=exactly_once,
         instance=args.instance,
         learning=learning,
+        pin_threads=not args.no_pin_threads,
     )
     if exactly_once:
         threading.Thread(target=_watch_transactions, args=(worker, "worker"), daemon=True).start()
@@ -623,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="features of a request every candidate is called with once at start (a JSON "
         "object, or @file.json); a candidate that raises on it is refused",
+    )
+    p.add_argument(
+        "--no-pin-threads",
+        action="store_true",
+        help="leave the worker's Python threads wherever Linux runs them; by default the "
+        "poll thread and the candidates' threads share one CPU, which moves every 2 s "
+        "(fewer cache misses between them; librdkafka's threads are never pinned)",
     )
     p.add_argument(
         "--exactly-once",

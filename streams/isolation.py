@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from streams.cpuhome import CpuHome
 from streams.errors import ModelLoadError
 from streams.models import Candidate, Features, Outcome, sample_points
 
@@ -81,13 +82,20 @@ class LaneCall:
 class Lane:
     """One candidate's thread: takes a job, runs it, reports it on the shared done queue."""
 
-    def __init__(self, index: int, candidate: Candidate, done: queue.SimpleQueue[Any]) -> None:
+    def __init__(
+        self,
+        index: int,
+        candidate: Candidate,
+        done: queue.SimpleQueue[Any],
+        home: CpuHome | None = None,
+    ) -> None:
         self.index = index
         self.candidate = candidate
         self.stats = LaneStats()
         self.busy = False
         self.busy_since = 0.0
         self._done = done
+        self._home = home
         # SimpleQueue: a lock in C, where Queue is a Condition in Python (its notify was 4%
         # of the worker's GIL time in py-spy, two hand-offs per candidate per batch); the
         # busy flag keeps at most one job queued
@@ -107,10 +115,13 @@ class Lane:
             self._jobs.put_nowait(None)
 
     def _run(self) -> None:
+        home, where = self._home, None
         while True:
             item = self._jobs.get()
             if item is None:
                 return
+            if home is not None:
+                where = home.follow(where)  # onto the worker's CPU: see streams.cpuhome
             token, job = item
             try:
                 result: Any = job()
@@ -125,13 +136,19 @@ class Lane:
 class Lanes:
     """The candidates' lanes and the budget; :meth:`score` one batch across all of them."""
 
-    def __init__(self, candidates: Sequence[Candidate], budget_s: float = DEFAULT_BUDGET_S):
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        budget_s: float = DEFAULT_BUDGET_S,
+        home: CpuHome | None = None,
+    ):
+        """``home``: the CPU each lane moves to before a job (None: wherever Linux runs it)."""
         if budget_s <= 0:
             raise ValueError(f"the time budget must be > 0 s, got {budget_s}")
         self.budget_s = budget_s
         self.budget_ms = round(budget_s * 1000.0)
         self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.lanes = [Lane(i, c, self._done) for i, c in enumerate(candidates)]
+        self.lanes = [Lane(i, c, self._done, home) for i, c in enumerate(candidates)]
         self._token = 0
 
     @property

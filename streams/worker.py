@@ -92,6 +92,7 @@ from confluent_kafka import (
 from streams.clientlog import CLIENT_LOG
 from streams.config import Config
 from streams.control import PrimaryFollower
+from streams.cpuhome import CpuHome
 from streams.deadletter import MAX_ID_CHARS, clip, dead_letter_of
 from streams.errors import BrokerError, ConfigError, SchemaError
 from streams.gctune import fewer_collections
@@ -213,12 +214,15 @@ class ShadowWorker:
         exactly_once: bool | None = None,
         instance: str | None = None,
         learning: LearnSettings | None = None,
+        pin_threads: bool = True,
     ) -> None:
         """``exactly_once``: one Kafka transaction per batch (None: ``cfg.worker_exactly_once``).
         ``instance``: a stable id of this worker (``--instance``): static group membership
         and a fixed transactional id, so a restart fences its predecessor at once; None for
         a unique one (see :func:`streams.transactions.instance_ids`). ``learning``: which
-        candidates learn from ``<prefix>.labels`` while shadowed (:mod:`streams.learning`)."""
+        candidates learn from ``<prefix>.labels`` while shadowed (:mod:`streams.learning`).
+        ``pin_threads``: keep the poll thread and the candidates' lanes on one CPU, which
+        moves (:mod:`streams.cpuhome`); False leaves them wherever Linux runs them."""
         if not candidates:
             raise ValueError("a shadow worker needs at least one candidate model")
         ids = [c.model_id for c in candidates]
@@ -276,6 +280,7 @@ class ShadowWorker:
         self._pipelined = False
         self._consumer: Any = None
         self._producer: Any = None
+        self._home = CpuHome(pin_threads)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -311,7 +316,7 @@ class ShadowWorker:
                 # a learner must see its batch delivered before it learns: it keeps the simple
                 # order (each batch settled before the next is consumed)
                 self._pipelined = not self.exactly_once and not self._learners
-                self._lanes = Lanes(self.candidates, self.budget_s)
+                self._lanes = Lanes(self.candidates, self.budget_s, self._home)
                 # a candidate promoted to primary (<prefix>.control) answers users now: the
                 # service sends its answers, so it is no longer scored in the shadow
                 self._primary = PrimaryFollower(self.cfg)
@@ -350,6 +355,7 @@ class ShadowWorker:
                     break
                 continue
             last_activity = now
+            self._home.settle()
             try:
                 scored = self._process(messages)
             except _Abandoned:
@@ -474,6 +480,7 @@ class ShadowWorker:
     def close(self) -> None:
         """Leave the group and flush the producer. Nothing is committed here: every batch
         committed its own offsets, and an unfinished one must be scored again."""
+        self._home.release()  # the caller's thread as it was; the lanes follow at their next job
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         lanes, self._lanes = self._lanes, None
@@ -914,13 +921,14 @@ def run_worker(
     exactly_once: bool | None = None,
     instance: str | None = None,
     learning: LearnSettings | None = None,
+    pin_threads: bool = True,
 ) -> WorkerStats:
     """Run one shadow worker until ``stop`` is set or ``idle_exit_s`` passes without input.
 
     The consumer group defaults to ``<prefix>.worker``: start more workers with the same
     group to share the partitions of ``<prefix>.requests``. ``budget_s``: each candidate's
-    time budget per batch (see :mod:`streams.isolation`). ``exactly_once`` and
-    ``instance``: see :class:`ShadowWorker`.
+    time budget per batch (see :mod:`streams.isolation`). ``exactly_once``, ``instance``
+    and ``pin_threads``: see :class:`ShadowWorker`.
     """
     worker = ShadowWorker(
         cfg,
@@ -931,6 +939,7 @@ def run_worker(
         exactly_once=exactly_once,
         instance=instance,
         learning=learning,
+        pin_threads=pin_threads,
     )
     return worker.run(stop=stop, idle_exit_s=idle_exit_s, on_batch=on_batch)
 

@@ -5,6 +5,7 @@ delivery and respected on restart."""
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import threading
 import time
@@ -139,16 +140,24 @@ def test_worker_scores_every_request_once_per_candidate(kafka_bootstrap: str, pr
     batches: list[int] = []
     thresholds: set[tuple[int, ...]] = set()
 
+    cpus: list[int] = []  # how many CPUs the poll thread may run on, at each batch
+
     def on_batch(size: int) -> None:
         batches.append(size)
         thresholds.add(gc.get_threshold())
+        cpus.append(len(os.sched_getaffinity(0)))
 
-    before = gc.get_threshold()
+    before, allowed = gc.get_threshold(), os.sched_getaffinity(0)
     stats = run_worker(cfg, candidates, batch_size=200, idle_exit_s=IDLE_S, on_batch=on_batch)
     assert stats.consumed == 1003 == sum(batches)
     # fewer collections while it ran (streams/gctune.py); the host's thresholds back after
     assert thresholds == {THRESHOLDS} != {before}
     assert gc.get_threshold() == before
+    # its Python threads on one CPU (streams/cpuhome.py; lifted for a batch every 2 s); the
+    # caller's thread free again after
+    if len(allowed) >= 2:
+        assert 1 in cpus
+    assert os.sched_getaffinity(0) == allowed
     assert stats.requests == 1000
     assert stats.dead_letters == 3
     assert stats.predictions == 2000
