@@ -13,7 +13,9 @@ same broker:
   (vectorized: one numpy product per micro-batch, plus its latency sample scored alone) and
   its tree model called one request at a time (``cost_us=0``: no simulated feature
   lookup), decoding, scoring on the isolation lanes, encoding and producing one Prediction
-  per request per candidate, committing after delivery;
+  per request per candidate, committing after delivery; with its defaults, so its poll
+  thread and lanes share one CPU (``streams.cpuhome``; the passthrough has one Python
+  thread);
 * worker exactly-once: the same with ``exactly_once=True`` (one transaction per batch),
   over the same requests in another consumer group.
 

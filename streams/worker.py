@@ -280,7 +280,8 @@ class ShadowWorker:
         self._pipelined = False
         self._consumer: Any = None
         self._producer: Any = None
-        self._home = CpuHome(pin_threads)
+        self._pin_threads = pin_threads
+        self._home = CpuHome(enabled=False)  # made in run(), on the thread that polls
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -309,6 +310,7 @@ class ShadowWorker:
             self.topics.requests,
             ", ".join(c.model_id for c in self.candidates),
         )
+        self._home = CpuHome(self._pin_threads)
         # a batch's records, features and outcomes live until it is produced: see gctune
         with fewer_collections():
             try:
