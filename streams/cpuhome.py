@@ -16,7 +16,9 @@ So the poll thread stays on the CPU it runs on, and each lane moves itself to th
 before it runs a job. librdkafka's threads are not pinned: they run beside Python, on the
 other CPUs. Every :data:`REHOME_S` the poll thread lifts its pin for one batch, so the
 kernel can move it off a CPU that other work made busy (another worker, the broker), and
-the lanes follow it to where it lands.
+the lanes follow it to where it lands. A lane whose call overruns its budget is let go
+of that CPU until its next job: a call hung in C without the GIL must not share the poll
+thread's CPU.
 
 Nothing is pinned with a single allowed CPU, off Linux, or where the kernel refuses
 (a cpuset that changed, a sandbox): the worker then runs as before, with one debug line.
@@ -24,6 +26,7 @@ Nothing is pinned with a single allowed CPU, off Linux, or where the kernel refu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -97,6 +100,13 @@ class CpuHome:
         except OSError:
             return where
         return cpu
+
+    def let_go(self, thread: int | None) -> None:
+        """Unpin another thread (its native id): a lane whose call overran its budget."""
+        if thread is None or _setaffinity is None or not self._allowed:
+            return
+        with contextlib.suppress(OSError):  # gone already, or refused: it stays where it is
+            _setaffinity(thread, self._allowed)
 
     def release(self) -> None:
         """The poll thread's CPUs as they were (the worker may run inside another program)."""

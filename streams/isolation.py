@@ -96,6 +96,8 @@ class Lane:
         self.busy_since = 0.0
         self._done = done
         self._home = home
+        #: the CPU this lane's thread is pinned to (None: not pinned; see streams.cpuhome)
+        self.where: int | None = None
         # SimpleQueue: a lock in C, where Queue is a Condition in Python (its notify was 4%
         # of the worker's GIL time in py-spy, two hand-offs per candidate per batch); the
         # busy flag keeps at most one job queued
@@ -114,14 +116,21 @@ class Lane:
         if not self.busy:
             self._jobs.put_nowait(None)
 
+    def let_go(self) -> None:
+        """Unpin this lane's thread while its call runs past the budget: a call that hangs
+        in C without the GIL must not take the worker's CPU (its next job pins it again)."""
+        if self._home is not None and self.where is not None:
+            self._home.let_go(self._thread.native_id)
+            self.where = None
+
     def _run(self) -> None:
-        home, where = self._home, None
+        home = self._home
         while True:
             item = self._jobs.get()
             if item is None:
                 return
             if home is not None:
-                where = home.follow(where)  # onto the worker's CPU: see streams.cpuhome
+                self.where = home.follow(self.where)  # onto the worker's CPU: streams.cpuhome
             token, job = item
             try:
                 result: Any = job()
@@ -228,6 +237,7 @@ class Lanes:
             lane.submit(token, partial(lane.candidate.predict_batch, features, keys, points))
             pending.add(lane.index)
         for lane in busy:
+            lane.let_go()
             lane.stats.busy_batches += 1
             running_s = time.monotonic() - lane.busy_since
             text = (
@@ -264,6 +274,7 @@ class Lanes:
                 )
             ] * n
             for index in sorted(pending):
+                self.lanes[index].let_go()
                 self.lanes[index].stats.timed_out += 1
                 deliver(index, timeout)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 import streams.isolation as isolation
+from streams.cpuhome import CpuHome
 from streams.errors import ModelLoadError
 from streams.isolation import Lanes
 from streams.models import Candidate, Outcome
@@ -140,3 +142,48 @@ def test_warm_up_on_the_first_request(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_budget_must_be_positive() -> None:
     with pytest.raises(ValueError, match="budget"):
         Lanes([Candidate("fast@1", Fast())], budget_s=0)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux and at least two allowed CPUs",
+)
+def test_lanes_run_on_the_pollers_cpu_and_a_hung_one_is_let_go() -> None:
+    """streams/cpuhome.py: each lane moves to the poll thread's CPU for a job; one past its
+    budget is unpinned (a call hung without the GIL must not share that CPU), and pinned
+    again at its next job."""
+    allowed = os.sched_getaffinity(0)
+    seen: dict[str, Any] = {}
+
+    def poll_thread() -> None:
+        home = CpuHome()
+        hangs = Hangs()
+        lanes = Lanes(
+            [Candidate("hang@1", hangs), Candidate("fast@1", Fast())], budget_s=0.3, home=home
+        )
+        home.settle()
+        hung, fast = (lane._thread.native_id for lane in lanes.lanes)
+        assert hung is not None and fast is not None
+        try:
+            collect(lanes, [{"a": -1.0}])  # the first lane hangs past its budget
+            seen["home"] = home.cpu
+            seen["fast"] = os.sched_getaffinity(fast)
+            seen["hung"] = os.sched_getaffinity(hung)
+            hangs.release.set()
+            deadline = time.monotonic() + 5
+            while lanes.lanes[0].busy and time.monotonic() < deadline:
+                time.sleep(0.01)
+            collect(lanes, [{"a": 1.0}])
+            seen["again"] = os.sched_getaffinity(hung)
+        finally:
+            hangs.release.set()
+            lanes.close()
+            home.release()
+
+    t = threading.Thread(target=poll_thread)
+    t.start()
+    t.join(20)
+    assert seen["home"] is not None
+    assert seen["fast"] == {seen["home"]}
+    assert seen["hung"] == allowed
+    assert seen["again"] == {seen["home"]}
