@@ -165,8 +165,11 @@ class Lanes:
         return {lane.candidate.model_id: lane.stats for lane in self.lanes}
 
     def close(self) -> None:
-        """End the idle lanes' threads; a busy (hung) one is a daemon and left to run."""
+        """End the idle lanes' threads; a busy (hung) one is a daemon and left to run,
+        unpinned (the worker's CPU is the caller's again)."""
         for lane in self.lanes:
+            if lane.busy:
+                lane.let_go()
             lane.close()
 
     def warm_up(self, example: Features) -> None:
