@@ -212,7 +212,7 @@ class PredictionEncoder:
         and end (use_case), for :meth:`encode_outcomes`.
 
         ``known``: the parts already at hand, None where not, in the same order
-        (:meth:`~streams.request_decoder.RequestDecoder.decode_parts` copies them from the
+        (:meth:`~streams.request_decoder.RequestDecoder.decode_view` copies them from the
         request's own bytes); only the others are encoded here."""
         fast = self.fast
         if known is not None and fast and None not in known[0] and None not in known[1]:

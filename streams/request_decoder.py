@@ -120,7 +120,7 @@ class RequestDecoder:
     """Decodes Request messages as ``codec.decode_as("Request", data)`` does, faster.
 
     ``answer_header``: the header of the event the caller answers each request with (the
-    Prediction's), for :meth:`decode_parts`.
+    Prediction's), for :meth:`decode_view`.
     """
 
     def __init__(self, codec: Codec, answer_header: bytes | None = None) -> None:
